@@ -1,0 +1,3 @@
+from hpcqueue.cli import main
+
+main()

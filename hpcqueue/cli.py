@@ -1,0 +1,554 @@
+"""The ``hpcqueue`` command: parse options, call the library, render the answer.
+
+No logic lives here. Library modules are imported inside the commands so that ``--help`` and the commands that
+run no model start fast and never import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpcqueue.errors import HpcqueueError, InputError
+
+app = typer.Typer(
+    name="hpcqueue",
+    help="Energy-aware batch queue for LLM inference on Slurm clusters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ledger_app = typer.Typer(
+    help="Reports from the ledger of batches, tasks, requests and energy.", no_args_is_help=True
+)
+app.add_typer(ledger_app, name="ledger")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+# Reusable options (sqlite-utils style): one definition, used by every command that takes them.
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Cluster config (TOML). Default: $HPCQUEUE_CONFIG, else the user config."
+    ),
+]
+DbUrlOpt = Annotated[
+    str | None, typer.Option("--db-url", help="Ledger database URL. Default: $HPCQUEUE_DB_URL, else SQLite.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+BatchArg = Annotated[str | None, typer.Argument(help="Batch id (hq-…). Default: the most recent batch.")]
+
+
+def _settings(config: Path | None, **flags: Any) -> Any:
+    from hpcqueue.config import resolve
+
+    return resolve(config, flags=flags)
+
+
+def _ledger(settings: Any) -> Any:
+    from hpcqueue.ledger import Ledger
+
+    return Ledger(settings.db_url)
+
+
+def _batch(settings: Any, batch_id: str | None) -> Any:
+    from hpcqueue.batch import latest_batch, open_batch
+
+    return open_batch(settings.batch_root, batch_id) if batch_id else latest_batch(settings.batch_root)
+
+
+def _print_json(obj: Any) -> None:
+    from hpcqueue.fileio import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def _fail(exc: HpcqueueError, show_errors: int = 20) -> None:
+    """The one place where library errors become messages and exit codes."""
+    err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+    if isinstance(exc, InputError) and exc.issues:
+        errors = [i for i in exc.issues if i.severity == "error"]
+        for issue in errors[:show_errors]:
+            err.print(f"  {issue}", markup=False, soft_wrap=True)
+        if len(errors) > show_errors:
+            err.print(f"  … and {len(errors) - show_errors} more (--show-errors N shows more)", markup=False)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def submit(
+    prompts: Annotated[
+        Path, typer.Argument(help="JSONL file of requests (simple records or OpenAI Batch lines).")
+    ],
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help="Hugging Face id or local path. Default: hpcqueue-demo.")
+    ] = None,
+    policy: Annotated[str | None, typer.Option(help="threshold | single:TARGET")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)
+    ] = None,
+    task_size: Annotated[int | None, typer.Option(help="Requests per task (array element).", min=1)] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Prompts per generation batch in a worker.", min=1)
+    ] = None,
+    max_line_bytes: Annotated[int | None, typer.Option(help="Longest accepted input line, in bytes.")] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Reject invalid lines into rejects.jsonl and run the rest.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the batch to finish, then print its summary.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and plan; submit and write nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+    show_errors: Annotated[int, typer.Option(help="How many input errors to list.", min=1)] = 20,
+) -> None:
+    """Validate PROMPTS, plan where each request runs, and submit the batch."""
+    from hpcqueue import submission
+
+    try:
+        settings = _settings(
+            config,
+            db_url=db_url,
+            model=model,
+            policy=policy,
+            max_new_tokens=max_new_tokens,
+            task_size=task_size,
+            batch_size=batch_size,
+            max_line_bytes=max_line_bytes,
+        )
+        prepared = submission.prepare(prompts, settings, skip_invalid=skip_invalid)
+        for warning in prepared.warnings[:show_errors]:
+            err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        if dry_run:
+            _render_plan(prepared, as_json)
+            return
+        ledger = _ledger(settings)
+        outcome = submission.submit(prepared, ledger)
+        if not wait:
+            _render_submitted(prepared, outcome, as_json)
+            return
+        states = _wait_with_progress(outcome, ledger, quiet=as_json)
+        report = _batch_summary(ledger, outcome.batch, prepared, outcome, states)
+    except HpcqueueError as exc:
+        _fail(exc, show_errors)
+        return
+    if as_json:
+        _print_json(report)
+    else:
+        _render_report(report)
+    if report["failed"] or report["pending"]:
+        raise typer.Exit(1)
+
+
+def _render_plan(prepared: Any, as_json: bool) -> None:
+    plan = prepared.plan
+    summary = {
+        "batch_id": prepared.batch_id,
+        "dry_run": True,
+        "requests": len(prepared.table),
+        "rejected": len(prepared.rejected),
+        "input_tokens": int(prepared.table["input_tokens"].sum()),
+        "policy": plan.policy,
+        "thresholds": plan.thresholds,
+        "tasks": len(plan.tasks),
+        "per_target": plan.per_target(),
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    out.print(f"batch [bold]{prepared.batch_id}[/] (dry run: nothing submitted)")
+    out.print(
+        f"{summary['requests']} requests, {summary['input_tokens']} input tokens, {summary['tasks']} tasks, "
+        f"policy {plan.policy}"
+    )
+    table = Table("target", "requests", "predicted energy (J)", "predicted runtime (s)")
+    for name, row in summary["per_target"].items():
+        table.add_row(
+            name,
+            str(row["requests"]),
+            _num(row.get("predicted_energy_j")),
+            _num(row.get("predicted_runtime_s")),
+        )
+    out.print(table)
+
+
+def _render_submitted(prepared: Any, outcome: Any, as_json: bool) -> None:
+    info = {
+        "batch_id": outcome.batch.batch_id,
+        "status": "submitted" if outcome.submitted_tasks else "nothing to submit",
+        "created": outcome.created,
+        "requests": len(prepared.table),
+        "rejected": len(prepared.rejected),
+        "tasks": len(prepared.plan.tasks),
+        "submitted_tasks": len(outcome.submitted_tasks),
+        "already_running_tasks": len(outcome.already_running),
+        "batch_dir": str(outcome.batch.path),
+    }
+    if as_json:
+        _print_json(info)
+        return
+    verb = "created" if outcome.created else "resumed"
+    out.print(
+        f"batch [bold]{info['batch_id']}[/] {verb}: {info['requests']} requests in {info['tasks']} tasks; "
+        f"{info['submitted_tasks']} task(s) submitted"
+    )
+    out.print(f"follow it with: hpcqueue status {info['batch_id']}")
+
+
+def _wait_with_progress(outcome: Any, ledger: Any, *, quiet: bool) -> dict[int, str]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hpcqueue import submission
+
+    batch = outcome.batch
+    targets_of = {t["task_index"]: t["target"] for t in batch.manifest()["tasks"]}
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tasks"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet or not err.is_terminal,
+    )
+    bars: dict[str, Any] = {}
+    with progress:
+        for name in sorted(set(targets_of.values())):
+            bars[name] = progress.add_task(name, total=sum(1 for t in targets_of.values() if t == name))
+
+        def update(states: dict[int, str]) -> None:
+            for name, bar in bars.items():
+                done = sum(
+                    1 for i, s in states.items() if targets_of[i] == name and s in ("completed", "failed")
+                )
+                progress.update(bar, completed=done)
+
+        return submission.wait(batch, ledger, submission=outcome.submission, on_progress=update)
+
+
+def _batch_summary(
+    ledger: Any, batch: Any, prepared: Any, outcome: Any, states: dict[int, str]
+) -> dict[str, Any]:
+    report = ledger.batch_report(batch.batch_id)
+    return {
+        "batch_id": batch.batch_id,
+        "resumed": not outcome.created,
+        "submitted_tasks": len(outcome.submitted_tasks),
+        **report,
+        "policy": prepared.plan.policy,
+        "thresholds": prepared.plan.thresholds,
+        "tasks": {
+            "total": len(states),
+            **{s: sum(1 for v in states.values() if v == s) for s in set(states.values())},
+        },
+        "batch_dir": str(batch.path),
+    }
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number != number:  # NaN
+        return "-"
+    return f"{number:,.{digits}f}"
+
+
+def _render_report(report: dict[str, Any]) -> None:
+    out.print(
+        f"batch [bold]{report['batch_id']}[/]: {report['succeeded']} succeeded, {report['failed']} failed, "
+        f"{report['rejected']} rejected, {report['pending']} pending of {report['requests']} requests"
+    )
+    out.print(
+        f"energy: {_num(report['energy_j'])} J ({report['energy_method']}; meters: "
+        f"{', '.join(report.get('meters') or []) or '-'})"
+    )
+    table = Table("target", "requests", "succeeded", "failed", "pending", "energy (J)")
+    for name, row in sorted(report.get("per_target", {}).items()):
+        table.add_row(
+            name,
+            str(row["requests"]),
+            str(row["succeeded"]),
+            str(row["failed"]),
+            str(row["pending"]),
+            _num(row.get("energy_j")),
+        )
+    out.print(table)
+    out.print(f"results: hpcqueue results {report['batch_id']} -o results.jsonl")
+
+
+@app.command()
+def status(
+    batch_id: BatchArg = None,
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    as_json: JsonOpt = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Show live progress until the batch finishes.")
+    ] = False,
+) -> None:
+    """Progress of a batch: tasks and requests per target, energy so far."""
+    from hpcqueue.ledger.collect import collect_batch
+
+    try:
+        settings = _settings(config, db_url=db_url)
+        batch = _batch(settings, batch_id)
+        ledger = _ledger(settings)
+        from hpcqueue.submission import record_in_ledger
+
+        record_in_ledger(batch, ledger)
+        if watch:
+            from hpcqueue import submission
+
+            submission.wait(batch, ledger, on_progress=_status_printer(batch, as_json), poll_s=2.0)
+        collect_batch(ledger, batch.path)
+        info = _status_info(batch, ledger)
+    except HpcqueueError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json(info)
+        return
+    out.print(
+        f"batch [bold]{info['batch_id']}[/] ({info['model']}, {info['input_format']} input): "
+        f"{info['requests']} requests, {info['rejected']} rejected"
+    )
+    table = Table("target", "tasks done", "running", "pending", "failed", "requests done", "energy (J)")
+    for name, row in sorted(info["per_target"].items()):
+        table.add_row(
+            name,
+            f"{row['tasks_completed']}/{row['tasks']}",
+            str(row["tasks_running"]),
+            str(row["tasks_pending"]),
+            str(row["tasks_failed"]),
+            f"{row['requests_done']}/{row['requests']}",
+            _num(row.get("energy_j")),
+        )
+    out.print(table)
+    out.print(f"energy so far: {_num(info['energy_j'])} J ({info['energy_method']})")
+
+
+def _status_printer(batch: Any, quiet: bool) -> Any:
+    last: list[str] = []
+
+    def show(states: dict[int, str]) -> None:
+        line = ", ".join(
+            f"{sum(1 for s in states.values() if s == k)} {k}"
+            for k in ("completed", "running", "pending", "failed")
+        )
+        if not quiet and (not last or last[-1] != line):
+            err.print(f"{batch.batch_id}: {line}")
+            last.append(line)
+
+    return show
+
+
+def _status_info(batch: Any, ledger: Any) -> dict[str, Any]:
+    manifest = batch.manifest()
+    states = batch.task_states()
+    report = ledger.batch_report(batch.batch_id)
+    per_target: dict[str, dict[str, Any]] = {}
+    for task in manifest["tasks"]:
+        row = per_target.setdefault(
+            task["target"],
+            {
+                "tasks": 0,
+                "tasks_completed": 0,
+                "tasks_running": 0,
+                "tasks_pending": 0,
+                "tasks_failed": 0,
+                "requests": 0,
+                "requests_done": 0,
+            },
+        )
+        state = states[task["task_index"]]
+        row["tasks"] += 1
+        row[f"tasks_{state}"] += 1
+        row["requests"] += task["n_requests"]
+        if state == "running":
+            row["requests_done"] += batch.finished_lines(task["task_index"])
+        elif state == "completed":
+            row["requests_done"] += task["n_requests"]
+    for name, row in per_target.items():
+        row["energy_j"] = report.get("per_target", {}).get(name, {}).get("energy_j")
+    return {
+        "batch_id": batch.batch_id,
+        "model": manifest["model"],
+        "input_format": manifest["input_format"],
+        "created_at": manifest["created_at"],
+        "user": manifest["user"],
+        "requests": manifest["n_requests"],
+        "rejected": manifest["n_rejected"],
+        "tasks": {
+            "total": len(states),
+            **{
+                s: sum(1 for v in states.values() if v == s)
+                for s in ("completed", "running", "pending", "failed")
+            },
+        },
+        "per_target": per_target,
+        "succeeded": report["succeeded"],
+        "failed": report["failed"],
+        "energy_j": report["energy_j"],
+        "energy_method": report["energy_method"],
+        "done": all(s in ("completed", "failed") for s in states.values()),
+    }
+
+
+@app.command()
+def collect(
+    batch_id: Annotated[
+        str | None, typer.Argument(help="Batch id. Default: every batch under the batch root.")
+    ] = None,
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read finished tasks' results into the ledger (idempotent: running it twice changes nothing)."""
+    from hpcqueue.batch import BatchDir, open_batch
+    from hpcqueue.ledger.collect import collect_batch
+    from hpcqueue.submission import record_in_ledger
+
+    try:
+        settings = _settings(config, db_url=db_url)
+        ledger = _ledger(settings)
+        if batch_id:
+            batches = [open_batch(settings.batch_root, batch_id)]
+        else:
+            batches = [BatchDir(p.parent) for p in sorted(Path(settings.batch_root).glob("hq-*/batch.json"))]
+        reports = {}
+        for batch in batches:
+            record_in_ledger(batch, ledger)
+            report = collect_batch(ledger, batch.path)
+            reports[batch.batch_id] = {
+                "collected": report.collected,
+                "already": report.already,
+                "pending": report.pending,
+                "failed": report.failed,
+            }
+    except HpcqueueError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json(reports)
+        return
+    if not reports:
+        out.print(f"no batches under {settings.batch_root}")
+    for name, report in reports.items():
+        out.print(
+            f"{name}: {report['collected']} task(s) collected now, {report['already']} already, "
+            f"{report['pending']} pending, {report['failed']} failed"
+        )
+
+
+@app.command()
+def results(
+    batch_id: Annotated[str, typer.Argument(help="Batch id (hq-…).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    config: ConfigOpt = None,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="Write unfinished requests as 'pending' errors.")
+    ] = False,
+) -> None:
+    """Outputs of a batch merged in input order: one line per input line, in the input's format."""
+    from hpcqueue.batch import open_batch
+    from hpcqueue.fileio import atomic_open
+    from hpcqueue.results import write_results
+
+    try:
+        settings = _settings(config)
+        batch = open_batch(settings.batch_root, batch_id)
+        if output is None:
+            count = write_results(batch, sys.stdout, allow_partial=allow_partial)
+        else:
+            with atomic_open(output, "w") as handle:
+                count = write_results(batch, handle, allow_partial=allow_partial)
+            err.print(f"wrote {count} results to {output}")
+    except HpcqueueError as exc:
+        _fail(exc)
+
+
+@ledger_app.command("summary")
+def ledger_summary(
+    by: Annotated[
+        Literal["target", "model", "day", "user"], typer.Option(help="Group rows by this.")
+    ] = "target",
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", help="Output format.")
+    ] = "table",
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Requests, tokens and energy in the ledger, grouped by target, model, day or user."""
+    try:
+        settings = _settings(config, db_url=db_url)
+        frame = _ledger(settings).summary(by)
+    except HpcqueueError as exc:
+        _fail(exc)
+        return
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        _print_json(json.loads(frame.to_json(orient="records")))
+    else:
+        _render_frame(frame, title=f"ledger by {by}")
+
+
+@ledger_app.command("batches")
+def ledger_batches(
+    limit: Annotated[int, typer.Option(help="How many recent batches.", min=1)] = 20,
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", help="Output format.")
+    ] = "table",
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """The most recent batches in the ledger."""
+    try:
+        settings = _settings(config, db_url=db_url)
+        frame = _ledger(settings).list_batches(limit)
+    except HpcqueueError as exc:
+        _fail(exc)
+        return
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        _print_json(json.loads(frame.to_json(orient="records", date_format="iso")))
+    else:
+        _render_frame(frame, title="batches")
+
+
+def _render_frame(frame: Any, *, title: str) -> None:
+    if frame.empty:
+        out.print(f"{title}: the ledger has no rows yet")
+        return
+    table = Table(*[str(c) for c in frame.columns], title=title)
+    for row in frame.itertuples(index=False):
+        table.add_row(*[_cell(v) for v in row])
+    out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return _num(value, 3 if abs(value) < 10 else 1)
+    return "-" if value is None else str(value)
+
+
+def main() -> None:
+    app()

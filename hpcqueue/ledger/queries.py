@@ -1,0 +1,288 @@
+"""Report queries over the ledger: one batch's report, totals by target/model/day/user, the batch list.
+
+The database does the heavy aggregation (one ``GROUP BY`` over the request rows per query); pandas only
+regroups the small per-batch results. Energy figures come from the tasks' metered totals, so the energy of
+a failed attempt is counted too, and every figure says its method: ``measured``, ``estimated``, or
+``mixed`` when both went into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import pandas as pd
+from sqlalchemy import case, func, select
+
+from hpcqueue.errors import BatchNotFoundError, ConfigError
+from hpcqueue.ledger.db import BatchInfo
+from hpcqueue.ledger.models import Batch, Measurement, Request, Task
+
+if TYPE_CHECKING:
+    from hpcqueue.ledger.db import Ledger
+
+SummaryKey = Literal["target", "model", "day", "user"]
+SUMMARY_COLUMNS = (
+    "batches",
+    "requests",
+    "succeeded",
+    "failed",
+    "rejected",
+    "input_tokens",
+    "output_tokens",
+    "energy_j",
+    "j_per_output_token",
+    "energy_method",
+    "meters",
+)
+NO_TARGET = "(none)"
+"""The ``target`` of rejected lines in a summary by target: they were never planned onto one."""
+
+
+def combine_methods(methods: Iterable[str | None]) -> str | None:
+    """``measured`` or ``estimated`` when all energy figures share that method, ``mixed`` otherwise.
+
+    None when there is no energy figure at all.
+    """
+    found = {m for m in methods if m is not None and not (isinstance(m, float) and pd.isna(m))}
+    if not found:
+        return None
+    if len(found) == 1:
+        return found.pop()
+    return "mixed"
+
+
+def _status_count(status: str) -> Any:
+    return func.coalesce(func.sum(case((Request.status == status, 1), else_=0)), 0)
+
+
+def get_batch(ledger: Ledger, batch_id: str) -> BatchInfo | None:
+    """The recorded batch with this id, or None."""
+    with ledger.connect() as conn:
+        row = conn.execute(select(Batch).where(Batch.id == batch_id)).mappings().first()
+    if row is None:
+        return None
+    return BatchInfo(**{field: row[field] for field in BatchInfo.__dataclass_fields__})
+
+
+def table_counts(ledger: Ledger) -> dict[str, int]:
+    """Row count of each ledger table (batches, tasks, requests, measurements)."""
+    with ledger.connect() as conn:
+        return {
+            model.__tablename__: int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+            for model in (Batch, Task, Request, Measurement)
+        }
+
+
+def batch_report(ledger: Ledger, batch_id: str) -> dict[str, Any]:
+    """Everything ``hpcqueue status`` shows about one batch.
+
+    Keys: ``batch_id``, ``requests`` (all lines, = succeeded + failed + rejected + pending), ``succeeded``,
+    ``failed``, ``rejected``, ``pending``, ``input_tokens``, ``output_tokens``, ``energy_j`` (None until a
+    task reports energy), ``energy_method``, ``meters``, ``per_target`` ({target: {requests, succeeded,
+    failed, pending, energy_j}}), ``tasks`` ({state: count}). Raises BatchNotFoundError for an unknown id.
+    """
+    with ledger.connect() as conn:
+        if conn.execute(select(Batch.id).where(Batch.id == batch_id)).first() is None:
+            raise BatchNotFoundError(
+                f"batch {batch_id} is not in the ledger {ledger.masked_url}; `hpcqueue ledger batches` "
+                "lists the recorded batches"
+            )
+        by_target = conn.execute(
+            select(
+                Request.target,
+                func.count().label("requests"),
+                _status_count("succeeded").label("succeeded"),
+                _status_count("failed").label("failed"),
+                _status_count("rejected").label("rejected"),
+                _status_count("pending").label("pending"),
+                func.coalesce(func.sum(Request.input_tokens), 0).label("input_tokens"),
+                func.coalesce(func.sum(Request.output_tokens), 0).label("output_tokens"),
+            )
+            .where(Request.batch_id == batch_id)
+            .group_by(Request.target)
+        ).all()
+        task_energy = conn.execute(
+            select(Task.target, Task.energy_method, Task.meter, func.sum(Task.energy_j).label("energy_j"))
+            .where(Task.batch_id == batch_id, Task.energy_j.is_not(None))
+            .group_by(Task.target, Task.energy_method, Task.meter)
+        ).all()
+        task_states = conn.execute(
+            select(Task.state, func.count()).where(Task.batch_id == batch_id).group_by(Task.state)
+        ).all()
+
+    energy_by_target: dict[str, float] = {}
+    for row in task_energy:
+        energy_by_target[row.target] = energy_by_target.get(row.target, 0.0) + float(row.energy_j)
+    report: dict[str, Any] = {"batch_id": batch_id}
+    for key in ("requests", "succeeded", "failed", "rejected", "pending", "input_tokens", "output_tokens"):
+        report[key] = int(sum(getattr(row, key) for row in by_target))
+    report["energy_j"] = sum(energy_by_target.values()) if task_energy else None
+    report["energy_method"] = combine_methods(row.energy_method for row in task_energy)
+    report["meters"] = sorted({row.meter for row in task_energy if row.meter is not None})
+    report["per_target"] = {
+        row.target: {
+            "requests": int(row.requests),
+            "succeeded": int(row.succeeded),
+            "failed": int(row.failed),
+            "pending": int(row.pending),
+            "energy_j": energy_by_target.get(row.target),
+        }
+        for row in sorted(by_target, key=lambda r: r.target or "")
+        if row.target is not None
+    }
+    report["tasks"] = {state: int(count) for state, count in sorted(task_states)}
+    return report
+
+
+def summary(ledger: Ledger, by: SummaryKey = "target", *, since: datetime | None = None) -> pd.DataFrame:
+    """Totals over all recorded batches, one row per ``by`` value (target, model, day or user).
+
+    ``day`` is the UTC date a batch was created; ``since`` keeps batches created at or after it. Columns:
+    the key, then ``SUMMARY_COLUMNS``. ``j_per_output_token`` is the metered energy (model load and failed
+    attempts included) over the output tokens produced; NaN when nothing was produced.
+    """
+    if by not in get_args(SummaryKey):
+        raise ConfigError(f"cannot summarise by {by!r}; choose one of {', '.join(get_args(SummaryKey))}")
+    batch_filter = [Batch.created_at >= since] if since is not None else []
+    with ledger.connect() as conn:
+        batches = pd.DataFrame(
+            conn.execute(
+                select(Batch.id, Batch.user, Batch.model, Batch.created_at).where(*batch_filter)
+            ).all(),
+            columns=["batch_id", "user", "model", "created_at"],
+        )
+        requests = pd.DataFrame(
+            conn.execute(
+                select(
+                    Request.batch_id,
+                    Request.target,
+                    func.count().label("requests"),
+                    _status_count("succeeded").label("succeeded"),
+                    _status_count("failed").label("failed"),
+                    _status_count("rejected").label("rejected"),
+                    func.coalesce(func.sum(Request.input_tokens), 0).label("input_tokens"),
+                    func.coalesce(func.sum(Request.output_tokens), 0).label("output_tokens"),
+                )
+                .join(Batch, Batch.id == Request.batch_id)
+                .where(*batch_filter)
+                .group_by(Request.batch_id, Request.target)
+            ).all(),
+            columns=[
+                "batch_id",
+                "target",
+                "requests",
+                "succeeded",
+                "failed",
+                "rejected",
+                "input_tokens",
+                "output_tokens",
+            ],
+        )
+        energy = pd.DataFrame(
+            conn.execute(
+                select(Task.batch_id, Task.target, Task.energy_method, Task.meter, func.sum(Task.energy_j))
+                .join(Batch, Batch.id == Task.batch_id)
+                .where(Task.energy_j.is_not(None), *batch_filter)
+                .group_by(Task.batch_id, Task.target, Task.energy_method, Task.meter)
+            ).all(),
+            columns=["batch_id", "target", "energy_method", "meter", "energy_j"],
+        )
+    if requests.empty:
+        return pd.DataFrame(columns=[by, *SUMMARY_COLUMNS])
+
+    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.merge(batches, on="batch_id", how="left")
+        if by == "day":
+            frame["day"] = pd.to_datetime(frame["created_at"], utc=True).dt.strftime("%Y-%m-%d")
+        elif by == "target":
+            frame["target"] = frame["target"].fillna(NO_TARGET)
+        return frame
+
+    requests, energy = keyed(requests), keyed(energy)
+    counts = ["requests", "succeeded", "failed", "rejected", "input_tokens", "output_tokens"]
+    table = requests.groupby(by, sort=True).agg(
+        batches=("batch_id", "nunique"), **{c: (c, "sum") for c in counts}
+    )
+    table[counts] = table[counts].astype("int64")
+    energy_groups = energy.groupby(by)
+    table["energy_j"] = energy_groups["energy_j"].sum().reindex(table.index).astype("float64")
+    table["j_per_output_token"] = table["energy_j"] / table["output_tokens"].where(table["output_tokens"] > 0)
+    methods = energy_groups["energy_method"].agg(lambda s: combine_methods(s.tolist()))
+    table["energy_method"] = methods.reindex(table.index).astype(object).where(lambda s: s.notna(), None)
+    meters = energy_groups["meter"].agg(lambda s: sorted({m for m in s if isinstance(m, str)}))
+    table["meters"] = [meters.get(key, []) for key in table.index]
+    return table.reset_index()[[by, *SUMMARY_COLUMNS]]
+
+
+def list_batches(ledger: Ledger, limit: int = 20) -> pd.DataFrame:
+    """The ``limit`` newest batches: id, when, who, model, policy, sizes, task progress and energy."""
+    task_totals = (
+        select(
+            Task.batch_id,
+            func.count().label("tasks"),
+            func.coalesce(func.sum(case((Task.state == "completed", 1), else_=0)), 0).label(
+                "tasks_completed"
+            ),
+            func.coalesce(func.sum(case((Task.state == "failed", 1), else_=0)), 0).label("tasks_failed"),
+            func.sum(Task.energy_j).label("energy_j"),
+        )
+        .group_by(Task.batch_id)
+        .subquery()
+    )
+    columns = [
+        "id",
+        "created_at",
+        "user",
+        "host",
+        "model",
+        "policy",
+        "input_path",
+        "n_requests",
+        "n_rejected",
+        "tasks",
+        "tasks_completed",
+        "tasks_failed",
+        "energy_j",
+    ]
+    with ledger.connect() as conn:
+        rows = conn.execute(
+            select(
+                Batch.id,
+                Batch.created_at,
+                Batch.user,
+                Batch.host,
+                Batch.model,
+                Batch.policy,
+                Batch.input_path,
+                Batch.n_requests,
+                Batch.n_rejected,
+                func.coalesce(task_totals.c.tasks, 0),
+                func.coalesce(task_totals.c.tasks_completed, 0),
+                func.coalesce(task_totals.c.tasks_failed, 0),
+                task_totals.c.energy_j,
+            )
+            .outerjoin(task_totals, task_totals.c.batch_id == Batch.id)
+            .order_by(Batch.created_at.desc(), Batch.id)
+            .limit(int(limit))
+        ).all()
+        ids = [row[0] for row in rows]
+        methods = (
+            conn.execute(
+                select(Task.batch_id, Task.energy_method)
+                .where(Task.batch_id.in_(ids), Task.energy_j.is_not(None))
+                .distinct()
+            ).all()
+            if ids
+            else []
+        )
+    frame = pd.DataFrame(rows, columns=columns)
+    by_batch: dict[str, list[str | None]] = {}
+    for batch_id, method in methods:
+        by_batch.setdefault(batch_id, []).append(method)
+    frame["energy_method"] = [combine_methods(by_batch.get(batch_id, [])) for batch_id in frame["id"]]
+    for column in ("n_requests", "n_rejected", "tasks", "tasks_completed", "tasks_failed"):
+        frame[column] = frame[column].astype("int64")
+    frame["energy_j"] = frame["energy_j"].astype("float64")
+    return frame

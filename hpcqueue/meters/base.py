@@ -1,0 +1,169 @@
+"""The meter interface: ``start()`` / ``stop() -> Measurement``.
+
+A meter measures (or estimates) the energy spent over one interval. Every ``Measurement`` carries
+its ``method`` (``measured`` or ``estimated``) and the ``meter`` that produced it, so a number is
+never presented as measured when it was estimated.
+
+Backends subclass ``Meter`` and fill in two hooks, ``_begin()`` and ``_end()``; the base class owns
+the running/stopped bookkeeping so every backend fails the same way when it is misused.
+Each meter instance keeps its own state: a task meter and a batch meter can run at the same time.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args
+
+from hpcqueue.errors import HpcqueueError
+
+Method = Literal["measured", "estimated"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+class MeterUnavailableError(HpcqueueError):
+    """The requested meter cannot be used on this machine (or does not exist); the message says why."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class MeterStatus:
+    """Whether one meter backend can be used here, and why not when it cannot."""
+
+    name: str
+    available: bool
+    method: Method
+    reason: str
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The energy spent over one metered interval.
+
+    ``energy_j`` maps a domain to joules: ``"cpu"`` (CPU package), ``"dram"``, ``"gpu:0"``, ``"gpu:1"``...
+    Only the devices allocated to the job are measured. ``started_at`` is epoch seconds (wall clock);
+    ``duration_s`` comes from a monotonic clock. ``details`` holds backend-specific inputs of the
+    number (for the estimate meter: nominal power, CPU count, CPU time, utilisation, formula).
+    """
+
+    energy_j: dict[str, float]
+    duration_s: float
+    method: Method
+    meter: str
+    started_at: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_energy_j(self) -> float:
+        """Joules summed over all domains."""
+        return float(sum(self.energy_j.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in ``metrics.json`` (the worker adds ``scope`` and ``seq``)."""
+        return {
+            "started_at": self.started_at,
+            "duration_s": self.duration_s,
+            "method": self.method,
+            "meter": self.meter,
+            "energy_j": dict(self.energy_j),
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        """Rebuild a measurement from ``to_dict()`` output; extra keys (``scope``, ``seq``) are ignored.
+
+        Raises ``ValueError`` naming the missing or invalid key, so a reader of a damaged
+        ``metrics.json`` can say which entry is wrong.
+        """
+        missing = [k for k in ("started_at", "duration_s", "method", "meter", "energy_j") if k not in data]
+        if missing:
+            raise ValueError(f"measurement is missing key(s) {', '.join(missing)}")
+        method = data["method"]
+        if method not in METHODS:
+            raise ValueError(f"measurement 'method' is {method!r}; valid values: {', '.join(METHODS)}")
+        energy = data["energy_j"]
+        if not isinstance(energy, dict):
+            raise ValueError(f"measurement 'energy_j' must be an object of domain -> joules, not {energy!r}")
+        energy_j: dict[str, float] = {}
+        for domain, joules in energy.items():
+            value = _number(joules, f"energy_j[{domain!r}]")
+            energy_j[str(domain)] = value
+        details = data.get("details") or {}
+        if not isinstance(details, dict):
+            raise ValueError(f"measurement 'details' must be an object, not {details!r}")
+        return cls(
+            energy_j=energy_j,
+            duration_s=_number(data["duration_s"], "duration_s"),
+            method=method,
+            meter=str(data["meter"]),
+            started_at=_number(data["started_at"], "started_at"),
+            details=dict(details),
+        )
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"measurement {key!r} must be a finite number, not {value!r}")
+    return float(value)
+
+
+class MeasurementHolder:
+    """What ``Meter.measure()`` yields: ``measurement`` is None inside the block, set when it exits."""
+
+    __slots__ = ("measurement",)
+
+    def __init__(self) -> None:
+        self.measurement: Measurement | None = None
+
+
+class Meter(ABC):
+    """Measures energy over an interval. Subclasses set ``name`` and ``method`` and implement the hooks."""
+
+    name: ClassVar[str]
+    method: ClassVar[Method]
+
+    def __init__(self) -> None:
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._running
+
+    def start(self) -> None:
+        """Begin an interval. A stopped meter can be started again for a new interval."""
+        if self._running:
+            raise RuntimeError(f"meter {self.name!r} is already running: call stop() before start() again")
+        self._begin()
+        self._running = True
+
+    def stop(self) -> Measurement:
+        """End the interval begun by ``start()`` and return what was spent in it."""
+        if not self._running:
+            raise RuntimeError(f"meter {self.name!r} was stopped without being started: call start() first")
+        self._running = False
+        return self._end()
+
+    @contextmanager
+    def measure(self) -> Iterator[MeasurementHolder]:
+        """Meter a ``with`` block; the holder's ``measurement`` is set on exit, also when the block raises
+        (energy spent on failed work was still spent)."""
+        holder = MeasurementHolder()
+        self.start()
+        try:
+            yield holder
+        finally:
+            holder.measurement = self.stop()
+
+    @abstractmethod
+    def _begin(self) -> None:
+        """Read the counters/clocks at the start of an interval."""
+
+    @abstractmethod
+    def _end(self) -> Measurement:
+        """Read them again and build the interval's ``Measurement``."""

@@ -1,0 +1,363 @@
+"""Submit a batch: ingest → count tokens → plan → batch directory + ledger → dispatch → (wait → collect).
+
+This is the library behind ``hpcqueue submit``; the CLI only parses options and renders what comes back.
+Submitting the same input with the same settings again finds the same batch id and resumes: finished tasks
+are collected (if they were not yet), tasks held by a live job are left alone, and only the rest is submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hpcqueue import batch as batchdir
+from hpcqueue.config import Settings
+from hpcqueue.errors import InputError, InputIssue
+from hpcqueue.requests import ReadOptions, Rejected, RequestSet, read_requests, rejected_id
+
+PLAN_COLUMNS = [
+    "line",
+    "id",
+    "kind",
+    "target",
+    "task_index",
+    "input_tokens",
+    "max_new_tokens",
+    "predicted_energy_j",
+    "predicted_runtime_s",
+    "extrapolated",
+]
+
+
+@dataclass
+class Prepared:
+    """Everything decided before anything is written: the validated requests, their tokens and the plan."""
+
+    settings: Settings
+    requests: RequestSet
+    table: pd.DataFrame
+    rejected: list[Rejected]
+    model: Any  # hpcqueue.models.ModelRef
+    plan: Any  # hpcqueue.planner.Plan
+    batch_id: str
+    skip_invalid: bool
+
+    @property
+    def warnings(self) -> list[str]:
+        return [str(issue) for issue in self.requests.warnings] + list(self.plan.warnings)
+
+
+def read_options(settings: Settings, *, skip_invalid: bool) -> ReadOptions:
+    return ReadOptions(
+        max_line_bytes=settings.max_line_bytes,
+        default_max_new_tokens=settings.max_new_tokens,
+        max_new_tokens_limit=settings.max_new_tokens_limit,
+        skip_invalid=skip_invalid,
+    )
+
+
+def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: bool = False) -> Prepared:
+    """Validate, count tokens and plan. Raises :class:`InputError` (nothing written) on invalid lines."""
+    from hpcqueue.models import Tokenizer, resolve_model
+    from hpcqueue.planner import make_plan, resolve_cost_models
+    from hpcqueue.profiles.store import profile_search_path
+
+    requests = read_requests(path, read_options(settings, skip_invalid=skip_invalid))
+    model = resolve_model(settings.model, cache_dir=settings.cache_dir)
+    tokenizer = Tokenizer.load(model.path)
+    table = requests.table
+    table["input_tokens"] = tokenizer.count_requests(table)
+    table, rejected = _check_context_length(requests, table, tokenizer.context_length, skip_invalid)
+
+    targets = list(settings.targets.values())
+    notes: list[str] = []
+    cost_models = resolve_cost_models(
+        targets, model.name, profile_search_path(settings.profile_dirs), notes=notes
+    )
+    plan = make_plan(
+        table, targets, cost_models, policy=settings.policy, task_size=settings.task_size, model=model.name
+    )
+    plan.warnings.extend(notes)
+    batch_id = batchdir.batch_id_for(
+        requests.sha256,
+        settings.model_dump(mode="json"),
+        {name: target.model_dump(mode="json") for name, target in settings.targets.items()},
+        model.fingerprint,
+        skip_invalid=skip_invalid,
+    )
+    return Prepared(settings, requests, table, rejected, model, plan, batch_id, skip_invalid)
+
+
+def _check_context_length(
+    requests: RequestSet, table: pd.DataFrame, context_length: int | None, skip_invalid: bool
+) -> tuple[pd.DataFrame, list[Rejected]]:
+    """Requests whose prompt plus token limit do not fit the model's context are invalid input too."""
+    rejected = list(requests.rejected)
+    if not context_length:
+        return table, rejected
+    too_long = (table["input_tokens"] + table["max_new_tokens"]) > context_length
+    if not too_long.any():
+        return table, rejected
+    path = str(requests.path)
+    issues = [
+        InputIssue(
+            path,
+            int(row.line),
+            "max_new_tokens",
+            f"{int(row.input_tokens)} prompt tokens + max_new_tokens {int(row.max_new_tokens)} "
+            "exceed the model's "
+            f"context length of {context_length} tokens; shorten the prompt or lower max_new_tokens",
+        )
+        for row in table.loc[too_long, ["line", "input_tokens", "max_new_tokens"]].itertuples(index=False)
+    ]
+    if not skip_invalid:
+        raise InputError(
+            f"{path}: {len(issues)} request(s) do not fit the model's context "
+            f"(first: line {issues[0].line}); "
+            "nothing was submitted",
+            issues,
+        )
+    for issue, raw in zip(issues, table.loc[too_long, "raw"], strict=True):
+        rejected.append(Rejected(issue.line, raw, [issue]))
+    rejected.sort(key=lambda r: r.line)
+    kept = table.loc[~too_long].reset_index(drop=True)
+    if kept.empty:
+        raise InputError(f"{path}: no request fits the model's context; nothing was submitted", issues)
+    return kept, rejected
+
+
+@dataclass
+class SubmitOutcome:
+    batch: batchdir.BatchDir
+    created: bool
+    submitted_tasks: list[int] = field(default_factory=list)
+    already_running: list[int] = field(default_factory=list)
+    submission: Any = None  # dispatch.Submission
+
+
+def _task_specs(prepared: Prepared) -> list[dict[str, Any]]:
+    settings = prepared.settings
+    specs = []
+    for task in prepared.plan.tasks.itertuples(index=False):
+        target = settings.targets[task.target]
+        specs.append(
+            {
+                "batch_id": prepared.batch_id,
+                "task_index": int(task.task_index),
+                "target": target.name,
+                "model": prepared.model.name,
+                "model_path": str(prepared.model.path),
+                "input_format": prepared.requests.format,
+                "batch_size": target.batch_size or settings.batch_size,
+                "meter": target.meter,
+                "hardware": target.hardware,
+                "nominal_power_w": target.nominal_power_w,
+                "device": target.device,
+                "dtype": target.dtype,
+                "default_max_new_tokens": settings.max_new_tokens,
+                "max_new_tokens_limit": settings.max_new_tokens_limit,
+                "max_line_bytes": settings.max_line_bytes,
+                "n_requests": int(task.n_requests),
+            }
+        )
+    return specs
+
+
+def _manifest(prepared: Prepared, identity: Mapping[str, Any]) -> dict[str, Any]:
+    plan = prepared.plan
+    settings = prepared.settings
+    return {
+        "batch_id": prepared.batch_id,
+        **identity,
+        "input_path": str(Path(prepared.requests.path).resolve()),
+        "input_sha256": prepared.requests.sha256,
+        "input_format": prepared.requests.format,
+        "model": prepared.model.name,
+        "model_path": str(prepared.model.path),
+        "model_fingerprint": prepared.model.fingerprint,
+        "policy": plan.policy,
+        "thresholds": plan.thresholds,
+        "settings": settings.model_dump(mode="json", exclude={"targets"}),
+        "targets": {name: t.model_dump(mode="json") for name, t in settings.targets.items()},
+        "skip_invalid": prepared.skip_invalid,
+        "n_requests": len(prepared.table),
+        "n_rejected": len(prepared.rejected),
+        "tasks": [
+            {key: _plain(value) for key, value in task._asdict().items()}
+            for task in plan.tasks.itertuples(index=False)
+        ],
+    }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars → Python scalars for JSON."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _plan_frame(prepared: Prepared) -> pd.DataFrame:
+    frame = pd.concat([prepared.table, prepared.plan.assignments], axis=1)
+    return frame[PLAN_COLUMNS]
+
+
+def create_or_open(prepared: Prepared, ledger: Any) -> tuple[batchdir.BatchDir, bool]:
+    """Write the batch directory and the ledger rows if this batch is new; otherwise open what exists."""
+    settings = prepared.settings
+    path = Path(settings.batch_root) / prepared.batch_id
+    created = False
+    if (path / batchdir.MANIFEST).exists():
+        batch = batchdir.BatchDir(path)
+    else:
+        identity = batchdir.submitter_identity()
+        batch = batchdir.create_batch(
+            Path(settings.batch_root),
+            prepared.batch_id,
+            manifest=_manifest(prepared, identity),
+            plan=_plan_frame(prepared),
+            task_specs=_task_specs(prepared),
+            raw_lines=prepared.table["raw"],
+            rejected=prepared.rejected,
+        )
+        created = True
+    record_in_ledger(batch, ledger)
+    return batch, created
+
+
+def record_in_ledger(batch: batchdir.BatchDir, ledger: Any) -> bool:
+    """Record the batch, its tasks and requests in the ledger unless it is there already (idempotent)."""
+    from hpcqueue.ledger import BatchInfo
+
+    if ledger.get_batch(batch.batch_id) is not None:
+        return False
+    manifest = batch.manifest()
+    info = BatchInfo(
+        id=manifest["batch_id"],
+        created_at=manifest["created_at"],
+        user=manifest["user"],
+        host=manifest["host"],
+        input_path=manifest["input_path"],
+        input_sha256=manifest["input_sha256"],
+        input_format=manifest["input_format"],
+        model=manifest["model"],
+        policy=manifest["policy"],
+        settings_json=manifest["settings"],
+        batch_dir=str(batch.path),
+        n_requests=manifest["n_requests"],
+        n_rejected=manifest["n_rejected"],
+    )
+    tasks = pd.DataFrame(manifest["tasks"])
+    tasks["executor"] = tasks["target"].map(lambda name: manifest["targets"][name]["executor"])
+    requests = batch.plan()
+    rejected = []
+    if batch.rejects_path.exists():
+        from hpcqueue.fileio import read_jsonl
+
+        for record in read_jsonl(batch.rejects_path):
+            rejected.append(
+                {
+                    "line": record["line"],
+                    "id": rejected_id(record["raw"], record["line"]),
+                    "errors": record["errors"],
+                }
+            )
+    return bool(ledger.record_batch(info, tasks, requests, rejected))
+
+
+def live_task_indices(batch: batchdir.BatchDir) -> set[int]:
+    """Tasks that a job submitted earlier may still run: never submit those twice."""
+    live: set[int] = set()
+    for record in batch.jobs():
+        if record["executor"] == "local" and _pid_alive(int(record["job_id"])):
+            live.update(record["task_indices"])
+    return live
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reused pid belongs to some other program: only a submitit controller counts
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"submitit" in cmdline
+
+
+def submit(prepared: Prepared, ledger: Any) -> SubmitOutcome:
+    """Create (or resume) the batch and submit every task that is neither finished nor held by a live job."""
+    from hpcqueue.dispatch import submit_tasks
+    from hpcqueue.ledger.collect import collect_batch
+
+    batch, created = create_or_open(prepared, ledger)
+    collect_batch(ledger, batch.path)
+    live = live_task_indices(batch)
+    manifest = batch.manifest()
+    targets_of = {task["task_index"]: task["target"] for task in manifest["tasks"]}
+    to_run = {
+        index: targets_of[index]
+        for index, state in batch.task_states().items()
+        if state == "pending" and index not in live
+    }
+    outcome = SubmitOutcome(batch, created, already_running=sorted(live))
+    if to_run:
+        submission = submit_tasks(batch, prepared.settings.targets, to_run)
+        for record in submission.records:
+            ledger.record_submission(
+                batch.batch_id,
+                record["task_indices"],
+                job_id=record["job_id"],
+                executor=record["executor"],
+                submitted_at=record["submitted_at"],
+            )
+        outcome.submission = submission
+        outcome.submitted_tasks = sorted(to_run)
+    return outcome
+
+
+ProgressCallback = Callable[[dict[int, str]], None]
+
+
+def wait(
+    batch: batchdir.BatchDir,
+    ledger: Any,
+    *,
+    submission: Any = None,
+    on_progress: ProgressCallback | None = None,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+) -> dict[int, str]:
+    """Wait until every task has finished, collecting each into the ledger as it finishes.
+
+    Returns the final task states. A task still pending after every job of this batch has ended lost its
+    worker (killed, out of memory): it stays pending, and submitting the batch again resumes it.
+    """
+    from hpcqueue.ledger.collect import collect_batch
+
+    started = time.monotonic()
+    collected: set[int] = set()
+    while True:
+        states = batch.task_states()
+        finished = {i for i, s in states.items() if s in ("completed", "failed")}
+        if finished - collected:
+            collect_batch(ledger, batch.path)
+            collected |= finished
+        if on_progress is not None:
+            on_progress(states)
+        if len(finished) == len(states):
+            return states
+        jobs_over = (submission is None or submission.done()) and not live_task_indices(batch)
+        if jobs_over and not any(s == "running" for s in states.values()):
+            states = batch.task_states()  # one last look: a task may have ended between the checks
+            collect_batch(ledger, batch.path)
+            return states
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            return states
+        time.sleep(poll_s)

@@ -1,0 +1,90 @@
+"""Settings precedence and config validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcqueue.config import Settings, Target, resolve
+from hpcqueue.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cluster.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_embedded_default_is_one_local_target(tmp_path: Path) -> None:
+    settings = resolve(None, environ={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert list(settings.targets) == ["local"]
+    assert settings.targets["local"].executor == "local"
+    assert settings.model == "hpcqueue-demo"
+
+
+def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
+    config = _write(tmp_path, "max_new_tokens = 100\ntask_size = 10\nbatch_size = 4\n")
+    env = {"HPCQUEUE_TASK_SIZE": "20", "HPCQUEUE_BATCH_SIZE": "8"}
+    settings = resolve(config, flags={"batch_size": 2, "model": None}, environ=env)
+    assert settings.max_new_tokens == 100  # file beats default
+    assert settings.task_size == 20  # env beats file
+    assert settings.batch_size == 2  # flag beats env
+    assert settings.model == "hpcqueue-demo"  # a flag left out (None) does not override
+    assert settings.config_path == config.resolve()
+
+
+def test_config_from_environment_variable(tmp_path: Path) -> None:
+    config = _write(tmp_path, 'model = "some/model"\n')
+    assert resolve(None, environ={"HPCQUEUE_CONFIG": str(config)}).model == "some/model"
+
+
+def test_targets_get_their_table_name_and_relative_paths_resolve(tmp_path: Path) -> None:
+    config = _write(
+        tmp_path,
+        'batch_root = "runs"\n'
+        '[targets.gpu]\nexecutor = "slurm"\npartition = "gpu"\nhardware = "a100-40g"\ngres = "gpu:1"\n'
+        '[targets.lowpower]\nexecutor = "slurm"\npartition = "lowpower"\n',
+    )
+    settings = resolve(config, environ={})
+    assert settings.targets["gpu"] == Target(
+        name="gpu", executor="slurm", partition="gpu", hardware="a100-40g", gres="gpu:1"
+    )
+    assert settings.batch_root == (tmp_path / "runs").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[targets.gpu]\nexecutor = 'slurm'\n",
+            "targets.gpu: a target with executor 'slurm' needs a 'partition'",
+        ),
+        ("[targets.gpu]\nexecutor = 'pbs'\n", "targets.gpu.executor"),
+        ("task_size = 0\n", "task_size"),
+        ("max_new_tokens = 10\nmax_new_tokens_limit = 5\n", "exceeds max_new_tokens_limit"),
+        ("colour = 'blue'\n", "colour: unknown key; valid keys:"),
+        ("task_size = [\n", "not valid TOML"),
+    ],
+)
+def test_invalid_configs_name_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    config = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        resolve(config, environ={})
+    assert str(config) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="environment HPCQUEUE_TASK_SIZE: task_size"):
+        resolve(None, environ={"HPCQUEUE_TASK_SIZE": "many", "XDG_CONFIG_HOME": str(tmp_path)})
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        resolve("/nonexistent/cluster.toml", environ={})
+
+
+def test_unknown_target_lookup_lists_targets() -> None:
+    with pytest.raises(ConfigError, match="targets in this config: local"):
+        Settings().target("gpu")

@@ -1,0 +1,166 @@
+"""End to end through the real CLI: real demo model, submitit's local executor, a real SQLite ledger."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _ledger_counts(env: dict[str, str]) -> dict[str, int]:
+    path = env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        return {
+            t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("batches", "tasks", "requests", "measurements")
+        }
+
+
+def _input_ids(path: Path) -> list[str]:
+    ids = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            obj = json.loads(line)
+            ids.append(str(obj.get("custom_id", obj.get("id", f"line-{n}"))))
+    return ids
+
+
+def test_submit_wait_results_and_resubmit(hq_env: dict[str, str], tmp_path: Path) -> None:
+    prompts = EXAMPLES / "prompts.jsonl"
+    n_lines = len(_input_ids(prompts))
+    assert n_lines >= 50
+
+    first = run_cli(["submit", str(prompts), "--wait", "--json", "--task-size", "24"], hq_env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    for key in ("batch_id", "requests", "succeeded", "failed", "energy_j", "energy_method"):
+        assert key in report, key
+    assert report["requests"] == n_lines
+    assert report["succeeded"] == n_lines and report["failed"] == 0
+    assert report["energy_method"] == "estimated"  # no energy counters here: never claim "measured"
+    assert report["energy_j"] > 0
+    assert report["tasks"]["total"] == -(-n_lines // 24)
+
+    counts = _ledger_counts(hq_env)
+    assert counts["batches"] == 1 and counts["requests"] == n_lines
+    assert counts["tasks"] == report["tasks"]["total"]
+    with sqlite3.connect(hq_env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///")) as db:
+        rows = db.execute(
+            "SELECT status, target, input_tokens, output_tokens, energy_j, energy_method, attribution_rule "
+            "FROM requests"
+        ).fetchall()
+        task_energy = db.execute("SELECT sum(energy_j) FROM tasks").fetchone()[0]
+    assert {r[0] for r in rows} == {"succeeded"}
+    assert {r[1] for r in rows} == {"local"}
+    assert all(r[2] > 0 and r[3] > 0 and r[4] > 0 for r in rows)
+    assert {r[5] for r in rows} == {"estimated"}
+    assert all(r[6] for r in rows)
+    assert sum(r[4] for r in rows) == pytest.approx(task_energy, rel=1e-6)
+
+    out = tmp_path / "out.jsonl"
+    res = run_cli(["results", report["batch_id"], "-o", str(out)], hq_env)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in lines] == _input_ids(prompts)
+    assert all(r["error"] is None and isinstance(r["text"], str) for r in lines)
+    assert {r["finish_reason"] for r in lines} <= {"stop", "length"}
+
+    again = run_cli(["submit", str(prompts), "--wait", "--json", "--task-size", "24"], hq_env)
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    assert second["batch_id"] == report["batch_id"]
+    assert second["resumed"] is True and second["submitted_tasks"] == 0
+    assert second["succeeded"] == n_lines
+    assert _ledger_counts(hq_env) == counts
+
+    collect = run_cli(["collect", report["batch_id"]], hq_env)
+    assert collect.returncode == 0, collect.stderr
+    assert _ledger_counts(hq_env) == counts
+
+    summary = run_cli(["ledger", "summary", "--by", "target", "--format", "json"], hq_env)
+    assert summary.returncode == 0, summary.stderr
+    (row,) = json.loads(summary.stdout)
+    assert row["target"] == "local" and row["requests"] == n_lines
+
+
+def test_invalid_line_three_submits_nothing(hq_env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"id": "a", "prompt": "What is a Slurm partition?"}\n'
+        '{"id": "b", "prompt": "Explain job arrays."}\n'
+        '{"id": "c", "prompt": "Why?", "max_new_tokens": -4}\n'
+        '{"id": "d", "prompt": "How much energy does a GPU use?"}\n',
+        encoding="utf-8",
+    )
+    result = run_cli(["submit", str(bad), "--wait"], hq_env)
+    assert result.returncode == 2
+    assert f"{bad}:3" in result.stderr and "max_new_tokens" in result.stderr
+    batch_root = Path(hq_env["HPCQUEUE_BATCH_ROOT"])
+    assert not batch_root.exists() or not any(batch_root.iterdir())
+    ledger = Path(hq_env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///"))
+    assert not ledger.exists() or _ledger_counts(hq_env)["batches"] == 0
+
+
+def test_skip_invalid_runs_the_rest_and_reports_rejects(hq_env: dict[str, str], tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        '{"id": "a", "prompt": "Name three schedulers.", "max_new_tokens": 8}\n'
+        '{"id": "b", "prompt": "What is RAPL?", "max_new_tokens": 8}\n'
+        '{"id": "c", "prompt": 42}\n'
+        '{"id": "d", "messages": [{"role": "user", "content": "Hello"}], "max_new_tokens": 8}\n',
+        encoding="utf-8",
+    )
+    result = run_cli(["submit", str(mixed), "--wait", "--json", "--skip-invalid"], hq_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["succeeded"] == 3 and report["rejected"] == 1
+    batch_dir = Path(report["batch_dir"])
+    (reject,) = [json.loads(line) for line in (batch_dir / "rejects.jsonl").read_text().splitlines()]
+    assert reject["line"] == 3 and reject["errors"][0]["field"] == "prompt"
+
+    out = tmp_path / "out.jsonl"
+    assert run_cli(["results", report["batch_id"], "-o", str(out)], hq_env).returncode == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["a", "b", "c", "d"]
+    assert records[2]["error"]["code"] == "invalid_input"
+    assert records[3]["error"] is None
+
+
+def test_openai_batch_input_gives_openai_batch_output(hq_env: dict[str, str], tmp_path: Path) -> None:
+    source = EXAMPLES / "openai-batch.jsonl"
+    result = run_cli(["submit", str(source), "--wait", "--json", "--max-new-tokens", "16"], hq_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    out = tmp_path / "out.jsonl"
+    assert run_cli(["results", report["batch_id"], "-o", str(out)], hq_env).returncode == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    requests = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    assert [r["custom_id"] for r in records] == [r["custom_id"] for r in requests]
+    for record, request in zip(records, requests, strict=True):
+        assert record["error"] is None
+        body = record["response"]["body"]
+        assert record["response"]["status_code"] == 200
+        if request["url"] == "/v1/chat/completions":
+            assert body["object"] == "chat.completion"
+            assert isinstance(body["choices"][0]["message"]["content"], str)
+        else:
+            assert body["object"] == "text_completion"
+        assert (
+            body["usage"]["total_tokens"]
+            == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+        )
+
+
+def test_dry_run_writes_nothing(hq_env: dict[str, str]) -> None:
+    result = run_cli(["submit", str(EXAMPLES / "prompts.jsonl"), "--dry-run", "--json"], hq_env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["dry_run"] is True and plan["per_target"]["local"]["requests"] == plan["requests"]
+    batch_root = Path(hq_env["HPCQUEUE_BATCH_ROOT"])
+    assert not batch_root.exists() or not any(batch_root.iterdir())

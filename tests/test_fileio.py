@@ -1,0 +1,42 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpcqueue.fileio import atomic_open, atomic_write_json, atomic_write_jsonl, read_jsonl
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    atomic_write_json(target, {"state": "old"})
+    with pytest.raises(RuntimeError), atomic_open(target) as handle:
+        handle.write('{"state": "ne')
+        raise RuntimeError("worker died mid-write")
+    assert json.loads(target.read_text()) == {"state": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_file_does_not_exist_until_the_write_completes(tmp_path: Path) -> None:
+    target = tmp_path / "output.jsonl"
+    with atomic_open(target) as handle:
+        handle.write('{"line": 1}\n')
+        assert not target.exists()
+    assert target.read_text() == '{"line": 1}\n'
+
+
+def test_jsonl_round_trip_and_torn_last_line(tmp_path: Path) -> None:
+    target = tmp_path / "partial.jsonl"
+    atomic_write_jsonl(target, [{"line": 1, "text": "é"}, {"line": 2, "text": None}])
+    assert list(read_jsonl(target)) == [{"line": 1, "text": "é"}, {"line": 2, "text": None}]
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write('{"line": 3, "te')  # an append cut short by a crash
+    assert [r["line"] for r in read_jsonl(target)] == [1, 2]
+
+
+def test_atomic_open_rejects_append_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="modes"), atomic_open(tmp_path / "x", "a"):
+        pass

@@ -1,0 +1,294 @@
+"""Cost model v0 and the planning policies, on the shipped profiles of Wilkins et al. (2024)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpcqueue.config import Target
+from hpcqueue.errors import ConfigError, PlanningError
+from hpcqueue.planner import (
+    CostModel,
+    make_plan,
+    order_by_energy_per_token,
+    resolve_cost_models,
+    threshold_between,
+)
+from hpcqueue.profiles import Profile, find_profile
+
+SHIPPED = [Path(__file__).resolve().parents[1] / "profiles"]
+LLAMA = "meta-llama/Llama-2-7b-chat-hf"
+M1 = "llama-2-7b-chat.m1-pro.wilkins2024"
+SWING = "llama-2-7b-chat.swing-a100.wilkins2024"
+PALMETTO = "llama-2-7b-chat.palmetto-a100.wilkins2024"
+V100 = "llama-2-7b-chat.palmetto-v100.wilkins2024"
+
+
+def _profile(name: str) -> Profile:
+    return find_profile(name, SHIPPED)
+
+
+def _model(name: str) -> CostModel:
+    return CostModel.from_profile(_profile(name))
+
+
+def _requests(pairs: list[tuple[int, int]], start_line: int = 1) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "line": np.arange(start_line, start_line + len(pairs)),
+            "input_tokens": [p[0] for p in pairs],
+            "max_new_tokens": [p[1] for p in pairs],
+        }
+    )
+
+
+# --- cost model ----------------------------------------------------------------------------------
+
+
+def test_curves_pass_through_every_measured_mean() -> None:
+    model = _model(SWING)
+    points = _profile(SWING).points
+    for sweep, swept, e_curve, r_curve in (
+        ("input", "input_tokens", model.energy_in, model.runtime_in),
+        ("output", "output_tokens", model.energy_out, model.runtime_out),
+    ):
+        rows = points[points["sweep"] == sweep]
+        np.testing.assert_allclose(e_curve(rows[swept]), rows["energy_j_mean"], rtol=1e-12)
+        np.testing.assert_allclose(r_curve(rows[swept]), rows["runtime_s_mean"], rtol=1e-12)
+
+
+def test_prediction_is_exact_on_the_output_sweep_and_keeps_input_sweep_differences() -> None:
+    model = _model(SWING)
+    points = _profile(SWING).points
+    out = points[points["sweep"] == "output"]
+    prediction = model.predict(out["input_tokens"], out["output_tokens"])
+    np.testing.assert_allclose(prediction.energy_j, out["energy_j_mean"], rtol=1e-12)
+    np.testing.assert_allclose(prediction.runtime_s, out["runtime_s_mean"], rtol=1e-12)
+    assert not prediction.extrapolated.any()
+
+    inp = points[points["sweep"] == "input"]
+    prediction = model.predict(inp["input_tokens"], inp["output_tokens"])
+    offset = prediction.energy_j - inp["energy_j_mean"].to_numpy()
+    # one constant shift: the two sweeps' disagreement at the point they share
+    np.testing.assert_allclose(offset, offset[0], atol=1e-9)
+    assert abs(offset[0]) < 0.1 * inp["energy_j_mean"].min()
+
+
+def test_energy_grows_with_tokens_where_the_measurements_do() -> None:
+    model = _model(SWING)
+    grid = np.unique(np.geomspace(1, 8000, 400).astype(int))
+    for fixed in (8, 38, 500):
+        assert np.all(np.diff(model.predict(grid, np.full(grid.shape, fixed)).energy_j) >= 0)
+        assert np.all(np.diff(model.predict(np.full(grid.shape, fixed), grid).energy_j) >= 0)
+
+
+def test_extrapolation_is_flagged_and_continues_the_end_slope() -> None:
+    model = _model(SWING)
+    inside = model.predict([1024, 38], [32, 4096])
+    assert not inside.extrapolated.any()
+    outside = model.predict([4096, 4, 38], [32, 32, 8192])
+    assert outside.extrapolated.all()
+    # past 2048 prompt tokens the input curve keeps its last segment's log-log slope
+    e2048 = model.energy_in(2048)
+    e1024 = model.energy_in(1024)
+    assert model.energy_in(4096) == pytest.approx(e2048 * (e2048 / e1024), rel=1e-9)
+
+
+def test_predictions_never_go_below_the_lowest_measured_energy_per_token() -> None:
+    model = _model(M1)
+    points = _profile(M1).points
+    lowest_j_per_token = (points["energy_j_mean"] / (points["input_tokens"] + points["output_tokens"])).min()
+    # E_in(8) + E_out(8) − E_in(38) is negative for the M1 profile: the separable sum undershoots
+    raw = model.energy_in(8) + model.energy_out(8) - model.energy_ref_j
+    assert raw < 0
+    prediction = model.predict([8, 1024], [8, 128])
+    assert prediction.floored.tolist() == [True, False]
+    assert prediction.energy_j[0] == pytest.approx(lowest_j_per_token * 16)
+    assert (prediction.energy_j > 0).all() and (prediction.runtime_s > 0).all()
+
+
+def test_energy_per_token_along_a_sweep() -> None:
+    model = _model(M1)
+    rows = _profile(M1).points.query("sweep == 'output'")
+    tokens, j_per_token = model.energy_per_token("output")
+    np.testing.assert_array_equal(tokens, rows["output_tokens"])
+    np.testing.assert_allclose(j_per_token, rows["energy_j_mean"] / (rows["output_tokens"] + 38))
+
+
+def test_a_profile_with_a_single_point_in_a_sweep_is_refused() -> None:
+    profile = _profile(SWING)
+    points = profile.points
+    thin = Profile(
+        meta=profile.meta, points=points[(points["sweep"] == "input") | (points["output_tokens"] == 8)]
+    )
+    with pytest.raises(PlanningError, match="the output sweep has 1 point"):
+        CostModel.from_profile(thin)
+
+
+# --- thresholds ----------------------------------------------------------------------------------
+
+
+def test_thresholds_from_the_paper_profiles() -> None:
+    m1, swing = _model(M1), _model(SWING)
+    assert order_by_energy_per_token({"swing": swing, "m1": m1}) == ["m1", "swing"]
+    # The paper chose 32 input / 32 output tokens from the same measurements.
+    assert threshold_between(m1, swing) == {"input_tokens": 32, "output_tokens": 32}
+    assert threshold_between(m1, _model(PALMETTO)) == {"input_tokens": 16, "output_tokens": 16}
+    # The Swing A100 is never cheaper per token than the M1 Pro at its own smallest point.
+    assert threshold_between(swing, m1) == {"input_tokens": 0, "output_tokens": 0}
+
+
+# --- plans ---------------------------------------------------------------------------------------
+
+
+def test_one_target_takes_everything_without_a_profile() -> None:
+    table = _requests([(10, 5), (300, 64), (2, 1)])
+    plan = make_plan(table, [Target(name="local")], {"local": None})
+    assert plan.assignments["target"].tolist() == ["local"] * 3
+    assert plan.assignments["predicted_energy_j"].isna().all()
+    assert not plan.assignments["extrapolated"].any()
+    assert plan.thresholds == {}
+    assert plan.per_target()["local"]["requests"] == 3
+    assert plan.profiles == {"local": None}
+
+
+def test_two_targets_send_small_requests_to_the_low_power_one() -> None:
+    targets = [
+        Target(name="gpu", hardware="a100-40g", profile=SWING),
+        Target(name="laptop", hardware="m1-pro"),
+    ]
+    models = resolve_cost_models(targets, LLAMA, SHIPPED)
+    table = _requests([(8, 8), (32, 32), (33, 32), (32, 33), (2000, 500), (20, 16)])
+    table.index = table["line"] * 10  # the plan keeps the caller's index
+    plan = make_plan(table, targets, models, model=LLAMA)
+
+    assert plan.thresholds == {"input_tokens": 32, "output_tokens": 32, "low": "laptop", "high": "gpu"}
+    assert plan.assignments["target"].tolist() == ["laptop", "laptop", "gpu", "gpu", "gpu", "laptop"]
+    assert plan.assignments.index.equals(table.index)
+    assert plan.profiles == {"gpu": SWING, "laptop": M1}
+    assert plan.assignments["predicted_energy_j"].notna().all()
+    per_target = plan.per_target()
+    assert per_target["laptop"]["requests"] == 3
+    assert per_target["gpu"]["predicted_energy_j"] == pytest.approx(
+        plan.assignments.loc[plan.assignments["target"] == "gpu", "predicted_energy_j"].sum()
+    )
+
+
+def test_three_targets_form_a_ladder() -> None:
+    names = {"v100": V100, "laptop": M1, "a100": SWING}
+    targets = [Target(name=n, hardware="x", profile=p) for n, p in names.items()]
+    models = resolve_cost_models(targets, LLAMA, SHIPPED)
+    table = _requests([(16, 16), (100, 100), (3000, 64)])
+    plan = make_plan(table, targets, models)
+    assert [r["low"] for r in plan.thresholds["ladder"]] == ["laptop", "a100"]
+    assert plan.assignments["target"].tolist() == ["laptop", "a100", "v100"]
+
+
+def test_single_policy_sends_everything_to_the_named_target() -> None:
+    targets = [Target(name="gpu", hardware="a100-40g"), Target(name="laptop", hardware="m1-pro")]
+    plan = make_plan(
+        _requests([(8, 8), (900, 900)]), targets, {"gpu": None, "laptop": None}, policy="single:gpu"
+    )
+    assert plan.assignments["target"].tolist() == ["gpu", "gpu"]
+    assert plan.per_target()["laptop"]["requests"] == 0
+    with pytest.raises(ConfigError, match="'tpu', which is not configured; targets: gpu, laptop"):
+        make_plan(_requests([(8, 8)]), targets, {}, policy="single:tpu")
+
+
+def test_unknown_policy_lists_the_valid_ones() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown policy 'fastest'; valid policies: threshold, single:<target>"
+    ):
+        make_plan(_requests([(8, 8)]), [Target(name="local")], {}, policy="fastest")
+
+
+def test_missing_profile_with_two_targets_says_which_and_how_to_fix() -> None:
+    targets = [Target(name="gpu", hardware="a100-40g"), Target(name="lp", hardware="arm-n1")]
+    models = resolve_cost_models(targets, LLAMA, SHIPPED)
+    assert models["lp"] is None
+    with pytest.raises(PlanningError) as info:
+        make_plan(_requests([(8, 8)]), targets, models, model=LLAMA)
+    message = str(info.value)
+    assert "target 'lp' (hardware 'arm-n1')" in message
+    assert LLAMA in message
+    assert 'profile = "<profile name>" in [targets.lp]' in message
+
+
+def test_resolving_profiles_by_name_and_by_model_and_hardware() -> None:
+    notes: list[str] = []
+    targets = [
+        Target(name="a", hardware="a100-40g"),
+        Target(name="b", hardware="m1-pro", profile="mistral-7b.m1-pro.wilkins2024"),
+        Target(name="c", hardware="m1-pro"),
+    ]
+    models = resolve_cost_models(targets, "Llama-2 (7B)", SHIPPED, notes)
+    assert {k: m.profile_name if m else None for k, m in models.items()} == {
+        "a": PALMETTO,  # two A100 profiles match; the choice is reported
+        "b": "mistral-7b.m1-pro.wilkins2024",
+        "c": M1,
+    }
+    assert len(notes) == 1 and SWING in notes[0] and "[targets.a]" in notes[0]
+    with pytest.raises(PlanningError, match="no profile named 'typo'"):
+        resolve_cost_models([Target(name="x", profile="typo")], LLAMA, SHIPPED)
+
+
+def test_chunking_puts_each_request_in_one_task_sorted_by_length_within_target() -> None:
+    rng = np.random.default_rng(7)
+    n = 1000
+    table = pd.DataFrame(
+        {
+            "line": rng.permutation(n) + 1,
+            "input_tokens": rng.integers(1, 200, n),
+            "max_new_tokens": rng.integers(1, 64, n),
+        }
+    )
+    targets = [
+        Target(name="gpu", hardware="a100-40g", profile=SWING, task_size=64),
+        Target(name="laptop", hardware="m1-pro", profile=M1),
+    ]
+    plan = make_plan(table, targets, resolve_cost_models(targets, LLAMA, SHIPPED), task_size=100)
+    a, tasks = plan.assignments, plan.tasks
+
+    assert tasks["task_index"].tolist() == list(range(len(tasks)))
+    assert tasks["n_requests"].sum() == n
+    assert (a.groupby("task_index").size() == tasks.set_index("task_index")["n_requests"]).all()
+    # targets in the order given: all of gpu's tasks, then the laptop's
+    assert tasks["target"].tolist() == sorted(tasks["target"].tolist(), key=["gpu", "laptop"].index)
+    for name, size in (("gpu", 64), ("laptop", 100)):
+        sizes = tasks.loc[tasks["target"] == name, "n_requests"].to_numpy()
+        assert (sizes[:-1] == size).all() and 0 < sizes[-1] <= size
+        mine = pd.concat([table, a], axis=1)[a["target"] == name]
+        ordered = mine.sort_values(["input_tokens", "line"])
+        assert ordered["task_index"].is_monotonic_increasing
+    sums = pd.concat([table, a], axis=1).groupby("task_index")[["input_tokens", "max_new_tokens"]].sum()
+    assert (sums["input_tokens"].to_numpy() == tasks["input_tokens"].to_numpy()).all()
+    assert (sums["max_new_tokens"].to_numpy() == tasks["max_new_tokens"].to_numpy()).all()
+    np.testing.assert_allclose(
+        a.groupby("task_index")["predicted_energy_j"].sum().to_numpy(), tasks["predicted_energy_j"]
+    )
+
+
+def test_extrapolated_share_is_reported() -> None:
+    targets = [Target(name="gpu", hardware="a100-40g", profile=SWING)]
+    models = resolve_cost_models(targets, LLAMA, SHIPPED)
+    plan = make_plan(_requests([(100, 32), (5000, 32), (100, 9000), (64, 64)]), targets, models)
+    assert plan.assignments["extrapolated"].tolist() == [False, True, True, False]
+    assert any(w.startswith("50.0 % of the requests on target 'gpu' (2 of 4)") for w in plan.warnings)
+
+
+def test_empty_table_plans_no_tasks() -> None:
+    plan = make_plan(_requests([]), [Target(name="local")], {"local": None})
+    assert len(plan.assignments) == 0 and len(plan.tasks) == 0
+
+
+def test_a_threshold_at_the_end_of_the_measured_range_is_pointed_out() -> None:
+    targets = [
+        Target(name="a100", hardware="x", profile=SWING),
+        Target(name="v100", hardware="x", profile=V100),
+    ]
+    plan = make_plan(_requests([(8, 8)]), targets, resolve_cost_models(targets, LLAMA, SHIPPED))
+    assert plan.thresholds["input_tokens"] == 2048
+    assert any("cheaper per token than 'v100' at every prompt length" in w for w in plan.warnings)
