@@ -11,14 +11,24 @@ TORCH_VERSION ?= 2.13.0
 # Override with TORCH_INDEX= (empty) to use only the default index.
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 
-.PHONY: demo test install dev lint bench clean
+.PHONY: demo test install dev lint bench clean torch
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# torch first and alone: installing the project would otherwise resolve whatever torch build the index offers
-	$(PY) -c "import torch" 2>/dev/null || \
-	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PY) -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory torch
+
+# The CPU index is used only when it answers; otherwise the default index (and any local wheel) decides.
+torch:
+	@if [ -n "$(TORCH_INDEX)" ] && $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/', timeout=5)" \
+	    2>/dev/null; then \
+	  echo "installing torch==$(TORCH_VERSION) (CPU build from $(TORCH_INDEX))"; \
+	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" --extra-index-url "$(TORCH_INDEX)"; \
+	else \
+	  echo "installing torch==$(TORCH_VERSION) from the default index"; \
+	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)"; \
+	fi
 	$(PY) -m pip install -q -e .
 	touch $@
 
