@@ -29,7 +29,8 @@ ledger_app = typer.Typer(
 )
 app.add_typer(ledger_app, name="ledger")
 
-out = Console(highlight=False)
+# Piped output is not cut to 80 columns: a report redirected to a file keeps every column readable.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 # Reusable options (sqlite-utils style): one definition, used by every command that takes them.
@@ -507,7 +508,7 @@ def ledger_summary(
     elif fmt == "json":
         _print_json(json.loads(frame.to_json(orient="records")))
     else:
-        _render_frame(frame, title=f"ledger by {by}")
+        _render_frame(_summary_for_humans(frame), title=f"ledger by {by}")
 
 
 @ledger_app.command("batches")
@@ -531,7 +532,34 @@ def ledger_batches(
     elif fmt == "json":
         _print_json(json.loads(frame.to_json(orient="records", date_format="iso")))
     else:
-        _render_frame(frame, title="batches")
+        if not frame.empty:
+            frame = frame.drop(columns=["host", "input_path"], errors="ignore")
+            frame["created_at"] = frame["created_at"].map(lambda t: f"{t:%Y-%m-%d %H:%M}" if t is not None else "-")
+        _render_frame(frame.rename(columns={"n_requests": "requests", "n_rejected": "rejected"}), title="batches")
+
+
+_SUMMARY_HEADERS = {
+    "succeeded": "ok",
+    "rejected": "rejected",
+    "input_tokens": "in tokens",
+    "output_tokens": "out tokens",
+    "energy_j": "energy J",
+    "j_per_output_token": "J/out token",
+    "energy_method": "method",
+}
+
+
+def _summary_for_humans(frame: Any) -> Any:
+    """Short headers, and the meters folded into the method column ("estimated (estimate)")."""
+    if frame.empty or "meters" not in frame:
+        return frame
+    frame = frame.copy()
+    meters = frame.pop("meters").map(lambda m: ", ".join(m) if isinstance(m, (list, tuple)) else (m or ""))
+    frame["energy_method"] = [
+        f"{method} ({names})" if method and names else (method or "-")
+        for method, names in zip(frame["energy_method"], meters, strict=True)
+    ]
+    return frame.rename(columns=_SUMMARY_HEADERS)
 
 
 def _render_frame(frame: Any, *, title: str) -> None:

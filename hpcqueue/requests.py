@@ -870,8 +870,10 @@ def write_rejects(path: str | os.PathLike[str], rejected: list[Rejected]) -> Non
 
 
 def rejected_id(raw: str, line: int) -> str:
-    """Best-effort id of a rejected line (it may not even be JSON): its ``custom_id``/``id``, else ``line-<n>``,
-    the id a valid line without one would have had."""
+    """Best-effort id of a rejected line (it may not even be JSON).
+
+    Its ``custom_id``/``id``, else ``line-<n>``: the id a valid line without one would have had.
+    """
     try:
         obj = json.loads(raw)
     except ValueError:

@@ -44,7 +44,9 @@ OUTPUT = "output.jsonl"
 METRICS = "metrics.json"
 LOCK = "lock"
 
-ATTRIBUTION_RULE = (
+#: The rule's id, stored with every request's energy in the ledger; the text below says what it means.
+ATTRIBUTION_RULE = "token-share-v1"
+ATTRIBUTION_RULE_TEXT = (
     "token-share-v1: each generation batch's energy is split among that batch's requests in proportion "
     "to input_tokens + output_tokens; the rest of the task's energy (model load, reading inputs, writing "
     "outputs) is split over the requests run in this attempt in the same proportion, so the requests add "
@@ -387,6 +389,7 @@ def _base_metrics(run: _Run) -> dict[str, Any]:
         "energy_method": None,
         "meter": None,
         "attribution_rule": ATTRIBUTION_RULE,
+        "attribution_rule_text": ATTRIBUTION_RULE_TEXT,
         "measurements": run.measurements,
         "error": None,
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,36 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLES = REPO / "examples"
+PG_URL = os.environ.get("HPCQUEUE_TEST_PG_URL")
+# PostgreSQL runs whenever a server is given (make test starts one), and always under CI, where a missing
+# server is a failure rather than a silent skip.
+LEDGER_BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL or os.environ.get("CI") == "true" else [])
+
+
+@pytest.fixture(params=LEDGER_BACKENDS)
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty ledger database: a SQLite file, and a private schema on PostgreSQL when one is given."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        return
+    if not PG_URL:
+        pytest.fail(
+            "CI=true but HPCQUEUE_TEST_PG_URL is not set: CI must provide a PostgreSQL server for the ledger"
+        )
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"hpcq_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

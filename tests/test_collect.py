@@ -3,48 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from hpcqueue.errors import BatchNotFoundError, LedgerError
 from hpcqueue.ledger import BatchInfo, CollectReport, Ledger, collect_batch
 
-PG_URL = os.environ.get("HPCQUEUE_TEST_PG_URL")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL or os.environ.get("CI") == "true" else [])
 T0 = 1732219200.0  # 2024-11-21 20:00 UTC
 RULE = "token-share-v1: batch energy split by input+output tokens, the rest of the task likewise"
-
-
-@pytest.fixture(params=BACKENDS)
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty ledger database: a SQLite file, and a private schema on PostgreSQL when one is given."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-        return
-    if not PG_URL:
-        pytest.fail(
-            "CI=true but HPCQUEUE_TEST_PG_URL is not set: CI must provide a PostgreSQL server for the ledger"
-        )
-    schema = f"hpcq_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
 
 # -- a batch directory, written by hand in the formats of docs/internals.md ----------------------------------
 

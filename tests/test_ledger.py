@@ -3,48 +3,18 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from hpcqueue.errors import BatchNotFoundError, ConfigError, LedgerError
 from hpcqueue.ledger import SCHEMA_REVISION, BatchInfo, Ledger, default_db_url
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("HPCQUEUE_TEST_PG_URL")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL or os.environ.get("CI") == "true" else [])
-
-
-@pytest.fixture(params=BACKENDS)
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty ledger database: a SQLite file, and a private schema on PostgreSQL when one is given."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-        return
-    if not PG_URL:
-        pytest.fail(
-            "CI=true but HPCQUEUE_TEST_PG_URL is not set: CI must provide a PostgreSQL server for the ledger"
-        )
-    schema = f"hpcq_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def make_info(batch_id: str = "b1", *, user: str = "alice", created_at: float = 1732219200.0) -> BatchInfo:
