@@ -534,8 +534,12 @@ def ledger_batches(
     else:
         if not frame.empty:
             frame = frame.drop(columns=["host", "input_path"], errors="ignore")
-            frame["created_at"] = frame["created_at"].map(lambda t: f"{t:%Y-%m-%d %H:%M}" if t is not None else "-")
-        _render_frame(frame.rename(columns={"n_requests": "requests", "n_rejected": "rejected"}), title="batches")
+            frame["created_at"] = frame["created_at"].map(
+                lambda t: f"{t:%Y-%m-%d %H:%M}" if t is not None else "-"
+            )
+        _render_frame(
+            frame.rename(columns={"n_requests": "requests", "n_rejected": "rejected"}), title="batches"
+        )
 
 
 _SUMMARY_HEADERS = {

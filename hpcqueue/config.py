@@ -95,6 +95,7 @@ class Settings(BaseModel):
     max_line_bytes: int = Field(default=1_048_576, ge=64)
     task_size: int = Field(default=256, ge=1)
     batch_size: int = Field(default=16, ge=1)
+    max_batch_tokens: int = Field(default=8192, ge=1)
     db_url: str | None = None
     batch_root: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)) / "batches")
     cache_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir(APP_NAME)))
@@ -148,6 +149,7 @@ _ENV_FIELDS = (
     "max_line_bytes",
     "task_size",
     "batch_size",
+    "max_batch_tokens",
     "db_url",
     "batch_root",
     "cache_dir",

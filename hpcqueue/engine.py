@@ -3,7 +3,9 @@
 ``Engine`` loads a model once and turns ``Request`` objects into output records (the format of
 ``partial.jsonl`` / ``output.jsonl`` in docs/internals.md, without the attributed energy, which the worker
 adds). Throughput on both CPUs and GPUs comes from batching: requests with the same sampling settings are
-sorted by input length and cut into batches of ``batch_size``, so little compute is spent on padding.
+sorted by input length and cut into batches of at most ``batch_size`` requests and ``max_batch_tokens`` padded
+tokens (rows × the longest row's prompt + token limit), so little compute is spent on padding and a batch of
+long prompts does not blow up memory.
 
 A request that cannot run never takes the task down with it: one whose input plus ``max_new_tokens`` does
 not fit the model's context gets an error record at once; a batch that raises (out of memory, a kernel
@@ -36,6 +38,10 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 #: Error codes of output records written by the engine.
 ERROR_CONTEXT = "context_length_exceeded"
 ERROR_GENERATION = "generation_failed"
+
+
+#: Padded tokens per generation batch. Long prompts go in smaller batches, short ones fill ``batch_size``.
+DEFAULT_MAX_BATCH_TOKENS = 8192
 
 
 @dataclass
@@ -75,7 +81,13 @@ class Engine:
     tokenizer: Any
 
     def __init__(
-        self, model: ModelRef, *, device: str = "auto", dtype: str = "auto", batch_size: int = 16
+        self,
+        model: ModelRef,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     ) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,6 +100,7 @@ class Engine:
             raise ModelError(f"batch_size must be at least 1, not {batch_size}")
         self.model_ref = model
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.light = Tokenizer.load(model.path)
@@ -186,7 +199,28 @@ class Engine:
         batches: list[list[_Prepared]] = []
         for key in sorted(groups, key=repr):
             group = sorted(groups[key], key=lambda p: (len(p.ids), p.request.line))
-            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+            batches += self._cut(group)
+        return batches
+
+    def _cut(self, group: list[_Prepared]) -> list[list[_Prepared]]:
+        """Cut length-sorted requests into batches within ``batch_size`` rows and ``max_batch_tokens`` padded
+        tokens; a single request longer than the budget still runs, alone."""
+        batches: list[list[_Prepared]] = []
+        current: list[_Prepared] = []
+        width = 0  # the padded row width of ``current``: longest prompt + largest token limit
+        for item in group:
+            item_width = len(item.ids) + item.request.max_new_tokens
+            new_width = max(width, item_width)
+            over_budget = (
+                self.max_batch_tokens is not None and (len(current) + 1) * new_width > self.max_batch_tokens
+            )
+            if current and (len(current) >= self.batch_size or over_budget):
+                batches.append(current)
+                current, new_width = [], item_width
+            current.append(item)
+            width = new_width
+        if current:
+            batches.append(current)
         return batches
 
     def _run_batch_or_rows(self, batch: list[_Prepared]) -> list[dict[str, Any]]:

@@ -155,6 +155,7 @@ def _task_specs(prepared: Prepared) -> list[dict[str, Any]]:
                 "model_path": str(prepared.model.path),
                 "input_format": prepared.requests.format,
                 "batch_size": target.batch_size or settings.batch_size,
+                "max_batch_tokens": settings.max_batch_tokens,
                 "meter": target.meter,
                 "hardware": target.hardware,
                 "nominal_power_w": target.nominal_power_w,

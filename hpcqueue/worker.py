@@ -277,7 +277,7 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
 
 def _engine_for(spec: dict[str, Any], run: _Run, make_meter: Any) -> Engine:
     """The process's engine for this task's model, loading (and metering) it when not loaded yet."""
-    from hpcqueue.engine import Engine
+    from hpcqueue.engine import DEFAULT_MAX_BATCH_TOKENS, Engine
     from hpcqueue.models import ModelRef, model_fingerprint, resolve_model
 
     model_path = spec.get("model_path")
@@ -302,7 +302,7 @@ def _engine_for(spec: dict[str, Any], run: _Run, make_meter: Any) -> Engine:
         meter = make_meter()
         meter.start()
         try:
-            engine = Engine(ref, device=device, dtype=dtype, batch_size=int(spec.get("batch_size") or 16))
+            engine = Engine(ref, device=device, dtype=dtype)
         except ModelError:
             raise
         except Exception as exc:
@@ -311,6 +311,9 @@ def _engine_for(spec: dict[str, Any], run: _Run, make_meter: Any) -> Engine:
             run.add_measurement("model_load", meter.stop())
         _ENGINES.clear()  # one model in memory at a time
         _ENGINES[key] = engine
+    # Batching settings belong to the task, not to the cached engine.
+    engine.batch_size = int(spec.get("batch_size") or 16)
+    engine.max_batch_tokens = int(spec.get("max_batch_tokens") or DEFAULT_MAX_BATCH_TOKENS)
     return engine
 
 

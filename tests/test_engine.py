@@ -226,3 +226,22 @@ def test_invalid_settings_are_refused(demo: ModelRef) -> None:
         Engine(demo, batch_size=0)
     with pytest.raises(ModelError, match="valid values: auto, float32, float16, bfloat16"):
         Engine(demo, dtype="float8")
+
+
+def test_batches_stay_within_the_padded_token_budget(demo: ModelRef) -> None:
+    """Long prompts go in smaller batches; a prompt longer than the whole budget still runs, alone."""
+    engine = Engine(demo, device="cpu", batch_size=16, max_batch_tokens=600)
+    requests = [make_request(i, "energy aware queue " * (2 + 6 * i), max_new_tokens=8) for i in range(1, 13)]
+    requests.append(make_request(99, "long prompt " * 400, max_new_tokens=8))
+    widths: list[tuple[int, int]] = []
+
+    def record(outputs: list[dict[str, Any]], measurement: Any) -> None:
+        widths.append((len(outputs), max(o["input_tokens"] for o in outputs) + 8))
+
+    outputs = engine.generate(requests, on_batch=record)
+    assert len(outputs) == len(requests) and all(o["error"] is None for o in outputs)
+    assert sum(n for n, _ in widths) == len(requests)
+    assert len(widths) > 2  # the budget split what batch_size alone would have kept in one batch
+    for n, width in widths:
+        assert n * width <= 600 or n == 1
+    assert (1, max(w for _, w in widths)) in widths  # the over-long prompt ran by itself
