@@ -54,6 +54,7 @@ lint: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(PY) bench/ingest_plan.py
 	$(PY) bench/worker_batching.py
+	$(PY) bench/ledger_insert.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -259,6 +259,9 @@ def build_demo_model(dest: Path) -> None:
     from tokenizers import Tokenizer as RustTokenizer
     from tokenizers import decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" is noise in a CLI's first run
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
