@@ -139,8 +139,8 @@ def submit(
         if not wait:
             _render_submitted(prepared, outcome, as_json)
             return
-        states = _wait_with_progress(outcome, ledger, quiet=as_json)
-        report = _batch_summary(ledger, outcome.batch, prepared, outcome, states)
+        views = _wait_with_progress(outcome, ledger, quiet=as_json)
+        report = _batch_summary(ledger, outcome.batch, prepared, outcome, views)
     except HpcqueueError as exc:
         _fail(exc, show_errors)
         return
@@ -207,7 +207,7 @@ def _render_submitted(prepared: Any, outcome: Any, as_json: bool) -> None:
     out.print(f"follow it with: hpcqueue status {info['batch_id']}")
 
 
-def _wait_with_progress(outcome: Any, ledger: Any, *, quiet: bool) -> dict[int, str]:
+def _wait_with_progress(outcome: Any, ledger: Any, *, quiet: bool) -> dict[int, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hpcqueue import submission
@@ -228,18 +228,16 @@ def _wait_with_progress(outcome: Any, ledger: Any, *, quiet: bool) -> dict[int, 
         for name in sorted(set(targets_of.values())):
             bars[name] = progress.add_task(name, total=sum(1 for t in targets_of.values() if t == name))
 
-        def update(states: dict[int, str]) -> None:
+        def update(views: dict[int, Any]) -> None:
             for name, bar in bars.items():
-                done = sum(
-                    1 for i, s in states.items() if targets_of[i] == name and s in ("completed", "failed")
-                )
+                done = sum(1 for v in views.values() if v.target == name and v.finished)
                 progress.update(bar, completed=done)
 
         return submission.wait(batch, ledger, submission=outcome.submission, on_progress=update)
 
 
 def _batch_summary(
-    ledger: Any, batch: Any, prepared: Any, outcome: Any, states: dict[int, str]
+    ledger: Any, batch: Any, prepared: Any, outcome: Any, views: dict[int, Any]
 ) -> dict[str, Any]:
     report = ledger.batch_report(batch.batch_id)
     return {
@@ -249,12 +247,16 @@ def _batch_summary(
         **report,
         "policy": prepared.plan.policy,
         "thresholds": prepared.plan.thresholds,
-        "tasks": {
-            "total": len(states),
-            **{s: sum(1 for v in states.values() if v == s) for s in set(states.values())},
-        },
+        "tasks": _task_counts(views),
         "batch_dir": str(batch.path),
     }
+
+
+def _task_counts(views: dict[int, Any]) -> dict[str, int]:
+    counts = {"total": len(views)}
+    for view in views.values():
+        counts[view.status] = counts.get(view.status, 0) + 1
+    return counts
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -302,22 +304,20 @@ def status(
         bool, typer.Option("--watch", help="Show live progress until the batch finishes.")
     ] = False,
 ) -> None:
-    """Progress of a batch: tasks and requests per target, energy so far."""
-    from hpcqueue.ledger.collect import collect_batch
+    """Progress of a batch: tasks and requests per target, Slurm states, energy so far."""
+    from hpcqueue import submission
+    from hpcqueue.status import refresh
 
     try:
         settings = _settings(config, db_url=db_url)
         batch = _batch(settings, batch_id)
         ledger = _ledger(settings)
-        from hpcqueue.submission import record_in_ledger
-
-        record_in_ledger(batch, ledger)
+        submission.record_in_ledger(batch, ledger)
         if watch:
-            from hpcqueue import submission
-
-            submission.wait(batch, ledger, on_progress=_status_printer(batch, as_json), poll_s=2.0)
-        collect_batch(ledger, batch.path)
-        info = _status_info(batch, ledger)
+            views = submission.wait(batch, ledger, on_progress=_status_printer(batch, as_json))
+        else:
+            views = refresh(batch, ledger)
+        info = _status_info(batch, ledger, views)
     except HpcqueueError as exc:
         _fail(exc)
         return
@@ -328,28 +328,41 @@ def status(
         f"batch [bold]{info['batch_id']}[/] ({info['model']}, {info['input_format']} input): "
         f"{info['requests']} requests, {info['rejected']} rejected"
     )
-    table = Table("target", "tasks done", "running", "pending", "failed", "requests done", "energy (J)")
+    table = Table(
+        "target", "tasks done", "queued", "running", "failed", "lost", "requests done", "energy (J)"
+    )
     for name, row in sorted(info["per_target"].items()):
         table.add_row(
             name,
-            f"{row['tasks_completed']}/{row['tasks']}",
-            str(row["tasks_running"]),
-            str(row["tasks_pending"]),
-            str(row["tasks_failed"]),
+            f"{row['completed']}/{row['tasks']}",
+            str(row["queued"] + row["pending"]),
+            str(row["running"]),
+            str(row["failed"]),
+            str(row["lost"] + row["cancelled"]),
             f"{row['requests_done']}/{row['requests']}",
             _num(row.get("energy_j")),
         )
     out.print(table)
-    out.print(f"energy so far: {_num(info['energy_j'])} J ({info['energy_method']})")
+    out.print(
+        f"energy so far: {_num(info['energy_j'])} J ({info['energy_method'] or 'nothing measured yet'})"
+    )
+    problems = info["problems"]
+    for task in problems[:10]:
+        out.print(
+            f"  task {task['task_index']} ({task['target']}): {task['status']}"
+            + (f", Slurm {task['slurm_state']} on {task['node'] or '?'}" if task["slurm_state"] else "")
+        )
+    if problems:
+        out.print(f"run them again with: hpcqueue retry {info['batch_id']}")
 
 
 def _status_printer(batch: Any, quiet: bool) -> Any:
     last: list[str] = []
 
-    def show(states: dict[int, str]) -> None:
+    def show(views: dict[int, Any]) -> None:
+        counts = _task_counts(views)
         line = ", ".join(
-            f"{sum(1 for s in states.values() if s == k)} {k}"
-            for k in ("completed", "running", "pending", "failed")
+            f"{counts.get(k, 0)} {k}" for k in ("completed", "running", "queued", "failed", "lost")
         )
         if not quiet and (not last or last[-1] != line):
             err.print(f"{batch.batch_id}: {line}")
@@ -358,34 +371,39 @@ def _status_printer(batch: Any, quiet: bool) -> Any:
     return show
 
 
-def _status_info(batch: Any, ledger: Any) -> dict[str, Any]:
+_STATUSES = ("pending", "queued", "running", "completed", "failed", "lost", "cancelled")
+
+
+def _status_info(batch: Any, ledger: Any, views: dict[int, Any]) -> dict[str, Any]:
     manifest = batch.manifest()
-    states = batch.task_states()
     report = ledger.batch_report(batch.batch_id)
     per_target: dict[str, dict[str, Any]] = {}
     for task in manifest["tasks"]:
         row = per_target.setdefault(
-            task["target"],
-            {
-                "tasks": 0,
-                "tasks_completed": 0,
-                "tasks_running": 0,
-                "tasks_pending": 0,
-                "tasks_failed": 0,
-                "requests": 0,
-                "requests_done": 0,
-            },
+            task["target"], {"tasks": 0, **dict.fromkeys(_STATUSES, 0), "requests": 0, "requests_done": 0}
         )
-        state = states[task["task_index"]]
+        view = views[task["task_index"]]
         row["tasks"] += 1
-        row[f"tasks_{state}"] += 1
+        row[view.status] += 1
         row["requests"] += task["n_requests"]
-        if state == "running":
+        if view.status == "running":
             row["requests_done"] += batch.finished_lines(task["task_index"])
-        elif state == "completed":
+        elif view.status == "completed":
             row["requests_done"] += task["n_requests"]
     for name, row in per_target.items():
         row["energy_j"] = report.get("per_target", {}).get(name, {}).get("energy_j")
+    problems = [
+        {
+            "task_index": v.task_index,
+            "target": v.target,
+            "status": v.status,
+            "job_id": v.job_id,
+            "slurm_state": v.slurm_state,
+            "node": v.node,
+        }
+        for v in views.values()
+        if v.status in ("failed", "lost", "cancelled")
+    ]
     return {
         "batch_id": batch.batch_id,
         "model": manifest["model"],
@@ -394,19 +412,15 @@ def _status_info(batch: Any, ledger: Any) -> dict[str, Any]:
         "user": manifest["user"],
         "requests": manifest["n_requests"],
         "rejected": manifest["n_rejected"],
-        "tasks": {
-            "total": len(states),
-            **{
-                s: sum(1 for v in states.values() if v == s)
-                for s in ("completed", "running", "pending", "failed")
-            },
-        },
+        "tasks": _task_counts(views),
         "per_target": per_target,
+        "problems": problems,
         "succeeded": report["succeeded"],
         "failed": report["failed"],
+        "pending": report["pending"],
         "energy_j": report["energy_j"],
         "energy_method": report["energy_method"],
-        "done": all(s in ("completed", "failed") for s in states.values()),
+        "done": all(v.finished for v in views.values()),
     }
 
 
@@ -421,7 +435,7 @@ def collect(
 ) -> None:
     """Read finished tasks' results into the ledger (idempotent: running it twice changes nothing)."""
     from hpcqueue.batch import BatchDir, open_batch
-    from hpcqueue.ledger.collect import collect_batch
+    from hpcqueue.status import refresh
     from hpcqueue.submission import record_in_ledger
 
     try:
@@ -434,13 +448,7 @@ def collect(
         reports = {}
         for batch in batches:
             record_in_ledger(batch, ledger)
-            report = collect_batch(ledger, batch.path)
-            reports[batch.batch_id] = {
-                "collected": report.collected,
-                "already": report.already,
-                "pending": report.pending,
-                "failed": report.failed,
-            }
+            reports[batch.batch_id] = _task_counts(refresh(batch, ledger))
     except HpcqueueError as exc:
         _fail(exc)
         return
@@ -449,10 +457,82 @@ def collect(
         return
     if not reports:
         out.print(f"no batches under {settings.batch_root}")
-    for name, report in reports.items():
+    for name, counts in reports.items():
+        parts = ", ".join(f"{n} {k}" for k, n in counts.items() if k != "total")
+        out.print(f"{name}: {counts['total']} task(s): {parts}")
+
+
+@app.command()
+def retry(
+    batch_id: Annotated[str, typer.Argument(help="Batch id (hq-…).")],
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the retried tasks, then print the summary.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run again only what did not finish: failed or lost tasks (finished outputs are kept)."""
+    from hpcqueue import submission
+    from hpcqueue.batch import open_batch
+
+    try:
+        settings = _settings(config, db_url=db_url)
+        batch = open_batch(settings.batch_root, batch_id)
+        ledger = _ledger(settings)
+        submission.record_in_ledger(batch, ledger)
+        outcome = submission.retry(batch, ledger, settings)
+        info: dict[str, Any] = {
+            "batch_id": batch.batch_id,
+            "submitted_tasks": len(outcome.submitted_tasks),
+            "already_running_tasks": len(outcome.already_running),
+        }
+        if wait and outcome.submitted_tasks:
+            views = _wait_with_progress(outcome, ledger, quiet=as_json)
+            info.update(ledger.batch_report(batch.batch_id), tasks=_task_counts(views))
+    except HpcqueueError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json(info)
+    elif not outcome.submitted_tasks:
         out.print(
-            f"{name}: {report['collected']} task(s) collected now, {report['already']} already, "
-            f"{report['pending']} pending, {report['failed']} failed"
+            f"batch {batch.batch_id}: nothing to retry ({len(outcome.already_running)} task(s) still running)"
+        )
+    else:
+        out.print(f"batch {batch.batch_id}: {len(outcome.submitted_tasks)} task(s) submitted again")
+        if wait:
+            _render_report({**info, **ledger.batch_report(batch.batch_id)})
+    if wait and (info.get("failed") or info.get("pending")):
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    batch_id: Annotated[str, typer.Argument(help="Batch id (hq-…).")],
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel the batch's queued and running jobs (Slurm arrays, local workers, the collect job)."""
+    from hpcqueue import submission
+    from hpcqueue.batch import open_batch
+
+    try:
+        settings = _settings(config, db_url=db_url)
+        batch = open_batch(settings.batch_root, batch_id)
+        ledger = _ledger(settings)
+        submission.record_in_ledger(batch, ledger)
+        cancelled = submission.cancel(batch, ledger)
+    except HpcqueueError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _print_json({"batch_id": batch.batch_id, "cancelled_jobs": cancelled})
+    else:
+        out.print(
+            f"batch {batch.batch_id}: cancelled {len(cancelled)} job(s)"
+            + (f" ({', '.join(cancelled[:10])})" if cancelled else "")
         )
 
 

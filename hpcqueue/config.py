@@ -64,7 +64,9 @@ class Target(BaseModel):
     qos: str | None = None
     constraint: str | None = None
     exclusive: bool = False
-    extra_sbatch: dict[str, str] = Field(default_factory=dict)
+    extra_sbatch: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="more sbatch options, e.g. {reservation = \"maint\", hold = true}"
+    )
     task_size: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
     meter: str = "auto"

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from hpcqueue import batch as batchdir
-from hpcqueue.config import Settings
+from hpcqueue.config import Settings, Target
 from hpcqueue.errors import InputError, InputIssue
 from hpcqueue.requests import ReadOptions, Rejected, RequestSet, read_requests, rejected_id
 
@@ -269,61 +269,102 @@ def record_in_ledger(batch: batchdir.BatchDir, ledger: Any) -> bool:
     return bool(ledger.record_batch(info, tasks, requests, rejected))
 
 
-def live_task_indices(batch: batchdir.BatchDir) -> set[int]:
-    """Tasks that a job submitted earlier may still run: never submit those twice."""
-    live: set[int] = set()
-    for record in batch.jobs():
-        if record["executor"] == "local" and _pid_alive(int(record["job_id"])):
-            live.update(record["task_indices"])
-    return live
+def _targets_of(batch: batchdir.BatchDir) -> dict[str, Target]:
+    """The targets the batch was planned for (part of its id), whatever config is in use now."""
+    return {name: Target(**spec) for name, spec in batch.manifest()["targets"].items()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a reused pid belongs to some other program: only a submitit controller counts
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-    return b"submitit" in cmdline
+def _resubmit(batch: batchdir.BatchDir, ledger: Any, tasks: Mapping[int, str], db_url: str | None) -> Any:
+    """Submit ``tasks`` of ``batch`` and record the jobs in the ledger."""
+    from hpcqueue.dispatch import submit_tasks
+
+    submission = submit_tasks(batch, _targets_of(batch), tasks, db_url=db_url)
+    for record in submission.records:
+        if not record["task_indices"]:
+            continue  # the collect job runs no task
+        ledger.record_submission(
+            batch.batch_id,
+            record["task_indices"],
+            job_id=record["job_id"],
+            executor=record["executor"],
+            submitted_at=record["submitted_at"],
+            slurm_job_id=record["job_id"].split("_")[0] if record["executor"] == "slurm" else None,
+        )
+    return submission
+
+
+def ledger_url(settings: Settings) -> str:
+    """The ledger URL as workers and the collect job must see it (the default SQLite file made explicit)."""
+    from hpcqueue.ledger import default_db_url
+
+    return settings.db_url or default_db_url()
 
 
 def submit(prepared: Prepared, ledger: Any) -> SubmitOutcome:
     """Create (or resume) the batch and submit every task that is neither finished nor held by a live job."""
-    from hpcqueue.dispatch import submit_tasks
-    from hpcqueue.ledger.collect import collect_batch
+    from hpcqueue.status import live_task_indices, refresh
 
     batch, created = create_or_open(prepared, ledger)
-    collect_batch(ledger, batch.path)
-    live = live_task_indices(batch)
-    manifest = batch.manifest()
-    targets_of = {task["task_index"]: task["target"] for task in manifest["tasks"]}
-    to_run = {
-        index: targets_of[index]
-        for index, state in batch.task_states().items()
-        if state == "pending" and index not in live
-    }
+    views = refresh(batch, ledger)
+    live = live_task_indices(views)
+    to_run = {i: view.target for i, view in views.items() if view.status == "pending"}
     outcome = SubmitOutcome(batch, created, already_running=sorted(live))
     if to_run:
-        submission = submit_tasks(batch, prepared.settings.targets, to_run)
-        for record in submission.records:
-            ledger.record_submission(
-                batch.batch_id,
-                record["task_indices"],
-                job_id=record["job_id"],
-                executor=record["executor"],
-                submitted_at=record["submitted_at"],
-            )
-        outcome.submission = submission
+        outcome.submission = _resubmit(batch, ledger, to_run, ledger_url(prepared.settings))
         outcome.submitted_tasks = sorted(to_run)
     return outcome
 
 
-ProgressCallback = Callable[[dict[int, str]], None]
+def retry(batch: batchdir.BatchDir, ledger: Any, settings: Settings) -> SubmitOutcome:
+    """Run again only what did not finish: failed tasks, tasks whose job was lost or cancelled, and tasks
+    never submitted. Finished outputs stay; a task resumes after its last finished generation batch."""
+    from hpcqueue.status import live_task_indices, refresh
+
+    views = refresh(batch, ledger)
+    to_run: dict[int, str] = {}
+    for index, view in views.items():
+        if view.status in ("failed", "lost", "cancelled", "pending"):
+            _archive_failed_attempt(batch, index)
+            to_run[index] = view.target
+    outcome = SubmitOutcome(batch, created=False, already_running=sorted(live_task_indices(views)))
+    if to_run:
+        outcome.submission = _resubmit(batch, ledger, to_run, ledger_url(settings))
+        outcome.submitted_tasks = sorted(to_run)
+    return outcome
+
+
+def _archive_failed_attempt(batch: batchdir.BatchDir, task_index: int) -> None:
+    """Keep a failed attempt's metrics.json for the record, under a name the task state does not read."""
+    metrics = batch.task_dir(task_index) / "metrics.json"
+    if not metrics.exists():
+        return
+    attempt = 1
+    while (metrics.parent / f"metrics.attempt-{attempt}.json").exists():
+        attempt += 1
+    os.replace(metrics, metrics.parent / f"metrics.attempt-{attempt}.json")
+
+
+def cancel(batch: batchdir.BatchDir, ledger: Any) -> list[str]:
+    """Cancel every live job of the batch (its arrays, local workers and collect job)."""
+    from hpcqueue.dispatch import cancel_jobs
+    from hpcqueue.fileio import atomic_write_json
+    from hpcqueue.status import live_task_indices, refresh
+
+    views = refresh(batch, ledger)
+    live = live_task_indices(views)
+    records = batch.jobs()
+    live_ids = {views[i].job_id for i in live}
+    chosen = [r for r in records if str(r["job_id"]) in live_ids or (r.get("kind") == "collect")]
+    cancelled = cancel_jobs(chosen)
+    for record in records:
+        if record in chosen:
+            record["cancelled"] = True
+    atomic_write_json(batch.path / batchdir.JOBS, records)
+    ledger.update_tasks(batch.batch_id, [{"task_index": i, "state": "cancelled"} for i in sorted(live)])
+    return cancelled
+
+
+ProgressCallback = Callable[[dict[int, Any]], None]
 
 
 def wait(
@@ -332,33 +373,28 @@ def wait(
     *,
     submission: Any = None,
     on_progress: ProgressCallback | None = None,
-    poll_s: float = 0.5,
+    poll_s: float | None = None,
     timeout_s: float | None = None,
-) -> dict[int, str]:
+) -> dict[int, Any]:
     """Wait until every task has finished, collecting each into the ledger as it finishes.
 
-    Returns the final task states. A task still pending after every job of this batch has ended lost its
-    worker (killed, out of memory): it stays pending, and submitting the batch again resumes it.
+    Returns the final task views (``hpcqueue.status.TaskView``). Slurm is asked through a rate-limited
+    poller (one sacct call for all jobs, backing off while nothing changes). A task whose job ended before
+    the task did is *lost*; ``hpcqueue retry`` runs it again.
     """
-    from hpcqueue.ledger.collect import collect_batch
+    from hpcqueue.slurm import SacctPoller
+    from hpcqueue.status import refresh
 
+    poller = SacctPoller()
     started = time.monotonic()
-    collected: set[int] = set()
+    views = None
     while True:
-        states = batch.task_states()
-        finished = {i for i, s in states.items() if s in ("completed", "failed")}
-        if finished - collected:
-            collect_batch(ledger, batch.path)
-            collected |= finished
+        views = refresh(batch, ledger, poller=poller, previous=views)
         if on_progress is not None:
-            on_progress(states)
-        if len(finished) == len(states):
-            return states
-        jobs_over = (submission is None or submission.done()) and not live_task_indices(batch)
-        if jobs_over and not any(s == "running" for s in states.values()):
-            states = batch.task_states()  # one last look: a task may have ended between the checks
-            collect_batch(ledger, batch.path)
-            return states
+            on_progress(views)
+        if all(view.finished for view in views.values()):
+            return views
         if timeout_s is not None and time.monotonic() - started > timeout_s:
-            return states
-        time.sleep(poll_s)
+            return views
+        # Reading every task's files costs more as batches grow: look less often at large ones.
+        time.sleep(poll_s if poll_s is not None else min(5.0, 0.5 + len(views) / 1000))

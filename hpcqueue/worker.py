@@ -411,3 +411,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+class TaskRunner:
+    """The callable that submitit runs: ``TaskRunner()(task_dirs)``.
+
+    It is checkpointable (see ``submitit.helpers.Checkpointable``): when Slurm signals a time-out or a
+    pre-emption, submitit asks ``checkpoint()`` for the resubmission and requeues the job with the same task
+    directories. The requeued worker resumes each task after the last generation batch in ``partial.jsonl``,
+    so finished outputs are kept and none is produced twice.
+    """
+
+    def __call__(self, task_dirs: Sequence[str]) -> list[dict[str, Any]]:
+        return run_tasks(list(task_dirs))
+
+    def checkpoint(self, task_dirs: Sequence[str]) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        log.warning(
+            "time limit or pre-emption: requeueing %d task(s); they resume from partial.jsonl", len(task_dirs)
+        )
+        return DelayedSubmission(TaskRunner(), list(task_dirs))

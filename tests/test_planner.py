@@ -292,3 +292,34 @@ def test_a_threshold_at_the_end_of_the_measured_range_is_pointed_out() -> None:
     plan = make_plan(_requests([(8, 8)]), targets, resolve_cost_models(targets, LLAMA, SHIPPED))
     assert plan.thresholds["input_tokens"] == 2048
     assert any("cheaper per token than 'v100' at every prompt length" in w for w in plan.warnings)
+
+
+def test_tasks_fit_the_partition_time_limit_with_a_margin() -> None:
+    """On the M1-Pro profile a 512-token answer takes minutes: a 10-minute partition gets small tasks."""
+    from hpcqueue.planner.policies import TIME_LIMIT_SHARE
+
+    pairs = [(64, 512)] * 12 + [(8, 8)] * 40
+    target = Target(name="laptop", hardware="m1-pro", profile=M1, time_limit_min=10)
+    plan = make_plan(_requests(pairs), [target], {"laptop": _model(M1)}, task_size=256)
+    budget_s = 10 * 60 * TIME_LIMIT_SHARE
+    per_task = plan.tasks.set_index("task_index")["predicted_runtime_s"]
+    single = plan.tasks["n_requests"] == 1
+    assert len(plan.tasks) > 1  # 256 per task would have made one task
+    assert (per_task[~single.to_numpy()] <= budget_s + 1e-9).all()
+    assert plan.tasks["n_requests"].sum() == len(pairs)
+    # each request is in exactly one task and the tasks still run in prompt-length order
+    assert sorted(plan.assignments["task_index"].unique()) == list(range(len(plan.tasks)))
+
+    roomy = make_plan(
+        _requests(pairs),
+        [target.model_copy(update={"time_limit_min": 100_000})],
+        {"laptop": _model(M1)},
+        task_size=256,
+    )
+    assert len(roomy.tasks) == 1
+
+
+def test_a_request_longer_than_the_budget_runs_alone() -> None:
+    target = Target(name="laptop", hardware="m1-pro", profile=M1, time_limit_min=1)
+    plan = make_plan(_requests([(2048, 4096), (8, 8)]), [target], {"laptop": _model(M1)})
+    assert list(plan.tasks["n_requests"]) == [1, 1]

@@ -344,6 +344,36 @@ class Ledger:
                 changed += result.rowcount
         return changed
 
+    def update_tasks(self, batch_id: str, updates: Iterable[Mapping[str, Any]]) -> int:
+        """Record where unfinished tasks stand: state, Slurm job and array ids, node, times, error, log tail.
+
+        Each update is a mapping with ``task_index`` and any of those columns (times as epoch seconds).
+        Completed tasks are never touched: their row comes from the worker's own metrics (``collect_task``).
+        Returns the number of rows changed.
+        """
+        allowed = {"state", "slurm_job_id", "slurm_array_task_id", "node", "started_at", "ended_at", "error",
+                   "log_tail"}
+        changed = 0
+        with self._write() as conn:
+            for item in updates:
+                values = {k: v for k, v in item.items() if k in allowed and v is not None}
+                for key in ("started_at", "ended_at"):
+                    if key in values:
+                        values[key] = utc_from_epoch(values[key])
+                if not values:
+                    continue
+                result = conn.execute(
+                    update(Task)
+                    .where(
+                        Task.batch_id == batch_id,
+                        Task.task_index == int(item["task_index"]),
+                        Task.state != "completed",
+                    )
+                    .values(**values)
+                )
+                changed += result.rowcount
+        return changed
+
     def task_states(self, batch_id: str) -> dict[int, _TaskState]:
         """State, end time and collection time of each task of a batch (what ``collect`` checks first)."""
         with self.connect() as conn:

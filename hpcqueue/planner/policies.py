@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 POLICIES = ("threshold", "single:<target>")
 REQUIRED_COLUMNS = ("line", "input_tokens", "max_new_tokens")
+#: Share of a target's time limit that a task's predicted runtime may fill; the rest is the margin for
+#: loading the model, writing outputs and prediction error.
+TIME_LIMIT_SHARE = 0.75
 
 
 @dataclass
@@ -140,8 +143,10 @@ def make_plan(
     ``table`` needs ``line``, ``input_tokens`` and ``max_new_tokens`` (the output tokens planned for
     are the request's ``max_new_tokens``). ``cost_models`` maps target names to models (None: no
     profile). ``model`` only improves error messages. Within a target, requests are sorted by
-    ``input_tokens`` then ``line`` (stable) and cut into tasks of ``target.task_size or task_size``;
-    task indices run 0..K−1 over the targets in the order given.
+    ``input_tokens`` then ``line`` (stable) and cut into tasks of ``target.task_size or task_size``
+    requests whose predicted runtime also fits ``TIME_LIMIT_SHARE`` of the target's time limit (the rest
+    is the margin for loading the model and for prediction error); task indices run 0..K−1 over the
+    targets in the order given.
     """
     names = _check_targets(targets)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
@@ -200,7 +205,8 @@ def make_plan(
             name, cost_model, n_here, prediction.extrapolated, prediction.floored
         )
 
-    task_index, task_target, n_tasks = _chunk(target_idx, n_in, line, sizes)
+    budgets = np.array([t.time_limit_min * 60.0 * TIME_LIMIT_SHARE for t in targets])
+    task_index, task_target, n_tasks = _chunk(target_idx, n_in, line, sizes, runtime, budgets)
     assignments = pd.DataFrame(
         {
             "target": np.asarray(names, dtype=object)[target_idx],
@@ -331,23 +337,53 @@ def _prediction_warnings(
 
 
 def _chunk(
-    target_idx: np.ndarray, n_in: np.ndarray, line: np.ndarray, sizes: np.ndarray
+    target_idx: np.ndarray,
+    n_in: np.ndarray,
+    line: np.ndarray,
+    sizes: np.ndarray,
+    runtime_s: np.ndarray | None = None,
+    budgets_s: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Task index per request, target per task, number of tasks.
 
     Within each target, requests are ordered by prompt length then line (so a task holds similar
-    lengths and batches pad little) and cut into consecutive chunks of the target's task size.
+    lengths and batches pad little) and cut into consecutive chunks of at most the target's task size
+    and, when ``budgets_s`` is given, at most that many seconds of predicted runtime (NaN counts as 0):
+    a task must fit its partition's time limit. A request predicted to exceed the budget alone gets a
+    task of its own.
     """
     n = len(target_idx)
     n_targets = len(sizes)
     order = np.lexsort((line, n_in, target_idx))
     sorted_target = target_idx[order]
     counts = np.bincount(target_idx, minlength=n_targets)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    position = np.arange(n, dtype=np.int64) - starts[sorted_target]
-    tasks_per_target = -(-counts // sizes)
-    first_task = np.concatenate([[0], np.cumsum(tasks_per_target)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    chunk = np.empty(n, dtype=np.int64)  # chunk number within its target, in sorted order
+    tasks_per_target = np.zeros(n_targets, dtype=np.int64)
+    sorted_runtime = None
+    if runtime_s is not None:
+        sorted_runtime = np.nan_to_num(runtime_s[order], nan=0.0)
+    for t in range(n_targets):
+        lo, hi = int(starts[t]), int(starts[t] + counts[t])
+        if lo == hi:
+            continue
+        size = int(sizes[t])
+        budget = float(budgets_s[t]) if budgets_s is not None else np.inf
+        if sorted_runtime is None or not np.isfinite(budget):
+            chunk[lo:hi] = np.arange(hi - lo) // size
+            tasks_per_target[t] = -(-(hi - lo) // size)
+            continue
+        cumulative = np.cumsum(sorted_runtime[lo:hi])
+        start, k = 0, 0
+        while start < hi - lo:  # one step per task, not per request
+            spent = cumulative[start - 1] if start else 0.0
+            end = int(np.searchsorted(cumulative, spent + budget, side="right"))
+            end = min(max(end, start + 1), start + size, hi - lo)
+            chunk[lo + start : lo + end] = k
+            start, k = end, k + 1
+        tasks_per_target[t] = k
+    first_task = np.concatenate([[0], np.cumsum(tasks_per_target)[:-1]]).astype(np.int64)
     task_index = np.empty(n, dtype=np.int64)
-    task_index[order] = first_task[sorted_target] + position // sizes[sorted_target]
+    task_index[order] = first_task[sorted_target] + chunk
     task_target = np.repeat(np.arange(n_targets), tasks_per_target)
     return task_index, task_target, int(tasks_per_target.sum())

@@ -1,0 +1,207 @@
+"""hpcqueue on a real Slurm cluster: job arrays per partition, the collect job, retry, MaxArraySize splits.
+
+These run against the local two-partition cluster that ``make test`` starts (slurm/local-cluster.sh); under
+CI they must run, so a missing cluster fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES, run_cli
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+if os.environ.get("HPCQUEUE_TEST_SLURM") != "1":
+    if os.environ.get("CI") == "true":
+        pytest.fail(
+            "CI=true but the local Slurm cluster is not running (HPCQUEUE_TEST_SLURM != 1)", pytrace=False
+        )
+    pytest.skip("local Slurm cluster not running: sudo slurm/local-cluster.sh start", allow_module_level=True)
+
+CLUSTER = EXAMPLES / "cluster.toml"
+
+
+def _sacct(job_ids: list[str]) -> list[dict[str, str]]:
+    """sacct rows of these jobs; a failed call (slurmdbd briefly busy) is tried again."""
+    for attempt in range(5):
+        proc = subprocess.run(
+            ["sacct", "-X", "-P", "-n", "-j", ",".join(job_ids), "--format=JobID,State,Partition,NodeList"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode == 0:
+            break
+        time.sleep(1 + attempt)
+    else:
+        raise AssertionError(f"sacct kept failing: {proc.stderr}")
+    rows = []
+    for line in proc.stdout.splitlines():
+        job_id, state, partition, node = line.split("|")
+        rows.append({"job_id": job_id, "state": state.split()[0], "partition": partition, "node": node})
+    return rows
+
+
+def _jobs(batch_dir: Path) -> list[dict]:
+    return json.loads((batch_dir / "jobs.json").read_text())
+
+
+def _db(env: dict[str, str]) -> sqlite3.Connection:
+    return sqlite3.connect(env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///"))
+
+
+def _input_ids(path: Path) -> list[str]:
+    ids = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            obj = json.loads(line)
+            ids.append(str(obj.get("custom_id", obj.get("id", f"line-{n}"))))
+    return ids
+
+
+def _write_prompts(path: Path, n: int, words: int = 6) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(n):
+            prompt = " ".join(
+                ["Explain how a batch scheduler shares nodes."] + ["Please be brief."] * (i % words)
+            )
+            handle.write(json.dumps({"id": f"p{i}", "prompt": prompt, "max_new_tokens": 16}) + "\n")
+    return path
+
+
+def test_example_batch_splits_across_both_partitions(hq_env: dict[str, str], tmp_path: Path) -> None:
+    prompts = EXAMPLES / "prompts.jsonl"
+    result = run_cli(["submit", str(prompts), "--config", str(CLUSTER), "--wait", "--json"], hq_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    n = len(_input_ids(prompts))
+    assert report["succeeded"] == n and report["failed"] == 0
+    assert report["per_target"]["gpu"]["requests"] > 0
+    assert report["per_target"]["lowpower"]["requests"] > 0
+    assert report["energy_method"] == "estimated"
+
+    batch_dir = Path(report["batch_dir"])
+    arrays = {r["job_id"].split("_")[0] for r in _jobs(batch_dir) if r.get("kind") != "collect"}
+    rows = _sacct(sorted(arrays))
+    assert {r["partition"] for r in rows} == {"gpu", "lowpower"}
+    assert {r["state"] for r in rows} == {"COMPLETED"}
+
+    with _db(hq_env) as db:
+        tasks = db.execute(
+            "SELECT target, slurm_job_id, node, started_at, ended_at, energy_j, state FROM tasks"
+        ).fetchall()
+        requests = db.execute("SELECT target, status, energy_j FROM requests").fetchall()
+    assert len(requests) == n and all(r[1] == "succeeded" and r[2] > 0 for r in requests)
+    assert {r[0] for r in requests} == {"gpu", "lowpower"}
+    for target, slurm_job_id, node, started, ended, energy, state in tasks:
+        assert state == "completed" and slurm_job_id and node and started and ended and energy > 0, target
+
+    out = tmp_path / "out.jsonl"
+    assert run_cli(["results", report["batch_id"], "-o", str(out)], hq_env).returncode == 0
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == _input_ids(prompts)
+
+
+def _wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.3):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_cancelled_array_task_is_retried_without_loss_or_duplicates(
+    hq_env: dict[str, str], tmp_path: Path
+) -> None:
+    prompts = _write_prompts(tmp_path / "prompts.jsonl", 24)
+    args = ["--config", str(CLUSTER), "--policy", "single:lowpower", "--task-size", "4", "--json"]
+    result = run_cli(["submit", str(prompts), *args], hq_env)
+    assert result.returncode == 0, result.stderr
+    submitted = json.loads(result.stdout)
+    batch_dir = Path(submitted["batch_dir"])
+    elements = [r["job_id"] for r in _jobs(batch_dir) if r.get("kind") != "collect"]
+
+    def running_element() -> str | None:
+        running = [r["job_id"] for r in _sacct(elements) if r["state"] == "RUNNING"]
+        return running[0] if running else None
+
+    victim = _wait_for(running_element, 120, "an array task to be RUNNING", interval_s=0.2)
+    subprocess.run(["scancel", victim], check=True)
+    _wait_for(
+        lambda: all(r["state"] not in ("PENDING", "RUNNING") for r in _sacct(elements)),
+        240,
+        "the array to end",
+    )
+
+    status = json.loads(run_cli(["status", submitted["batch_id"], "--json"], hq_env).stdout)
+    assert status["tasks"].get("lost", 0) >= 1
+    assert any(p["slurm_state"] == "CANCELLED" for p in status["problems"])
+
+    retried = run_cli(["retry", submitted["batch_id"], "--wait", "--json"], hq_env)
+    assert retried.returncode == 0, retried.stderr
+    report = json.loads(retried.stdout)
+    assert report["submitted_tasks"] >= 1
+    assert report["succeeded"] == 24 and report["pending"] == 0 and report["failed"] == 0
+
+    out = tmp_path / "out.jsonl"
+    assert run_cli(["results", submitted["batch_id"], "-o", str(out)], hq_env).returncode == 0
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert ids == [f"p{i}" for i in range(24)]  # nothing lost, nothing twice
+    for task_dir in sorted((batch_dir / "tasks").iterdir()):
+        lines = [json.loads(x)["line"] for x in (task_dir / "output.jsonl").read_text().splitlines()]
+        assert len(lines) == len(set(lines)) == json.loads((task_dir / "task.json").read_text())["n_requests"]
+
+
+def test_collect_job_fills_the_ledger_without_the_user(hq_env: dict[str, str], tmp_path: Path) -> None:
+    source = EXAMPLES / "openai-batch.jsonl"
+    result = run_cli(
+        ["submit", str(source), "--config", str(CLUSTER), "--json", "--max-new-tokens", "16"], hq_env
+    )
+    assert result.returncode == 0, result.stderr
+    submitted = json.loads(result.stdout)
+    n = submitted["requests"]
+    collect = [r for r in _jobs(Path(submitted["batch_dir"])) if r.get("kind") == "collect"]
+    assert len(collect) == 1
+
+    def all_succeeded() -> bool:
+        with _db(hq_env) as db:
+            (done,) = db.execute("SELECT count(*) FROM requests WHERE status = 'succeeded'").fetchone()
+        return done == n
+
+    # Nobody runs `hpcqueue collect` or `status` here: only the collect job can fill the ledger.
+    _wait_for(all_succeeded, 300, "the collect job to record every request", interval_s=1.0)
+    _wait_for(lambda: _sacct([collect[0]["job_id"]])[0]["state"] == "COMPLETED", 60, "the collect job to end")
+    with _db(hq_env) as db:
+        (collected,) = db.execute("SELECT count(*) FROM tasks WHERE collected_at IS NOT NULL").fetchone()
+        (tasks,) = db.execute("SELECT count(*) FROM tasks").fetchone()
+    assert collected == tasks
+
+
+def test_arrays_larger_than_max_array_size_are_split(hq_env: dict[str, str], tmp_path: Path) -> None:
+    max_array_size = int(
+        subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True)
+        .stdout.split("MaxArraySize", 1)[1]
+        .split("=", 1)[1]
+        .split()[0]
+    )
+    n_tasks = max_array_size + 3
+    prompts = _write_prompts(tmp_path / "many.jsonl", n_tasks)
+    args = ["--config", str(CLUSTER), "--policy", "single:lowpower", "--task-size", "1", "--wait", "--json"]
+    result = run_cli(["submit", str(prompts), *args], hq_env, timeout=900)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["succeeded"] == n_tasks
+    records = [r for r in _jobs(Path(report["batch_dir"])) if r.get("kind") != "collect"]
+    arrays = sorted({r["job_id"].split("_")[0] for r in records})
+    assert len(arrays) == 2  # max_array_size elements, then 3
+    sizes = sorted(sum(1 for r in records if r["job_id"].startswith(a + "_")) for a in arrays)
+    assert sizes == [3, max_array_size]
