@@ -464,6 +464,11 @@ class SacctPoller:
             (previous := self._known.get(job_id)) is None or previous.state != state.state
             for job_id, state in fresh.items()
         )
+        # The fresh answer replaces what was known about the asked ids: an incomplete record seen earlier
+        # (an array listed as one job) must not linger next to its tasks.
+        stale = [k for k, s in self._known.items() if k in job_ids or s.array_job_id in job_ids]
+        for key in stale:
+            del self._known[key]
         self._known.update(fresh)
         if changed:
             self.interval_s = self.min_interval_s
@@ -476,8 +481,10 @@ class SacctPoller:
         return [s for s in self._known.values() if s.array_job_id == job_id]
 
     def _settled(self, job_id: str) -> bool:
+        # Right after a job ends, accounting may briefly hold an incomplete record (no partition, an array
+        # not yet split into its tasks): such a record is not final, so the job is asked about again.
         members = self._members(job_id)
-        return bool(members) and all(s.finished for s in members)
+        return bool(members) and all(s.finished and s.partition for s in members)
 
     def _select(self, wanted: set[str]) -> dict[str, JobState]:
         return {

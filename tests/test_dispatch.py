@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hpcqueue.config import Target
-from hpcqueue.dispatch import _local_slots, executor_parameters
+from hpcqueue.dispatch import (
+    _local_slots,
+    collect_job_parameters,
+    executor_parameters,
+    split_for_max_array_size,
+)
 
 
 def test_local_target_parameters() -> None:
@@ -51,3 +58,26 @@ def test_local_slots_deal_tasks_round_robin() -> None:
     assert _local_slots([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
     assert _local_slots([7], 4) == [[7]]
     assert _local_slots([], 2) == []
+
+
+def test_arrays_are_split_to_respect_max_array_size() -> None:
+    groups = [[i] for i in range(10)]
+    arrays = split_for_max_array_size(groups, 4)
+    assert arrays == [[[0], [1], [2], [3]], [[4], [5], [6], [7]], [[8], [9]]]
+    assert split_for_max_array_size(groups, 1001) == [groups]
+    with pytest.raises(ValueError, match="MaxArraySize"):
+        split_for_max_array_size(groups, 0)
+
+
+def test_collect_job_depends_on_every_array_whatever_their_outcome() -> None:
+    assert collect_job_parameters("lowpower", ["101", "102"], account="proj") == {
+        "name": "hpcqueue-collect",
+        "timeout_min": 30,
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": 1,
+        "mem_gb": 2.0,
+        "slurm_partition": "lowpower",
+        "slurm_additional_parameters": {"dependency": "afterany:101:102"},
+        "slurm_account": "proj",
+    }

@@ -618,3 +618,22 @@ def test_real_cluster_limits(real_slurm: None) -> None:
     assert limit is None or limit > 0
     with pytest.raises(SlurmError, match="lowpower"):
         slurm.partition_info("no-such-partition")
+
+
+def test_poller_does_not_trust_an_incomplete_record_of_a_just_finished_array() -> None:
+    """Seen on Slurm 22.05: right after a fast array ends, sacct may list it once as a plain job with no
+    partition; the next call lists its tasks. The poller must ask again and drop the incomplete record."""
+    incomplete = "89|COMPLETED||lp01|2026-11-21T23:30:06|2026-11-21T23:30:06|00:00:00|0:0\n"
+    complete = "".join(
+        f"89_{i}|COMPLETED|lowpower|lp01|2026-11-21T23:30:06|2026-11-21T23:30:07|00:00:01|0:0\n"
+        for i in range(3)
+    )
+    fake = FakeSlurm().reply("sacct", incomplete).reply("sacct", complete)
+    clock = FakeClock()
+    poller = SacctPoller(min_interval_s=1, runner=fake, clock=clock)
+    assert list(poller.states(["89"])) == ["89"]
+    clock.now += 1
+    assert sorted(poller.states(["89"])) == ["89_0", "89_1", "89_2"]
+    clock.now += 100
+    poller.states(["89"])
+    assert len(fake.calls) == 2  # settled now: not asked a third time

@@ -90,9 +90,17 @@ def test_example_batch_splits_across_both_partitions(hq_env: dict[str, str], tmp
 
     batch_dir = Path(report["batch_dir"])
     arrays = {r["job_id"].split("_")[0] for r in _jobs(batch_dir) if r.get("kind") != "collect"}
-    rows = _sacct(sorted(arrays))
+    # The batch is done when every worker wrote its metrics; the jobs themselves may take a moment to end.
+    rows = _wait_for(
+        lambda: (
+            (r := _sacct(sorted(arrays)))
+            and all(x["state"] == "COMPLETED" and x["partition"] for x in r)
+            and r
+        ),
+        60,
+        "the arrays to be COMPLETED in accounting",
+    )
     assert {r["partition"] for r in rows} == {"gpu", "lowpower"}
-    assert {r["state"] for r in rows} == {"COMPLETED"}
 
     with _db(hq_env) as db:
         tasks = db.execute(
@@ -123,23 +131,37 @@ def test_cancelled_array_task_is_retried_without_loss_or_duplicates(
     hq_env: dict[str, str], tmp_path: Path
 ) -> None:
     prompts = _write_prompts(tmp_path / "prompts.jsonl", 24)
-    args = ["--config", str(CLUSTER), "--policy", "single:lowpower", "--task-size", "4", "--json"]
+    args = ["--config", str(CLUSTER), "--policy", "single:lowpower", "--task-size", "6", "--batch-size", "2"]
+    args.append("--json")
     result = run_cli(["submit", str(prompts), *args], hq_env)
     assert result.returncode == 0, result.stderr
     submitted = json.loads(result.stdout)
     batch_dir = Path(submitted["batch_dir"])
     elements = [r["job_id"] for r in _jobs(batch_dir) if r.get("kind") != "collect"]
 
-    def running_element() -> str | None:
-        running = [r["job_id"] for r in _sacct(elements) if r["state"] == "RUNNING"]
-        return running[0] if running else None
+    task_of = {r["job_id"]: r["task_indices"][0] for r in _jobs(batch_dir) if r.get("kind") != "collect"}
 
-    victim = _wait_for(running_element, 120, "an array task to be RUNNING", interval_s=0.2)
+    def unfinished_running_element() -> str | None:
+        """An element that runs but whose worker has not written metrics.json yet (still loading or
+        generating): cancelling it loses the task."""
+        for row in _sacct(elements):
+            task_dir = batch_dir / "tasks" / f"{task_of[row['job_id']]:06d}"
+            if row["state"] == "RUNNING" and not (task_dir / "metrics.json").exists():
+                return row["job_id"]
+        return None
+
+    victim = _wait_for(
+        unfinished_running_element, 120, "an unfinished array task to be RUNNING", interval_s=0.1
+    )
     subprocess.run(["scancel", victim], check=True)
     _wait_for(
         lambda: all(r["state"] not in ("PENDING", "RUNNING") for r in _sacct(elements)),
         240,
         "the array to end",
+    )
+    victim_dir = batch_dir / "tasks" / f"{task_of[victim]:06d}"
+    assert not (victim_dir / "metrics.json").exists(), (
+        "the cancelled task finished anyway: cancel came too late"
     )
 
     status = json.loads(run_cli(["status", submitted["batch_id"], "--json"], hq_env).stdout)

@@ -276,3 +276,38 @@ def test_broken_task_fails_and_the_worker_goes_on(tmp_path: Path, demo: ModelRef
     second = json.loads((missing_model / "metrics.json").read_text())
     assert "hf download hpcqueue-tests/no-such-model" in second["error"]["message"]
     assert second["energy_method"] == "estimated"  # energy spent before failing is still reported
+
+
+def test_preempted_worker_is_requeued_and_resumes(tmp_path: Path, demo: ModelRef) -> None:
+    """A time-out/pre-emption signal (USR2) makes submitit checkpoint TaskRunner and requeue it; the requeued
+    worker keeps the generation batches already in partial.jsonl and runs only the rest."""
+    import submitit
+
+    from hpcqueue.worker import TaskRunner
+
+    task_dir = make_task(tmp_path / "task", prompts(48, max_new_tokens=48), demo, batch_size=4)
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(TaskRunner(), [str(task_dir)])
+    partial = task_dir / "partial.jsonl"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and len(read_jsonl(partial)) >= 8):
+        assert time.monotonic() < deadline, "the worker never wrote a generation batch"
+        assert not (task_dir / "metrics.json").exists(), "the task finished before it could be pre-empted"
+        time.sleep(0.05)
+    # What Slurm's --signal does before a time limit or a pre-emption: USR2 to the job's processes (submitit's
+    # local controller would not forward it, so it goes to the worker directly).
+    controller = int(job.job_id)
+    workers = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    assert workers, "no worker process under the local controller"
+    for pid in workers:
+        os.kill(int(pid), signal.SIGUSR2)
+    job.result()  # the requeued worker finishes the task
+
+    metrics = json.loads((task_dir / "metrics.json").read_text())
+    outputs = read_jsonl(task_dir / "output.jsonl")
+    assert metrics["state"] == "completed"
+    assert metrics["n_resumed"] >= 8  # kept from the interrupted attempt, not generated again
+    assert len(outputs) == 48 and len({o["line"] for o in outputs}) == 48
+    log_text = "".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.err"))
+    assert "requeueing" in log_text or "Requeued" in log_text
