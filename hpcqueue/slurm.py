@@ -434,6 +434,8 @@ class SacctPoller:
         self._last_call: float | None = None
         self._known: dict[str, JobState] = {}
         self._asked: set[str] = set()
+        #: The error of the last sacct call, None when it answered: callers must not read absence as news.
+        self.last_error: SlurmError | None = None
 
     def states(self, job_ids: Sequence[str], force: bool = False) -> dict[str, JobState]:
         """The last known state of each job (and of each task of each array id) among ``job_ids``."""
@@ -458,8 +460,10 @@ class SacctPoller:
             fresh = sacct(sorted(job_ids), runner=self._runner)
         except SlurmError as exc:
             logger.warning("sacct call #%d failed; job states may be out of date: %s", self.num_calls, exc)
+            self.last_error = exc
             self.interval_s = min(self.interval_s * self.backoff, self.max_interval_s)
             return
+        self.last_error = None
         changed = any(
             (previous := self._known.get(job_id)) is None or previous.state != state.state
             for job_id, state in fresh.items()

@@ -9,6 +9,7 @@ limited by :class:`hpcqueue.slurm.SacctPoller` when polling.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ _LEDGER_STATE = {
     "lost": "failed",
     "cancelled": "cancelled",
 }
+log = logging.getLogger(__name__)
 _LOG_TAIL_LINES = 30
 #: A submitted Slurm job missing from accounting for longer than this is taken as gone.
 ACCOUNTING_GRACE_S = 600.0
@@ -93,10 +95,19 @@ def task_views(batch: BatchDir, *, poller: Any = None) -> dict[int, TaskView]:
         }
     )
     slurm_states: Mapping[str, Any] = {}
+    accounting_ok = True
     if slurm_ids:
-        from hpcqueue.slurm import sacct
+        from hpcqueue.slurm import SlurmError, sacct
 
-        slurm_states = poller.states(slurm_ids) if poller is not None else sacct(slurm_ids)
+        if poller is not None:
+            slurm_states = poller.states(slurm_ids)
+            accounting_ok = poller.last_error is None
+        else:
+            try:
+                slurm_states = sacct(slurm_ids)
+            except SlurmError as exc:  # slurmdbd down: say so, and take nothing for lost
+                log.warning("cannot read Slurm accounting, task states may be stale: %s", exc)
+                accounting_ok = False
 
     views: dict[int, TaskView] = {}
     for index, file_state in file_states.items():
@@ -118,7 +129,10 @@ def task_views(batch: BatchDir, *, poller: Any = None) -> dict[int, TaskView]:
                     status: TaskStatus = "running"
                 elif record.get("cancelled"):
                     status = "cancelled"
-                elif time.time() - float(record.get("submitted_at") or 0) > ACCOUNTING_GRACE_S:
+                elif (
+                    accounting_ok
+                    and time.time() - float(record.get("submitted_at") or 0) > ACCOUNTING_GRACE_S
+                ):
                     status = "lost"
                 else:
                     status = "queued"

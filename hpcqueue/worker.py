@@ -18,8 +18,10 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -83,6 +85,24 @@ class _Run:
         self.measurements.append({"scope": scope, "seq": seq, **measurement.to_dict()})
 
 
+class StopRequested(BaseException):
+    """SIGTERM arrived (``scancel``, a node shutdown): stop after the current generation batch.
+
+    A BaseException, so no task-failure handler mistakes it for a broken task: the task is left unfinished,
+    with its finished batches in partial.jsonl, for a retry or a requeue to resume.
+    """
+
+
+_stop = threading.Event()
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    log.warning(
+        "SIGTERM: stopping after the current generation batch; finished outputs stay in partial.jsonl"
+    )
+    _stop.set()
+
+
 def run_tasks(task_dirs: list[str]) -> list[dict[str, Any]]:
     """Run task directories in order; return one summary per task.
 
@@ -90,9 +110,26 @@ def run_tasks(task_dirs: list[str]) -> list[dict[str, Any]]:
     ``locked`` and left alone; a task that cannot run at all gets a ``failed`` metrics.json and the worker
     goes on with the next one. Summaries: ``{"task_dir", "state", "n_requests", "n_failed", "energy_j",
     "error"}`` with state ``completed``, ``failed``, ``skipped`` or ``locked``.
+
+    SIGTERM (what ``scancel`` sends before it kills) stops the worker after the generation batch it is in,
+    instead of letting it burn energy until Slurm's kill timeout; the process then exits with status 143.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return [run_task(Path(task_dir)) for task_dir in task_dirs]
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _request_stop)
+    try:
+        summaries = []
+        for task_dir in task_dirs:
+            if _stop.is_set():
+                raise StopRequested()
+            summaries.append(run_task(Path(task_dir)))
+        return summaries
+    except StopRequested:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_task(task_dir: Path) -> dict[str, Any]:
@@ -226,7 +263,6 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
     make_meter = _meter_factory(spec)
     if todo:
         engine = _engine_for(spec, run, make_meter)
-        engine.batch_size = int(spec.get("batch_size") or engine.batch_size)
         with open(task_dir / PARTIAL, "a", encoding="utf-8") as partial:
 
             def on_batch(records: list[dict[str, Any]], measurement: Measurement | None) -> None:
@@ -241,6 +277,8 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
                 partial.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
                 partial.flush()
                 os.fsync(partial.fileno())
+                if _stop.is_set():
+                    raise StopRequested()
 
             engine.generate(todo, on_batch=on_batch, make_meter=make_meter)
 

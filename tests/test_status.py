@@ -17,9 +17,10 @@ from hpcqueue.status import ACCOUNTING_GRACE_S, refresh, task_views
 class FakePoller:
     """Stands in for sacct: returns the given states for the ids asked about."""
 
-    def __init__(self, states: dict[str, JobState]) -> None:
+    def __init__(self, states: dict[str, JobState], error: Exception | None = None) -> None:
         self.states_by_id = states
         self.asked: list[list[str]] = []
+        self.last_error = error
 
     def states(self, job_ids: list[str], force: bool = False) -> dict[str, JobState]:
         self.asked.append(list(job_ids))
@@ -219,3 +220,23 @@ def test_refresh_records_lost_tasks_with_state_and_log_tail(tmp_path: Path) -> N
     assert rows[0].state == "running" and rows[0].slurm_job_id == "77" and rows[0].slurm_array_task_id == 0
     assert rows[1].state == "failed" and "CANCELLED" in rows[1].error and "retry" in rows[1].error
     assert "JOB 77 CANCELLED" in rows[1].log_tail and rows[1].node == "lp01"
+
+
+def test_when_accounting_is_down_nothing_is_taken_for_lost(tmp_path: Path) -> None:
+    from hpcqueue.slurm import SlurmError
+
+    batch = _batch(tmp_path, 1)
+    _jobs(
+        batch,
+        [
+            {
+                "job_id": "78_0",
+                "executor": "slurm",
+                "target": "lowpower",
+                "task_indices": [0],
+                "submitted_at": time.time() - ACCOUNTING_GRACE_S - 1,
+            }
+        ],
+    )
+    views = task_views(batch, poller=FakePoller({}, error=SlurmError("sacct: slurmdbd not responding")))
+    assert views[0].status == "queued"  # unknown, so not resubmitted by retry

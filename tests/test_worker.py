@@ -213,7 +213,16 @@ def test_resume_keeps_finished_lines(tmp_path: Path, demo: ModelRef) -> None:
     assert sorted(r["line"] for r in partial) == [3, 4, 5, 6, 7, 8]
 
 
-def test_killed_worker_leaves_no_output_and_the_rerun_resumes(tmp_path: Path, demo: ModelRef) -> None:
+@pytest.mark.parametrize(
+    ("signum", "exit_code"),
+    [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + signal.SIGTERM)],
+    ids=["SIGKILL", "SIGTERM"],
+)
+def test_killed_worker_leaves_no_output_and_the_rerun_resumes(
+    tmp_path: Path, demo: ModelRef, signum: int, exit_code: int
+) -> None:
+    """SIGKILL (a crash) and SIGTERM (scancel: the worker stops after its current generation batch) both
+    leave the task unfinished with its finished batches kept; the rerun resumes after them."""
     task = make_task(tmp_path / "000000", prompts(60, max_new_tokens=48), demo, batch_size=1)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
@@ -230,9 +239,12 @@ def test_killed_worker_leaves_no_output_and_the_rerun_resumes(tmp_path: Path, de
                 break
             assert proc.poll() is None, "the worker finished before it could be interrupted"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == exit_code
     finally:
-        proc.wait(timeout=60)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
     done_before = read_jsonl(partial)
     assert 2 <= len(done_before) < 60
     # nothing final appears before the task completes
