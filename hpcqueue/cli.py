@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hpcqueue.errors import HpcqueueError, InputError
@@ -73,7 +74,7 @@ def _print_json(obj: Any) -> None:
 
 def _fail(exc: HpcqueueError, show_errors: int = 20) -> None:
     """The one place where library errors become messages and exit codes."""
-    err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
     if isinstance(exc, InputError) and exc.issues:
         errors = [i for i in exc.issues if i.severity == "error"]
         for issue in errors[:show_errors]:
@@ -130,7 +131,7 @@ def submit(
         )
         prepared = submission.prepare(prompts, settings, skip_invalid=skip_invalid)
         for warning in prepared.warnings[:show_errors]:
-            err.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+            err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         if dry_run:
             _render_plan(prepared, as_json)
             return
@@ -664,3 +665,11 @@ def _cell(value: Any) -> str:
 
 def main() -> None:
     app()
+
+
+# Profiles, profiling and meters live in their own module; registered here so `hpcqueue --help` lists them.
+from hpcqueue.cli_profiles import doctor, profile, profiles_app  # noqa: E402
+
+app.add_typer(profiles_app, name="profiles")
+app.command()(profile)
+app.command()(doctor)

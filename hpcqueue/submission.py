@@ -77,13 +77,20 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
 
     targets = list(settings.targets.values())
     notes: list[str] = []
-    cost_models = resolve_cost_models(
-        targets, model.name, profile_search_path(settings.profile_dirs), notes=notes
-    )
+    search_path = profile_search_path(settings.profile_dirs)
+    cost_models = resolve_cost_models(targets, model.name, search_path, notes=notes)
     plan = make_plan(
         table, targets, cost_models, policy=settings.policy, task_size=settings.task_size, model=model.name
     )
     plan.warnings.extend(notes)
+    if len(targets) > 1 or any(cost_models.values()):
+        # Missing or stale profiles matter only when the plan uses profiles (one target needs none).
+        from hpcqueue.profiles.staleness import profile_warnings
+
+        warnings = profile_warnings(
+            targets, model.name, search_path, settings.cache_dir, config_path=settings.config_path
+        )
+        plan.warnings.extend(warnings)
     batch_id = batchdir.batch_id_for(
         requests.sha256,
         settings.model_dump(mode="json"),

@@ -199,13 +199,15 @@ def test_get_meter_builds_the_estimate_from_the_hardware_class_or_the_override()
 
 def test_get_meter_unknown_name_lists_valid_meters() -> None:
     with pytest.raises(
-        MeterUnavailableError, match=r"unknown meter 'joulemeter'.*valid meters: auto, estimate"
+        MeterUnavailableError,
+        match=r"unknown meter 'joulemeter'.*valid meters: auto, powermetrics, rapl, nvml, pyjoules, zeus, estimate",
     ):
         get_meter("joulemeter", hardware="cpu-generic")
 
 
-def test_get_meter_planned_name_says_it_is_not_implemented_yet() -> None:
-    with pytest.raises(MeterUnavailableError, match="'rapl' is planned but not implemented") as info:
+def test_a_named_meter_that_cannot_work_here_fails_loudly_with_the_reason() -> None:
+    """This machine has no RAPL counters: asking for rapl by name is an error that says why (no fallback)."""
+    with pytest.raises(MeterUnavailableError, match=r"rapl.*no RAPL zones under /sys/class/powercap") as info:
         get_meter("rapl", hardware="cpu-generic")
     assert isinstance(info.value, HpcqueueError)
     assert info.value.exit_code == 2

@@ -38,6 +38,7 @@ class MeterStatus:
     available: bool
     method: Method
     reason: str
+    domains: tuple[str, ...] = ()  # what it would measure for this job: "cpu", "dram", "gpu:0"...
 
 
 @dataclass(frozen=True)

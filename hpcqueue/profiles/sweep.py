@@ -1,0 +1,956 @@
+"""Measure a profile: the paper's input/output token sweeps, run on this machine or as a job on a target.
+
+The method follows Wilkins, Keshav and Mortier (2024), with these changes:
+
+* **Exact lengths.** Every prompt has exactly the nominal number of tokens: it is cut from a neutral text
+  with the model's own tokenizer and checked by re-encoding. Every call generates exactly ``M`` tokens
+  (``min_new_tokens = max_new_tokens = M``). The paper used ``min_new_tokens = 0.9 × M``, so its outputs
+  varied in length.
+* **KV cache on**, as in normal serving; the paper ran with ``use_cache=False``. ``SweepConfig.kv_cache``
+  switches it off to reproduce the paper.
+* **Batch sizes.** Each point is measured at several batch sizes: that many identical prompts per
+  ``generate`` call, so no padding. The largest size stops growing at the first out-of-memory error.
+* **Idle power.** Idle power is measured with the same meter before the sweep and subtracted from every
+  trial (idle power × the trial's duration, per energy domain). The raw figures are kept in ``trials.csv``.
+* **Randomised order.** The points run in a seeded random order, so drift (heat, other tenants) does not
+  line up with token counts.
+* **Stopping rule.** A point is repeated until the 95 % confidence interval of its mean runtime is narrow
+  enough (the paper's rule) or ``max_trials`` is reached; its warm-up calls are dropped. The model load is
+  metered on its own.
+
+``run_sweep`` runs on this machine. ``profile_target`` submits it through submitit, to the local executor
+or as an exclusive Slurm job on the target's partition, and saves the profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from hpcqueue.errors import HpcqueueError, ModelError
+from hpcqueue.fileio import atomic_write_text
+from hpcqueue.profiles.fingerprint import fingerprint, software_versions
+from hpcqueue.profiles.store import POINT_COLUMNS, Profile, ProfileMeta, ci95_half_width, save_profile
+
+if TYPE_CHECKING:
+    from hpcqueue.config import Target
+    from hpcqueue.engine import Engine
+    from hpcqueue.meters.base import Measurement
+    from hpcqueue.models import ModelRef
+
+logger = logging.getLogger(__name__)
+
+SweepName = Literal["input", "output"]
+Log = Callable[[str], None]
+
+TRIALS_FILE = "trials.csv"
+#: Neutral, plain English: prompts are cut from repetitions of it.
+NEUTRAL_TEXT = (
+    "The committee met on a quiet morning to review the annual report on regional transport, water supply "
+    "and public libraries. Members read each section in turn, asked short questions about the figures, and "
+    "agreed to publish a summary for residents before the end of the month."
+)
+#: Scheduler time limits of a profiling job when the caller gives none (minutes).
+FULL_TIMEOUT_MIN = 24 * 60
+QUICK_TIMEOUT_MIN = 60
+_LOG_TAIL_LINES = 30
+
+
+def doubling(start: int, stop: int, factor: int = 2) -> tuple[int, ...]:
+    """``start, start·factor, …`` up to ``stop`` inclusive: the sweeps' token grids (8, 16, …, 2048)."""
+    values = []
+    value = start
+    while value <= stop:
+        values.append(value)
+        value *= factor
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to measure and when a point has been measured enough.
+
+    The input sweep varies the prompt (``input_tokens``) at ``input_sweep_output_tokens`` generated tokens.
+    The output sweep varies the generated tokens (``output_tokens``) at a prompt of
+    ``output_sweep_input_tokens``. Every point runs at every batch size in ``batch_sizes`` up to
+    ``max_batch_size``. Sizes above the first one that runs out of memory are skipped for that point and
+    for longer points of the same sweep. Points longer than the model's context are skipped, and the
+    profile records every skipped point and why.
+
+    Each point gets ``warmup_trials`` calls that are not counted. Then it is repeated until the 95 % CI
+    half-width of its mean runtime is at most ``ci_half_width_s``, with at least ``min_trials`` and at most
+    ``max_trials`` calls. ``idle_s`` seconds of idle are metered before the sweep.
+    """
+
+    model: str = "hpcqueue-demo"
+    input_tokens: tuple[int, ...] = doubling(8, 2048)
+    input_sweep_output_tokens: int = 32
+    output_tokens: tuple[int, ...] = doubling(8, 4096)
+    output_sweep_input_tokens: int = 32
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
+    max_batch_size: int | None = None
+    max_trials: int = 25
+    min_trials: int = 3
+    ci_half_width_s: float = 0.5
+    warmup_trials: int = 1
+    idle_s: float = 10.0
+    seed: int = 0
+    meter: str = "auto"
+    nominal_power_w: float | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    kv_cache: bool = True
+    preset: str = "full"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("input_tokens", "output_tokens", "batch_sizes"):
+            values = getattr(self, name)
+            if not values or any(int(v) < 1 for v in values):
+                problems.append(f"{name} must list whole numbers >= 1, got {values!r}")
+        for name in ("input_sweep_output_tokens", "output_sweep_input_tokens", "min_trials", "max_trials"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.min_trials > self.max_trials:
+            problems.append(f"min_trials ({self.min_trials}) exceeds max_trials ({self.max_trials})")
+        if self.warmup_trials < 0 or self.idle_s < 0 or self.ci_half_width_s <= 0:
+            problems.append("warmup_trials and idle_s must be >= 0 and ci_half_width_s > 0")
+        if problems:
+            raise HpcqueueError("invalid sweep configuration: " + "; ".join(problems))
+
+    @classmethod
+    def quick(cls, model: str = "hpcqueue-demo", **overrides: Any) -> SweepConfig:
+        """A small grid that finishes in minutes: prompts 8, 64 and 512 tokens, outputs 8 and 64,
+        batch sizes 1 and 4, at most 5 trials per point, 2 s of idle."""
+        settings: dict[str, Any] = {
+            "model": model,
+            "input_tokens": (8, 64, 512),
+            "output_tokens": (8, 64),
+            "batch_sizes": (1, 4),
+            "max_trials": 5,
+            "idle_s": 2.0,
+            "preset": "quick",
+        }
+        return cls(**{**settings, **overrides})
+
+    def effective_batch_sizes(self) -> tuple[int, ...]:
+        """``batch_sizes`` sorted, without those above ``max_batch_size``."""
+        sizes = sorted({int(b) for b in self.batch_sizes})
+        return tuple(b for b in sizes if self.max_batch_size is None or b <= self.max_batch_size)
+
+    def describe(self) -> str:
+        """The grid in one line, for a profile's notes."""
+        return (
+            f"{self.preset} sweep: input sweep prompts {list(self.input_tokens)} tokens at "
+            f"{self.input_sweep_output_tokens} output tokens; output sweep outputs "
+            f"{list(self.output_tokens)} tokens at a {self.output_sweep_input_tokens}-token prompt; "
+            "batch sizes "
+            f"{list(self.effective_batch_sizes())}; {self.warmup_trials} warm-up call(s) per point dropped; "
+            f"{self.min_trials}-{self.max_trials} trials per point until the 95 % CI half-width of runtime "
+            f"<= {self.ci_half_width_s} s; idle metered for {self.idle_s} s; seed {self.seed}"
+        )
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One grid point: which sweep, the prompt and output token counts, and prompts per call."""
+
+    sweep: SweepName
+    input_tokens: int
+    output_tokens: int
+    batch_size: int
+
+    @property
+    def swept_tokens(self) -> int:
+        return self.input_tokens if self.sweep == "input" else self.output_tokens
+
+    def label(self) -> str:
+        return f"{self.sweep} sweep in={self.input_tokens} out={self.output_tokens} batch={self.batch_size}"
+
+
+def grid_points(config: SweepConfig) -> list[SweepPoint]:
+    """Every point of both sweeps at every batch size, in grid order (not yet shuffled)."""
+    points = [
+        SweepPoint("input", int(n), config.input_sweep_output_tokens, b)
+        for n in sorted(set(config.input_tokens))
+        for b in config.effective_batch_sizes()
+    ]
+    points += [
+        SweepPoint("output", config.output_sweep_input_tokens, int(m), b)
+        for m in sorted(set(config.output_tokens))
+        for b in config.effective_batch_sizes()
+    ]
+    return points
+
+
+def shuffled(points: Sequence[SweepPoint], seed: int) -> list[SweepPoint]:
+    """The points in a random order that depends only on ``seed``, so a sweep can be repeated exactly."""
+    order = list(points)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+# ----------------------------------------------------------------------------------------- the trials
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One metered ``generate`` call.
+
+    ``energy_raw_j`` holds what the meter reported, per domain. ``idle_j`` is the idle power of each domain
+    times ``duration_s``. ``tokens`` counts prompt and generated tokens over all rows of the call.
+    """
+
+    duration_s: float
+    energy_raw_j: dict[str, float]
+    idle_j: dict[str, float]
+    tokens: int
+    method: str = "estimated"
+    meter: str = ""
+    started_at: float = 0.0
+
+    @property
+    def energy_j(self) -> dict[str, float]:
+        """Energy per domain with idle power subtracted."""
+        return {d: e - self.idle_j.get(d, 0.0) for d, e in self.energy_raw_j.items()}
+
+
+def enough_trials(runtimes_s: Sequence[float], config: SweepConfig) -> bool:
+    """Whether a point is measured enough: ``max_trials`` reached, or at least ``min_trials`` and the 95 %
+    CI half-width of the mean runtime at most ``ci_half_width_s`` (the paper's rule)."""
+    n = len(runtimes_s)
+    if n >= config.max_trials:
+        return True
+    if n < max(config.min_trials, 2):
+        return False
+    std = float(np.std(np.asarray(runtimes_s, dtype=float), ddof=1))
+    return float(ci95_half_width(std, n)) <= config.ci_half_width_s
+
+
+def run_trials(trial: Callable[[], Trial], config: SweepConfig) -> tuple[list[Trial], list[Trial]]:
+    """Call ``trial`` for the warm-up, then until ``enough_trials``; returns (warm-up trials, trials)."""
+    warmups = [trial() for _ in range(config.warmup_trials)]
+    trials: list[Trial] = []
+    while not enough_trials([t.duration_s for t in trials], config):
+        trials.append(trial())
+    return warmups, trials
+
+
+def idle_power_w(measurement: Measurement) -> dict[str, float]:
+    """Idle power per domain from a measurement of an idle interval (joules / seconds)."""
+    if measurement.duration_s <= 0:
+        return {domain: 0.0 for domain in measurement.energy_j}
+    return {domain: joules / measurement.duration_s for domain, joules in measurement.energy_j.items()}
+
+
+def idle_energy_j(power_w: dict[str, float], domains: Iterable[str], duration_s: float) -> dict[str, float]:
+    """The idle share of an interval per domain: idle power × ``duration_s`` (0 for a domain without an
+    idle reading)."""
+    return {domain: power_w.get(domain, 0.0) * duration_s for domain in domains}
+
+
+# ---------------------------------------------------------------------------- prompts and generation
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A prompt built to a token count: ``ids`` is the re-encoded text, the length the model sees."""
+
+    nominal_tokens: int
+    text: str
+    ids: list[int]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def exact(self) -> bool:
+        return self.tokens == self.nominal_tokens
+
+
+def exact_length_prompt(tokenizer: Any, n_tokens: int, text: str = NEUTRAL_TEXT) -> PromptSpec:
+    """A prompt that encodes to exactly ``n_tokens`` tokens, special tokens included, if one exists.
+
+    ``tokenizer`` is a transformers tokenizer (``encode(text, add_special_tokens=...)`` and
+    ``decode(ids, skip_special_tokens=True)``). The prompt is cut from repetitions of ``text``. Decoding
+    and re-encoding can merge tokens at the cut, so the cut is adjusted until the re-encoded length is
+    right. If no cut gives it (or ``n_tokens`` is below the tokenizer's own special tokens), the closest
+    prompt is returned and ``PromptSpec.exact`` is False.
+    """
+    special = len(tokenizer.encode("", add_special_tokens=True))
+    want = n_tokens - special
+    if want <= 0:
+        return PromptSpec(n_tokens, "", list(tokenizer.encode("", add_special_tokens=True)))
+    base = tokenizer.encode(text, add_special_tokens=False)
+    copies = want // max(1, len(base)) + 2
+    pool = list(tokenizer.encode(" ".join([text] * copies), add_special_tokens=False))
+    best: PromptSpec | None = None
+    tried: set[int] = set()
+    k = want
+    for _ in range(64):
+        tried.add(k)
+        candidate = str(tokenizer.decode(pool[:k], skip_special_tokens=True))
+        ids = list(tokenizer.encode(candidate, add_special_tokens=True))
+        spec = PromptSpec(n_tokens, candidate, ids)
+        if spec.exact:
+            return spec
+        if best is None or abs(spec.tokens - n_tokens) < abs(best.tokens - n_tokens):
+            best = spec
+        step = n_tokens - spec.tokens
+        nxt = k + step
+        for offset in (0, 1, -1, 2, -2, 3, -3):
+            if 0 < nxt + offset <= len(pool) and nxt + offset not in tried:
+                nxt += offset
+                break
+        else:
+            break
+        k = nxt
+    assert best is not None
+    return best
+
+
+def generate_exact(
+    engine: Engine, prompt_ids: Sequence[int], n_out: int, batch_size: int, *, kv_cache: bool = True
+) -> int:
+    """Run one ``generate`` call of ``batch_size`` copies of the prompt that produces exactly ``n_out``
+    tokens per row (greedy, ``min_new_tokens = max_new_tokens``); returns the call's prompt + generated
+    tokens.
+
+    Uses the engine's loaded model and tokenizer directly: the engine's own ``generate`` stops at
+    end-of-sequence, which a profile must not do.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=n_out,
+        min_new_tokens=n_out,
+        do_sample=False,
+        use_cache=kv_cache,
+        pad_token_id=engine.pad_id,
+        eos_token_id=engine.eos_ids,
+    )
+    input_ids = torch.tensor([list(prompt_ids)] * batch_size, dtype=torch.long, device=engine.device)
+    with torch.inference_mode():
+        output = engine.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
+        )
+    if engine.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    generated = int(output.shape[1]) - len(prompt_ids)
+    if generated != n_out:
+        raise ModelError(
+            f"the model generated {generated} tokens where {n_out} were forced (min_new_tokens = "
+            f"max_new_tokens = {n_out}); its generation config may override the limits"
+        )
+    return batch_size * (len(prompt_ids) + generated)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or "out of memory" in str(exc).lower()
+    )
+
+
+# ------------------------------------------------------------------------------------- aggregation
+
+
+def _domain_group(domain: str) -> str:
+    """``gpu:0``, ``gpu:1`` … → ``gpu``; other domains keep their name."""
+    return "gpu" if domain.split(":")[0] == "gpu" else domain
+
+
+def trials_table(rows: Sequence[tuple[SweepPoint, int, bool, Trial]]) -> pd.DataFrame:
+    """One row per call: the point, the trial index, whether it was a warm-up, duration and tokens, raw and
+    idle-subtracted energy (total and per domain group: ``cpu``, ``gpu``, ``dram`` …)."""
+    records = []
+    for point, index, warmup, trial in rows:
+        record: dict[str, Any] = {
+            **dataclasses.asdict(point),
+            "trial": index,
+            "warmup": warmup,
+            "started_at": trial.started_at,
+            "duration_s": trial.duration_s,
+            "total_tokens": trial.tokens,
+            "method": trial.method,
+            "meter": trial.meter,
+            "energy_raw_j": sum(trial.energy_raw_j.values()),
+            "idle_j": sum(trial.idle_j.values()),
+            "energy_j": sum(trial.energy_j.values()),
+        }
+        for domain, joules in trial.energy_raw_j.items():
+            group = _domain_group(domain)
+            record[f"energy_{group}_raw_j"] = record.get(f"energy_{group}_raw_j", 0.0) + joules
+            net = joules - trial.idle_j.get(domain, 0.0)
+            record[f"energy_{group}_j"] = record.get(f"energy_{group}_j", 0.0) + net
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def summarise(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per point (warm-ups dropped): trials, means and 95 % CI half-widths, in the columns of
+    ``points.csv`` (``store.POINT_COLUMNS``), followed by ``energy_raw_j_*``, ``idle_j_mean`` and every
+    other metered domain (``energy_dram_j_*`` …), which ``points.csv`` has no column for."""
+    key = ["sweep", "input_tokens", "output_tokens", "batch_size"]
+    measured = trials[~trials["warmup"].astype(bool)]
+    grouped = measured.groupby(key, sort=True)
+    out = grouped.size().rename("trials").reset_index()
+    n = out["trials"].to_numpy()
+    quantities = {"duration_s": "runtime_s", "energy_j": "energy_j", "energy_raw_j": "energy_raw_j"}
+    for column in sorted(measured.columns):
+        if column.startswith("energy_") and column.endswith("_j") and column not in quantities:
+            quantities[column] = column  # energy_cpu_j, energy_cpu_raw_j, energy_gpu_j, energy_dram_j ...
+    for column, name in quantities.items():
+        out[f"{name}_mean"] = grouped[column].mean().to_numpy()
+        out[f"{name}_ci95"] = ci95_half_width(grouped[column].std(ddof=1).to_numpy(), n)
+    out["idle_j_mean"] = grouped["idle_j"].mean().to_numpy()
+    out["total_tokens_mean"] = grouped["total_tokens"].mean().to_numpy()
+    for column in POINT_COLUMNS:
+        if column not in out:
+            out[column] = np.nan
+    extra = [c for c in out.columns if c not in POINT_COLUMNS]
+    return out[[*POINT_COLUMNS, *extra]]
+
+
+# ----------------------------------------------------------------------------------------- the sweep
+
+
+class MeasuredProfile(Profile):
+    """A profile made by ``run_sweep``: the profile, plus every call it metered (``trials``, the rows of
+    ``trials.csv``: warm-ups, raw and idle-subtracted energy per domain)."""
+
+    def __init__(
+        self, meta: ProfileMeta, points: pd.DataFrame, trials: pd.DataFrame, path: Path | None = None
+    ) -> None:
+        super().__init__(meta=meta, points=points, path=path)
+        self.trials = trials
+
+
+def model_slug(model: str) -> str:
+    """The last path part of a model id or directory, lowercased: ``meta-llama/Llama-2-7b-hf`` →
+    ``llama-2-7b-hf``; characters a profile name cannot hold become ``-``."""
+    last = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    slug = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in last).strip(".-_")
+    return slug or "model"
+
+
+def profile_name(model: str, target_name: str, hardware: str) -> str:
+    """``<model slug>.<target name>.<hardware>``: the name of a profile measured on a target."""
+    return f"{model_slug(model)}.{model_slug(target_name)}.{model_slug(hardware)}"
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    hardware: str,
+    model_ref: ModelRef | None = None,
+    cache_dir: Path | None = None,
+    name: str | None = None,
+    log: Log = print,
+) -> MeasuredProfile:
+    """Measure ``config``'s grid on this machine and return the profile (not saved: see ``save_sweep``).
+
+    ``hardware`` is the hardware class the profile describes, and it also picks the estimate meter's
+    nominal power. ``model_ref`` is a model already resolved to a directory. Without it, ``config.model``
+    is resolved here (``cache_dir`` is where the demo model is built). ``name`` defaults to
+    ``<model slug>.local.<hardware>``.
+    """
+    import torch
+
+    from hpcqueue.engine import Engine
+    from hpcqueue.meters import get_meter
+    from hpcqueue.models import resolve_model
+
+    sweep_started = time.monotonic()
+    if model_ref is None:
+        model_ref = resolve_model(config.model, cache_dir=cache_dir)
+    name = name or profile_name(config.model, "local", hardware)
+    meter = get_meter(config.meter, hardware=hardware, nominal_power_w=config.nominal_power_w)
+    torch.manual_seed(config.seed)
+
+    log(f"profile {name}: loading {config.model} from {model_ref.path}")
+    with meter.measure() as held:
+        engine = Engine(model_ref, device=config.device, dtype=config.dtype, batch_size=1)
+    load = held.measurement
+    assert load is not None
+    log(f"  model load: {load.duration_s:.2f} s, {load.total_energy_j:.2f} J ({load.method}, {load.meter})")
+
+    log(f"  idle: metering {config.idle_s:g} s with nothing running")
+    with meter.measure() as held:
+        time.sleep(config.idle_s)
+    idle = held.measurement
+    assert idle is not None
+    idle_w = idle_power_w(idle)
+    log(f"  idle power: {sum(idle_w.values()):.3f} W {_fmt_domains(idle_w, 'W')}")
+
+    prompts: dict[int, PromptSpec] = {}
+    lengths = {*config.input_tokens, config.output_sweep_input_tokens}
+    for n in sorted(lengths):
+        prompts[n] = exact_length_prompt(engine.tokenizer, n)
+    inexact = [
+        {"nominal_tokens": p.nominal_tokens, "achieved_tokens": p.tokens}
+        for p in prompts.values()
+        if not p.exact
+    ]
+    for item in inexact:
+        log(
+            f"  note: no prompt of exactly {item['nominal_tokens']} tokens exists for this tokenizer; "
+            f"using {item['achieved_tokens']} tokens"
+        )
+
+    context = engine.context_length
+    skipped: list[dict[str, Any]] = []
+    oom_at: list[SweepPoint] = []
+    rows: list[tuple[SweepPoint, int, bool, Trial]] = []
+    order = shuffled(grid_points(config), config.seed)
+    methods: set[str] = {load.method, idle.method}
+    meters: dict[str, str] = {}
+    for position, nominal in enumerate(order, start=1):
+        prompt = prompts[nominal.input_tokens]
+        point = dataclasses.replace(nominal, input_tokens=prompt.tokens)
+        if context is not None and point.input_tokens + point.output_tokens > context:
+            skipped.append(_skip(point, f"prompt + output exceed the model's context of {context} tokens"))
+            log(f"  [{position}/{len(order)}] {point.label()}: skipped (longer than the context, {context})")
+            continue
+        blocker = next(
+            (
+                p
+                for p in oom_at
+                if p.sweep == point.sweep
+                and point.batch_size >= p.batch_size
+                and point.swept_tokens >= p.swept_tokens
+            ),
+            None,
+        )
+        if blocker is not None:
+            skipped.append(_skip(point, f"out of memory at {blocker.label()}"))
+            log(f"  [{position}/{len(order)}] {point.label()}: skipped (out of memory at a smaller point)")
+            continue
+
+        def trial(point: SweepPoint = point, prompt: PromptSpec = prompt) -> Trial:
+            with meter.measure() as held:
+                tokens = generate_exact(
+                    engine, prompt.ids, point.output_tokens, point.batch_size, kv_cache=config.kv_cache
+                )
+            m = held.measurement
+            assert m is not None
+            return Trial(
+                duration_s=m.duration_s,
+                energy_raw_j=dict(m.energy_j),
+                idle_j=idle_energy_j(idle_w, m.energy_j, m.duration_s),
+                tokens=tokens,
+                method=m.method,
+                meter=m.meter,
+                started_at=m.started_at,
+            )
+
+        try:
+            warmups, trials = run_trials(trial, config)
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            engine._release_memory()
+            oom_at.append(point)
+            skipped.append(_skip(point, f"out of memory: {exc}"))
+            log(f"  [{position}/{len(order)}] {point.label()}: out of memory; larger batches skipped")
+            continue
+        rows += [(point, i, True, t) for i, t in enumerate(warmups)]
+        rows += [(point, i, False, t) for i, t in enumerate(trials)]
+        for t in (*warmups, *trials):
+            methods.add(t.method)
+            for domain in t.energy_raw_j:
+                meters.setdefault(_domain_group(domain), _meter_description(t.meter, t.method, load))
+        runtimes = np.array([t.duration_s for t in trials])
+        energies = np.array([sum(t.energy_j.values()) for t in trials])
+        log(
+            f"  [{position}/{len(order)}] {point.label()}: {len(trials)} trials, "
+            f"runtime {runtimes.mean():.4f} s ± {_ci(runtimes):.4f}, energy {energies.mean():.3f} J ± "
+            f"{_ci(energies):.3f} (idle subtracted)"
+        )
+    if not rows:
+        raise HpcqueueError(
+            f"profile {name}: no point could be measured ({len(skipped)} skipped: "
+            f"{skipped[0]['reason'] if skipped else 'empty grid'}); lower the token counts or batch sizes"
+        )
+    trials_df = trials_table(rows)
+    points = summarise(trials_df)
+    duration_s = time.monotonic() - sweep_started
+    meta = _meta(
+        config,
+        name=name,
+        hardware=hardware,
+        engine=engine,
+        model_ref=model_ref,
+        load=load,
+        idle=idle,
+        idle_w=idle_w,
+        method="estimated" if "estimated" in methods else "measured",
+        meters=meters
+        or {_domain_group(d): _meter_description(load.meter, load.method, load) for d in load.energy_j},
+        skipped=skipped,
+        inexact=inexact,
+        duration_s=duration_s,
+        torch_threads=torch.get_num_threads(),
+    )
+    log(f"profile {name}: {len(points)} points measured, {len(skipped)} skipped, in {duration_s:.1f} s")
+    return MeasuredProfile(meta=meta, points=points, trials=trials_df)
+
+
+def _skip(point: SweepPoint, reason: str) -> dict[str, Any]:
+    return {**dataclasses.asdict(point), "reason": reason}
+
+
+def _ci(values: np.ndarray) -> float:
+    if len(values) < 2:
+        return float("nan")
+    return float(ci95_half_width(float(np.std(values, ddof=1)), len(values)))
+
+
+def _fmt_domains(values: dict[str, float], unit: str) -> str:
+    return "(" + ", ".join(f"{d} {v:.3f} {unit}" for d, v in sorted(values.items())) + ")"
+
+
+def _meter_description(meter: str, method: str, sample: Measurement) -> str:
+    formula = sample.details.get("formula") if sample.meter == meter else None
+    text = f"{meter} ({method})"
+    return f"{text}: {formula}" if formula else text
+
+
+def _meta(
+    config: SweepConfig,
+    *,
+    name: str,
+    hardware: str,
+    engine: Engine,
+    model_ref: ModelRef,
+    load: Measurement,
+    idle: Measurement,
+    idle_w: dict[str, float],
+    method: Literal["measured", "estimated"],
+    meters: dict[str, str],
+    skipped: list[dict[str, Any]],
+    inexact: list[dict[str, int]],
+    duration_s: float,
+    torch_threads: int,
+) -> ProfileMeta:
+    machine = fingerprint()
+    software = {
+        **software_versions(),
+        "device": engine.device,
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "torch_threads": torch_threads,
+        "generation": {
+            "decoding": "greedy",
+            "use_cache": config.kv_cache,
+            "output_length": "exact: min_new_tokens = max_new_tokens",
+        },
+    }
+    estimated_note = (
+        " The energy figures are ESTIMATES (no energy counter was readable): nominal power × CPU-time share; "
+        "they order workloads but are not measurements."
+        if method == "estimated"
+        else ""
+    )
+    return ProfileMeta(
+        name=name,
+        model=config.model,
+        model_aliases=[],
+        hardware=hardware,
+        system=f"{machine.get('cpu_model') or 'unknown CPU'}"
+        + (f" + {len(machine['gpus'])}x {machine['gpus'][0]['name']}" if machine.get("gpus") else ""),
+        source="measured",
+        method=method,
+        source_detail={
+            "tool": "hpcqueue profile",
+            "model_path": str(model_ref.path),
+            "model_fingerprint": model_ref.fingerprint,
+            "trials_file": TRIALS_FILE,
+        },
+        meters=meters,
+        fingerprint=machine,
+        software=software,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        idle_power_w=float(sum(idle_w.values())),
+        idle_subtracted={_domain_group(d): True for d in idle_w} or {"cpu": True},
+        idle_subtraction=(
+            f"idle power measured with the same meter over {idle.duration_s:.2f} s before the sweep (after "
+            "the model load), per domain; idle power × each call's duration subtracted from that call, per "
+            f"domain. Raw figures are in {TRIALS_FILE}."
+        ),
+        kv_cache=config.kv_cache,
+        batch_size_semantics=(
+            "identical prompts per generate call (all rows the same length, no padding); runtime, energy and "
+            "total_tokens are per call"
+        ),
+        filter=(
+            f"{config.warmup_trials} warm-up call(s) per point dropped; each point repeated until the "
+            f"95 % CI half-width of runtime <= {config.ci_half_width_s} s (at least {config.min_trials}, "
+            f"at most {config.max_trials} calls); points in a seeded random order (seed {config.seed})"
+        ),
+        notes=config.describe() + "." + estimated_note,
+        extra={
+            "load_time_s": load.duration_s,
+            "load_energy_j": load.total_energy_j,
+            "model_load": load.to_dict(),
+            "idle": idle.to_dict(),
+            "idle_power_w_by_domain": idle_w,
+            "sweep_config": dataclasses.asdict(config),
+            "sweep_duration_s": duration_s,
+            "skipped_points": skipped,
+            "inexact_prompts": inexact,
+        },
+    )
+
+
+def save_sweep(profile: Profile, out_dir: str | Path) -> Path:
+    """Save a measured profile under ``out_dir/<name>/``: ``meta.json`` and ``points.csv`` (through
+    ``store.save_profile``) and, for a ``MeasuredProfile``, ``trials.csv`` with every metered call."""
+    directory = save_profile(profile, out_dir)
+    trials = getattr(profile, "trials", None)
+    if isinstance(trials, pd.DataFrame):
+        atomic_write_text(directory / TRIALS_FILE, trials.to_csv(index=False, lineterminator="\n"))
+    return directory
+
+
+# ------------------------------------------------------------------------------------- on a target
+
+
+class ProfileRunError(HpcqueueError):
+    """The profiling job failed; the message holds its error and the tail of its log."""
+
+
+@dataclass
+class ProfileRun:
+    """A profiling job: submitted through submitit to a target, saving profile ``name`` under ``out_dir``."""
+
+    job_id: str
+    executor: Literal["local", "slurm"]
+    out_dir: Path
+    name: str
+    log_dir: Path
+    target: str
+    job: Any = field(repr=False, default=None)
+
+    @property
+    def profile_dir(self) -> Path:
+        """Where the profile will be (or was) saved."""
+        return self.out_dir / self.name
+
+    def done(self) -> bool:
+        return bool(self.job.done())
+
+    def wait(self) -> Path:
+        """Block until the job ends; return the saved profile directory, or raise ``ProfileRunError`` with
+        the job's error and the last lines of its log."""
+        try:
+            return Path(self.job.result())
+        except Exception as exc:
+            tail = _log_tail(self.job)
+            last = _error_line(str(exc)) or _error_line(tail) or type(exc).__name__
+            raise ProfileRunError(
+                f"profiling job {self.job_id} on target {self.target!r} ({self.executor}) failed: {last}\n"
+                f"log directory: {self.log_dir}\n--- last lines of the job's log ---\n{tail}"
+            ) from None
+
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)(?::.*)?)$")
+
+
+def _error_line(text: str) -> str | None:
+    """The last ``SomeError: message`` line of a traceback (what went wrong, without the frames)."""
+    for line in reversed(text.strip().splitlines()):
+        match = _ERROR_LINE.match(line.strip())
+        if match:
+            return match.group(1)
+    return None
+
+
+def _log_tail(job: Any) -> str:
+    texts = []
+    for reader in ("stderr", "stdout"):
+        try:
+            text = getattr(job, reader)()
+        except Exception:
+            text = None
+        if text:
+            texts.append("\n".join(text.rstrip().splitlines()[-_LOG_TAIL_LINES:]))
+    return "\n".join(texts) or "(the job wrote no log)"
+
+
+def _sweep_job(
+    config: SweepConfig,
+    hardware: str,
+    name: str,
+    model_name: str,
+    model_path: str,
+    cache_dir: str | None,
+    out_dir: str,
+) -> str:
+    """What the profiling job runs: resolve the model on the node, sweep, save; returns the profile dir."""
+    from hpcqueue.models import ModelRef, model_fingerprint, resolve_model
+
+    path = Path(model_path)
+    if (path / "config.json").is_file():
+        ref = ModelRef(name=model_name, path=path, fingerprint=model_fingerprint(path))
+    else:
+        ref = resolve_model(model_name, cache_dir=Path(cache_dir) if cache_dir else None)
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    profile = run_sweep(config, hardware=hardware, model_ref=ref, name=name, log=log)
+    directory = save_sweep(profile, out_dir)
+    log(f"saved profile {name} to {directory}")
+    return str(directory)
+
+
+def profile_target(
+    target: Target,
+    *,
+    model: str,
+    quick: bool,
+    out_dir: Path,
+    cache_dir: Path | None,
+    wait: bool,
+    batch_root: Path,
+    config: SweepConfig | None = None,
+    timeout_min: int | None = None,
+) -> ProfileRun:
+    """Measure ``model`` on ``target`` as a job and save the profile ``<model slug>.<target>.<hardware>``
+    under ``out_dir``.
+
+    A local target runs through submitit's local executor. A Slurm target gets the target's submitit
+    parameters (``dispatch.executor_parameters``) and a whole node (``slurm_exclusive``), as the paper
+    measured, so other jobs do not share the meters. ``config`` replaces the grid (default: the full grid,
+    or ``SweepConfig.quick`` with ``quick``). The target's meter, nominal power, device and dtype always
+    apply. The time limit is ``timeout_min``, else 24 h (1 h quick) or the target's own limit if longer,
+    capped at the partition's ``MaxTime``. submitit's logs go under ``batch_root/profiles/``. With
+    ``wait`` the call returns after the job ended and raises ``ProfileRunError`` if it failed.
+    """
+    import submitit
+
+    from hpcqueue.dispatch import executor_parameters
+    from hpcqueue.models import resolve_model
+
+    base = config or (SweepConfig.quick(model) if quick else SweepConfig(model=model))
+    sweep_config = dataclasses.replace(
+        base,
+        model=model,
+        meter=target.meter,
+        nominal_power_w=target.nominal_power_w,
+        device=target.device,
+        dtype=target.dtype,
+    )
+    from hpcqueue.hardware import get_hardware
+
+    get_hardware(target.hardware)  # an unknown class fails here, not after the job waited in the queue
+    name = profile_name(model, target.name, target.hardware)
+    ref = resolve_model(model, cache_dir=cache_dir)
+    params = executor_parameters(target)
+    params["name"] = f"hpcqueue-profile-{target.name}"
+    limit = timeout_min or max(
+        target.time_limit_min, QUICK_TIMEOUT_MIN if base.preset == "quick" else FULL_TIMEOUT_MIN
+    )
+    if target.executor == "slurm":
+        params["slurm_exclusive"] = True
+        if timeout_min is None:
+            limit = _cap_to_partition(limit, target)
+    params["timeout_min"] = int(limit)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = Path(batch_root) / "profiles" / f"{name}-{stamp}"
+    folder = log_dir / "%j" if target.executor == "slurm" else log_dir
+    out_dir = Path(out_dir).resolve()
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=target.executor)
+        executor.update_parameters(**params)
+        job = executor.submit(
+            _sweep_job,
+            sweep_config,
+            target.hardware,
+            name,
+            model,
+            str(ref.path),
+            str(cache_dir) if cache_dir else None,
+            str(out_dir),
+        )
+    except Exception as exc:  # submitit raises plain exceptions (sbatch output, missing binaries)
+        hint = (
+            f"; check that partition {target.partition!r} exists (`sinfo -p {target.partition}`) and that "
+            "sbatch works from this machine"
+            if target.executor == "slurm"
+            else ""
+        )
+        raise ProfileRunError(
+            f"could not submit the profiling job to target {target.name!r}: {exc}{hint}"
+        ) from exc
+    run = ProfileRun(
+        job_id=str(job.job_id),
+        executor=target.executor,
+        out_dir=out_dir,
+        name=name,
+        log_dir=log_dir,
+        target=target.name,
+        job=job,
+    )
+    if wait:
+        run.wait()
+    return run
+
+
+def _cap_to_partition(limit_min: int, target: Target) -> int:
+    from hpcqueue.slurm import partition_time_limit_min
+
+    try:
+        cap = partition_time_limit_min(str(target.partition))
+    except HpcqueueError as exc:
+        logger.warning(
+            "cannot read the time limit of partition %r (%s); asking for %d min",
+            target.partition,
+            exc,
+            limit_min,
+        )
+        return limit_min
+    if cap is not None and cap < limit_min:
+        logger.warning(
+            "partition %r allows %d min, less than the %d min asked for the profiling job; a full sweep may "
+            "not finish: use --quick or a partition with a longer limit",
+            target.partition,
+            cap,
+            limit_min,
+        )
+        return cap
+    return limit_min
+
+
+def _main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - a debugging entry point
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run a profile sweep on this machine and save it.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--model", default="hpcqueue-demo")
+    parser.add_argument("--hardware", default="cpu-generic")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    config = SweepConfig.quick(args.model) if args.quick else SweepConfig(model=args.model)
+    profile = run_sweep(config, hardware=args.hardware)
+    print(save_sweep(profile, args.out_dir))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main())

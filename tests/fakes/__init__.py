@@ -1,0 +1,1 @@
+"""Fakes of the world outside hpcqueue: sysfs trees, an NVML stub, recorded powermetrics output."""
