@@ -103,6 +103,13 @@ def submit(
         int | None, typer.Option(help="Prompts per generation batch in a worker.", min=1)
     ] = None,
     max_line_bytes: Annotated[int | None, typer.Option(help="Longest accepted input line, in bytes.")] = None,
+    meter: Annotated[
+        str | None,
+        typer.Option(
+            help="Energy meter for every target (auto, rapl, nvml, ..., estimate); one that cannot "
+            "work on a node fails that task loudly instead of falling back."
+        ),
+    ] = None,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Reject invalid lines into rejects.jsonl and run the rest.")
     ] = False,
@@ -129,6 +136,8 @@ def submit(
             batch_size=batch_size,
             max_line_bytes=max_line_bytes,
         )
+        if meter is not None:
+            settings = _with_meter(settings, meter)
         prepared = submission.prepare(prompts, settings, skip_invalid=skip_invalid)
         for warning in prepared.warnings[:show_errors]:
             err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
@@ -151,6 +160,17 @@ def submit(
         _render_report(report)
     if report["failed"] or report["pending"]:
         raise typer.Exit(1)
+
+
+def _with_meter(settings: Any, meter: str) -> Any:
+    """Every target measured with ``meter``; local targets are checked now, before anything is submitted."""
+    from hpcqueue.meters import get_meter
+
+    targets = {name: t.model_copy(update={"meter": meter}) for name, t in settings.targets.items()}
+    for target in targets.values():
+        if target.executor == "local":
+            get_meter(meter, hardware=target.hardware, nominal_power_w=target.nominal_power_w)
+    return settings.model_copy(update={"targets": targets})
 
 
 def _render_plan(prepared: Any, as_json: bool) -> None:

@@ -344,6 +344,13 @@ def profile(
         typer.Option("--output", "-o", help="Profile directory to write into. Default: the user's profiles."),
     ] = None,
     config: ConfigOpt = None,
+    meter: Annotated[
+        str | None,
+        typer.Option(
+            help="Energy meter (auto, rapl, nvml, pyjoules, powermetrics, zeus, estimate, a+b); "
+            "a named meter that cannot work is an error, never a silent fallback."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a model's runtime and energy on a target over input and output token counts (a profile).
@@ -354,6 +361,12 @@ def profile(
     try:
         settings = _cli()._settings(config, model=model)
         chosen = settings.target(target)
+        if meter is not None:
+            chosen = chosen.model_copy(update={"meter": meter})
+            if chosen.executor == "local":  # check here, before any work: the meter must work on this node
+                from hpcqueue.meters import get_meter
+
+                get_meter(meter, hardware=chosen.hardware, nominal_power_w=chosen.nominal_power_w)
         from hpcqueue.profiles.sweep import profile_target  # may import torch: only this command does
 
         run = profile_target(

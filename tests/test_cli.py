@@ -95,3 +95,15 @@ def test_ledger_summary_formats_on_an_empty_ledger(hq_env: dict[str, str]) -> No
     as_csv = runner.invoke(app, ["ledger", "summary", "--by", "user", "--format", "csv"])
     assert as_csv.exit_code == 0, as_csv.output
     assert as_csv.output.splitlines()[0].startswith("user,")
+
+
+def test_a_named_meter_that_cannot_work_is_refused_before_anything_runs(hq_env: dict[str, str]) -> None:
+    """No RAPL counters here: asking for them fails loudly (exit 2, with the reason) instead of estimating."""
+    from tests.conftest import EXAMPLES
+
+    result = runner.invoke(app, ["submit", str(EXAMPLES / "prompts.jsonl"), "--meter", "rapl", "--dry-run"])
+    assert result.exit_code == 2
+    assert "meter 'rapl' is not available" in result.output and "powercap" in result.output
+    profiled = runner.invoke(app, ["profile", "local", "--meter", "nvml", "--quick"])
+    assert profiled.exit_code == 2
+    assert "meter 'nvml' is not available" in profiled.output

@@ -200,7 +200,8 @@ def test_get_meter_builds_the_estimate_from_the_hardware_class_or_the_override()
 def test_get_meter_unknown_name_lists_valid_meters() -> None:
     with pytest.raises(
         MeterUnavailableError,
-        match=r"unknown meter 'joulemeter'.*valid meters: auto, powermetrics, rapl, nvml, pyjoules, zeus, estimate",
+        match=r"unknown meter 'joulemeter'.*valid meters: auto, powermetrics, rapl, nvml, pyjoules, zeus, "
+        r"estimate",
     ):
         get_meter("joulemeter", hardware="cpu-generic")
 
