@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hpcqueue.errors import HpcqueueError, InputError
 
@@ -196,7 +197,8 @@ def _render_plan(prepared: Any, as_json: bool) -> None:
     )
     table = Table("target", "requests", "predicted energy (J)", "predicted runtime (s)")
     for name, row in summary["per_target"].items():
-        table.add_row(
+        _add_row(
+            table,
             name,
             str(row["requests"]),
             _num(row.get("predicted_energy_j")),
@@ -280,6 +282,12 @@ def _task_counts(views: dict[int, Any]) -> dict[str, int]:
     return counts
 
 
+def _add_row(table: Table, *cells: Any) -> None:
+    """Add a row whose cells are data, never markup: a reason such as "pip install 'hpcqueue[zeus]'" must
+    print as written, not lose its "[zeus]" to rich's markup parser."""
+    table.add_row(*[Text(cell) if isinstance(cell, str) else cell for cell in cells])
+
+
 def _num(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -303,7 +311,8 @@ def _render_report(report: dict[str, Any]) -> None:
     )
     table = Table("target", "requests", "succeeded", "failed", "pending", "energy (J)")
     for name, row in sorted(report.get("per_target", {}).items()):
-        table.add_row(
+        _add_row(
+            table,
             name,
             str(row["requests"]),
             str(row["succeeded"]),
@@ -353,7 +362,8 @@ def status(
         "target", "tasks done", "queued", "running", "failed", "lost", "requests done", "energy (J)"
     )
     for name, row in sorted(info["per_target"].items()):
-        table.add_row(
+        _add_row(
+            table,
             name,
             f"{row['completed']}/{row['tasks']}",
             str(row["queued"] + row["pending"]),
@@ -673,7 +683,7 @@ def _render_frame(frame: Any, *, title: str) -> None:
         return
     table = Table(*[str(c) for c in frame.columns], title=title)
     for row in frame.itertuples(index=False):
-        table.add_row(*[_cell(v) for v in row])
+        _add_row(table, *[_cell(v) for v in row])
     out.print(table)
 
 

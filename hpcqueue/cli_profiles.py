@@ -113,7 +113,7 @@ def list_profiles(
         return
     table = Table("name", "model", "hardware", "system", "source", "method", "created", "points", "path")
     for row in rows:
-        table.add_row(*["-" if row[k] is None else str(row[k]) for k in row])
+        _cli()._add_row(table, *["-" if row[k] is None else str(row[k]) for k in row])
     out.print(table)
 
 
@@ -160,14 +160,15 @@ def show(
     ):
         value = meta.get(key)
         text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
-        info.add_row(key, "-" if value is None else text)
+        _cli()._add_row(info, key, "-" if value is None else text)
     cli.out.print(info)
     table = Table(
         "sweep", "input tokens", "output tokens", "batch", "trials", "runtime (s)", "energy (J)", "J/token"
     )
     for point in points:
         tokens = (point["input_tokens"] + point["output_tokens"]) * point["batch_size"]
-        table.add_row(
+        _cli()._add_row(
+            table,
             point["sweep"],
             str(point["input_tokens"]),
             str(point["output_tokens"]),
@@ -263,7 +264,8 @@ def check(
     else:
         table = Table("target", "hardware", "profile", "status", "differences")
         for c in checks:
-            table.add_row(
+            _cli()._add_row(
+                table,
                 c.target,
                 c.hardware,
                 c.profile or "-",
@@ -324,7 +326,7 @@ def import_wilkins2024(
         return
     table = Table("name", "model", "hardware", "system", "points", "path")
     for row in rows:
-        table.add_row(*[str(row[k]) for k in row])
+        _cli()._add_row(table, *[str(row[k]) for k in row])
     out = _cli().out
     out.print(table)
     out.print(f"{len(rows)} profile(s) written to {root}")
@@ -456,7 +458,7 @@ def _render_report(report: Any, title: str | None = None) -> None:
         ]
         table = Table(*[c for c in columns if c not in shared], title=title)
         for row in report:
-            table.add_row(*[_cell(row.get(c)) for c in columns if c not in shared])
+            _cli()._add_row(table, *[_cell(row.get(c)) for c in columns if c not in shared])
         out.print(table)
         for column in shared:
             out.print(f"{column}: {_cell(report[0][column])}", markup=False, soft_wrap=True)
@@ -466,7 +468,7 @@ def _render_report(report: Any, title: str | None = None) -> None:
         if scalars:
             table = Table("key", "value", show_header=False, title=title)
             for key, value in scalars.items():
-                table.add_row(key, _cell(value))
+                _cli()._add_row(table, key, _cell(value))
             out.print(table)
         for key, value in report.items():
             if key not in scalars:

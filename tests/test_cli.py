@@ -107,3 +107,16 @@ def test_a_named_meter_that_cannot_work_is_refused_before_anything_runs(hq_env: 
     profiled = runner.invoke(app, ["profile", "local", "--meter", "nvml", "--quick"])
     assert profiled.exit_code == 2
     assert "meter 'nvml' is not available" in profiled.output
+
+
+def test_table_cells_are_printed_as_data_not_markup() -> None:
+    """A reason such as "pip install 'hpcqueue[zeus]'" keeps its brackets in a table."""
+    from rich.table import Table
+
+    from hpcqueue.cli import _add_row, out
+
+    table = Table("reason")
+    _add_row(table, "install it with `pip install 'hpcqueue[zeus]'`")
+    with out.capture() as captured:
+        out.print(table)
+    assert "hpcqueue[zeus]" in captured.get()
