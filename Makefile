@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# torch first and alone: installing the project would otherwise resolve whatever torch build the index offers
 	$(PY) -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory torch
+	$(PY) -m pip install -q -e .
+	touch $@
 
 # The CPU index is used only when it answers; otherwise the default index (and any local wheel) decides.
 torch:
@@ -29,8 +31,6 @@ torch:
 	  echo "installing torch==$(TORCH_VERSION) from the default index"; \
 	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)"; \
 	fi
-	$(PY) -m pip install -q -e .
-	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev]"
