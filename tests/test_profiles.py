@@ -223,6 +223,10 @@ def test_derive_makes_a_profile_per_system_and_model_with_provenance(derived: di
         for m in ("llama-2-7b-chat", "mistral-7b", "falcon-7b")
         for s in ("swing-a100", "palmetto-a100", "palmetto-v100")
     } | {"llama-2-7b-chat.m1-pro.wilkins2024", "mistral-7b.m1-pro.wilkins2024"}  # no Falcon on the M1
+    # and one per system with its models pooled, as the paper's threshold scripts pool them
+    expected |= {
+        f"pooled-7b.{s}.wilkins2024" for s in ("m1-pro", "swing-a100", "palmetto-a100", "palmetto-v100")
+    }
     assert set(derived) == expected
 
     hardware = {
@@ -338,3 +342,23 @@ def test_importer_command_line_writes_loadable_profiles(tmp_path: Path) -> None:
     profile = find_profile("llama-2-7b-chat.m1-pro.wilkins2024", [tmp_path])
     assert profile.meta.created == "2025-01-01"
     assert len(profile.points) == 16  # 9 input buckets + 7 output buckets (the M1 stops at 512)
+
+
+def test_pooled_profile_pools_the_models_of_a_system(derived: dict[str, Profile]) -> None:
+    """The pooled M1-Pro point: the mean over Llama-2 and Mistral rows (warm-up dropped), recomputed."""
+    pooled = derived["pooled-7b.m1-pro.wilkins2024"]
+    assert pooled.meta.source_detail["model_label"] == "Llama-2 (7B), Mistral (7B)"
+    raw = pd.read_csv(DATA / "all-input-stats.csv")
+    rows = raw[
+        raw["Phase"].str.contains("inference")
+        & (raw["Iteration"] != 0)
+        & (raw["System"] == "M1-Pro")
+        & (raw["Number of Input Tokens"] == 128)
+    ]
+    point = pooled.points[(pooled.points["sweep"] == "input") & (pooled.points["input_tokens"] == 128)].iloc[
+        0
+    ]
+    assert point["trials"] == len(rows)
+    assert point["energy_j_mean"] == pytest.approx((rows["CPU Energy (J)"] + rows["GPU Energy (J)"]).mean())
+    outputs = pooled.points[pooled.points["sweep"] == "output"]
+    assert outputs["input_tokens"].nunique() == 1  # one prompt length for the whole output sweep

@@ -171,6 +171,9 @@ MODELS: dict[str, _Model] = {
     ),
     "Falcon (7B)": _Model("falcon-7b", "tiiuae/falcon-7b", ("Falcon (7B)", "falcon-7b")),
 }
+#: The paper's threshold scripts pool every model measured on a system; so do these profiles. Their model id
+#: matches no real model: a target uses one through ``profile = "pooled-7b.<system>.wilkins2024"``.
+POOLED = _Model("pooled-7b", "wilkins2024/pooled-7b", ())
 
 FILTER_DESCRIPTION = (
     "Rows whose Phase contains 'inference' (one generate call each); the warm-up call of each run dropped "
@@ -213,15 +216,15 @@ def derive(data_dir: str | os.PathLike[str], created: str | None = None) -> list
     today's date (UTC).
     """
     created = created or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    per_sweep = {
-        sweep: _summarise(read_inference_rows(data_dir, sweep), sweep) for sweep in ("input", "output")
-    }
+    rows = {sweep: read_inference_rows(data_dir, sweep) for sweep in ("input", "output")}
+    per_sweep = {sweep: _summarise(rows[sweep], sweep) for sweep in ("input", "output")}
+    pooled = {sweep: _summarise(rows[sweep], sweep, pooled=True) for sweep in ("input", "output")}
     checksums = {name: _git_blob_sha1(Path(data_dir) / name) for name in (INPUT_FILE, OUTPUT_FILE)}
     gpu_memory = _gpu_memory_mb(data_dir)
-    combined = pd.concat(per_sweep.values(), ignore_index=True)
+    combined = pd.concat([*per_sweep.values(), *pooled.values()], ignore_index=True)
     profiles: list[Profile] = []
     for (system, model), points in combined.groupby(["system", "model"], sort=True):
-        if system not in SYSTEMS or model not in MODELS:
+        if system not in SYSTEMS or (model not in MODELS and model != POOLED.short):
             raise InputError(
                 f"unknown system {system!r} or model {model!r} in the data; known systems: "
                 f"{', '.join(SYSTEMS)}; known models: {', '.join(MODELS)}"
@@ -229,8 +232,11 @@ def derive(data_dir: str | os.PathLike[str], created: str | None = None) -> list
         sweeps_present = set(points["sweep"])
         if sweeps_present != {"input", "output"}:
             continue  # a cost model needs both sweeps
-        spec, mspec = SYSTEMS[str(system)], MODELS[str(model)]
+        spec, mspec = SYSTEMS[str(system)], MODELS.get(str(model), POOLED)
         name = f"{mspec.short}.{spec.short}.wilkins2024"
+        pooled_models = sorted(
+            set(rows["input"].loc[rows["input"][_COLUMNS["system"]] == system, _COLUMNS["model"]])
+        )
         meta = ProfileMeta(
             name=name,
             model=mspec.hf_id,
@@ -245,7 +251,7 @@ def derive(data_dir: str | os.PathLike[str], created: str | None = None) -> list
                 "commit": SOURCE_COMMIT,
                 "git_blob_sha1": checksums,
                 "system_label": str(system),
-                "model_label": str(model),
+                "model_label": ", ".join(pooled_models) if mspec is POOLED else str(model),
                 "citation": CITATION,
                 "licence": LICENCE_NOTE,
             },
@@ -280,6 +286,13 @@ def derive(data_dir: str | os.PathLike[str], created: str | None = None) -> list
                 "the re-tokenized prompt + output). The output sweep set "
                 "min_new_tokens = 0.9 × max_new_tokens. "
                 "CIs are 95 % t-interval half-widths over the trials."
+                + (
+                    f" Pooled over the models measured on this system ({', '.join(pooled_models)}), as the "
+                    "paper's threshold scripts pool them; the output sweep's prompt length is the mean of "
+                    "the models' counts of the same prompt."
+                    if mspec is POOLED
+                    else ""
+                )
             ),
         )
         table = points.drop(columns=["system", "model"]).reset_index(drop=True)
@@ -303,13 +316,19 @@ def paper_energy_per_token_table(data_dir: str | os.PathLike[str], sweep: Sweep)
     return table
 
 
-def _summarise(rows: pd.DataFrame, sweep: Literal["input", "output"]) -> pd.DataFrame:
-    """Per (system, model, bucket): trial count, means and 95 % CI half-widths, warm-up dropped."""
+def _summarise(
+    rows: pd.DataFrame, sweep: Literal["input", "output"], *, pooled: bool = False
+) -> pd.DataFrame:
+    """Per (system, model, bucket): trial count, means and 95 % CI half-widths, warm-up dropped.
+
+    With ``pooled`` every model of a system counts as one (model ``pooled-7b``); the fixed token count
+    (the output sweep's prompt, tokenised differently by each model) is then the rounded mean.
+    """
     rows = rows[rows[_COLUMNS["iteration"]] != 0]
     values = pd.DataFrame(
         {
             "system": rows[_COLUMNS["system"]].astype(str),
-            "model": rows[_COLUMNS["model"]].astype(str),
+            "model": POOLED.short if pooled else rows[_COLUMNS["model"]].astype(str),
             "bucket": rows["bucket"],
             "fixed": rows[_COLUMNS["input"] if sweep == "output" else _SWEEP_COLUMN[sweep]].astype(np.int64),
             "runtime_s": rows[_COLUMNS["runtime"]].astype(float),
@@ -321,7 +340,10 @@ def _summarise(rows: pd.DataFrame, sweep: Literal["input", "output"]) -> pd.Data
     )
     keys = ["system", "model", "bucket"]
     fixed = values.groupby(keys)["fixed"].agg(["min", "max"])
-    if (fixed["min"] != fixed["max"]).any():
+    if pooled:
+        # one prompt length for the whole sweep of a system, so the output sweep stays at one input count
+        values["fixed"] = values.groupby("system")["fixed"].transform("mean").round().astype(np.int64)
+    elif (fixed["min"] != fixed["max"]).any():
         bad = fixed[fixed["min"] != fixed["max"]].index[0]
         raise InputError(f"{sweep} sweep: the fixed token count varies within {bad}; cannot make one point")
     grouped = values.groupby(keys, sort=True)
