@@ -61,6 +61,17 @@ def _ledger(settings: Any) -> Any:
     return Ledger(settings.db_url)
 
 
+def _open_recorded(settings: Any, batch_id: str | None) -> tuple[Any, Any]:
+    """The batch (the most recent one when ``batch_id`` is None) and the ledger, with the batch recorded in it
+    (a batch submitted against another ledger is added on first sight)."""
+    from hpcqueue.submission import record_in_ledger
+
+    batch = _batch(settings, batch_id)
+    ledger = _ledger(settings)
+    record_in_ledger(batch, ledger)
+    return batch, ledger
+
+
 def _batch(settings: Any, batch_id: str | None) -> Any:
     from hpcqueue.batch import latest_batch, open_batch
 
@@ -340,9 +351,7 @@ def status(
 
     try:
         settings = _settings(config, db_url=db_url)
-        batch = _batch(settings, batch_id)
-        ledger = _ledger(settings)
-        submission.record_in_ledger(batch, ledger)
+        batch, ledger = _open_recorded(settings, batch_id)
         if watch:
             views = submission.wait(batch, ledger, on_progress=_status_printer(batch, as_json))
         else:
@@ -505,13 +514,10 @@ def retry(
 ) -> None:
     """Run again only what did not finish: failed or lost tasks (finished outputs are kept)."""
     from hpcqueue import submission
-    from hpcqueue.batch import open_batch
 
     try:
         settings = _settings(config, db_url=db_url)
-        batch = open_batch(settings.batch_root, batch_id)
-        ledger = _ledger(settings)
-        submission.record_in_ledger(batch, ledger)
+        batch, ledger = _open_recorded(settings, batch_id)
         outcome = submission.retry(batch, ledger, settings)
         info: dict[str, Any] = {
             "batch_id": batch.batch_id,
@@ -547,13 +553,10 @@ def cancel(
 ) -> None:
     """Cancel the batch's queued and running jobs (Slurm arrays, local workers, the collect job)."""
     from hpcqueue import submission
-    from hpcqueue.batch import open_batch
 
     try:
         settings = _settings(config, db_url=db_url)
-        batch = open_batch(settings.batch_root, batch_id)
-        ledger = _ledger(settings)
-        submission.record_in_ledger(batch, ledger)
+        batch, ledger = _open_recorded(settings, batch_id)
         cancelled = submission.cancel(batch, ledger)
     except HpcqueueError as exc:
         _fail(exc)
