@@ -153,6 +153,36 @@ class BatchDir:
     def add_jobs(self, jobs: Sequence[Mapping[str, Any]]) -> None:
         atomic_write_json(self.path / JOBS, [*self.jobs(), *jobs])
 
+    def latest_jobs(self) -> dict[int, dict[str, Any]]:
+        """The most recent job record of each task (a retry's job replaces the failed attempt's)."""
+        latest: dict[int, dict[str, Any]] = {}
+        for record in self.jobs():
+            for index in record.get("task_indices") or []:
+                latest[int(index)] = record
+        return latest
+
+    def log_tail(self, task_index: int, lines: int = 30) -> str | None:
+        """The last lines of the stderr log of the job that last ran the task (None when there is none).
+
+        submitit writes ``logs/<target>/<job id>_<task>_log.err`` for local jobs and
+        ``logs/<target>/<job id>/<job id>_<task>_log.err`` for Slurm jobs (the folder is ``%j``).
+        """
+        record = self.latest_jobs().get(task_index)
+        if record is None:
+            return None
+        folder = self.logs_dir / str(record.get("target"))
+        job_id = str(record["job_id"])
+        for path in [
+            *sorted(folder.glob(f"{job_id}/*_log.err")),
+            *sorted(folder.glob(f"{job_id}_*_log.err")),
+        ]:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            return "\n".join(text.splitlines()[-lines:])
+        return None
+
 
 def is_locked(lock_path: Path) -> bool:
     """True while another process holds the worker's fcntl lock on ``lock_path``."""

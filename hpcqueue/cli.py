@@ -267,7 +267,7 @@ def _wait_with_progress(outcome: Any, ledger: Any, *, quiet: bool) -> dict[int, 
                 done = sum(1 for v in views.values() if v.target == name and v.finished)
                 progress.update(bar, completed=done)
 
-        return submission.wait(batch, ledger, submission=outcome.submission, on_progress=update)
+        return submission.wait(batch, ledger, on_progress=update)
 
 
 def _batch_summary(

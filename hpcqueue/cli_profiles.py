@@ -48,13 +48,6 @@ def _fail(exc: HpcqueueError) -> None:
     _cli()._fail(exc)
 
 
-def _user_profile_dir() -> Path:
-    """Where a user's own profiles go (searched before the shipped ones)."""
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("hpcqueue")) / "profiles"
-
-
 def _search_path(settings: Any) -> list[Path]:
     from hpcqueue.profiles import profile_search_path
 
@@ -300,11 +293,12 @@ def import_wilkins2024(
     as_json: JsonOpt = False,
 ) -> None:
     """Profiles from the published measurements of Wilkins, Keshav and Mortier (2024), one per system
-    and model."""
+    and model, and one per system with its models pooled."""
     from hpcqueue.profiles import save_profile
+    from hpcqueue.profiles.store import user_profiles_dir
     from hpcqueue.profiles.wilkins2024 import derive
 
-    root = output if output is not None else _user_profile_dir()
+    root = output if output is not None else user_profiles_dir()
     try:
         written = [(p, save_profile(p, root)) for p in derive(data_dir, created=created)]
     except HpcqueueError as exc:
@@ -369,13 +363,14 @@ def profile(
                 from hpcqueue.meters import get_meter
 
                 get_meter(meter, hardware=chosen.hardware, nominal_power_w=chosen.nominal_power_w)
+        from hpcqueue.profiles.store import user_profiles_dir
         from hpcqueue.profiles.sweep import profile_target  # may import torch: only this command does
 
         run = profile_target(
             chosen,
             model=settings.model,
             quick=quick,
-            out_dir=output if output is not None else _user_profile_dir(),
+            out_dir=output if output is not None else user_profiles_dir(),
             cache_dir=settings.cache_dir,
             wait=wait,
             batch_root=settings.batch_root,

@@ -65,7 +65,7 @@ class Target(BaseModel):
     constraint: str | None = None
     exclusive: bool = False
     extra_sbatch: dict[str, str | int | bool] = Field(
-        default_factory=dict, description="more sbatch options, e.g. {reservation = \"maint\", hold = true}"
+        default_factory=dict, description='more sbatch options, e.g. {reservation = "maint", hold = true}'
     )
     task_size: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)

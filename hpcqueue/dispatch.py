@@ -96,15 +96,15 @@ def split_for_max_array_size(groups: Sequence[Sequence[int]], max_array_size: in
 
 @dataclass
 class Submission:
-    """Jobs submitted for one batch: records for the batch directory and the ledger, and the live jobs."""
+    """Jobs submitted for one batch: records for the batch directory and the ledger.
+
+    Progress is read from the batch directory and Slurm accounting (``hpcqueue.status``), never from
+    submitit's job objects, so any later process can follow the batch.
+    """
 
     records: list[dict[str, Any]] = field(default_factory=list)
-    jobs: list[Any] = field(default_factory=list)
     sbatch_calls: int = 0
     collect_job_id: str | None = None
-
-    def done(self) -> bool:
-        return all(job.done() for job in self.jobs)
 
 
 def _local_slots(task_indices: Sequence[int], parallelism: int) -> list[list[int]]:
@@ -166,7 +166,6 @@ def submit_tasks(
                 submission.sbatch_calls += 1
                 array_ids.append(str(jobs[0].job_id).split("_")[0])
             for job, group in zip(jobs, groups, strict=True):
-                submission.jobs.append(job)
                 submission.records.append(
                     {
                         "job_id": str(job.job_id),

@@ -32,7 +32,6 @@ _LEDGER_STATE = {
     "cancelled": "cancelled",
 }
 log = logging.getLogger(__name__)
-_LOG_TAIL_LINES = 30
 #: A submitted Slurm job missing from accounting for longer than this is taken as gone.
 ACCOUNTING_GRACE_S = 600.0
 
@@ -56,15 +55,6 @@ class TaskView:
         return self.status in FINISHED
 
 
-def latest_jobs(batch: BatchDir) -> dict[int, dict[str, Any]]:
-    """The most recent job record of each task (a retry's job replaces the failed attempt's)."""
-    latest: dict[int, dict[str, Any]] = {}
-    for record in batch.jobs():
-        for index in record.get("task_indices") or []:
-            latest[int(index)] = record
-    return latest
-
-
 def _pid_alive(pid: int) -> bool:
     """A local worker controller is alive (a reused pid that is not a submitit controller does not count)."""
     try:
@@ -86,7 +76,7 @@ def task_views(batch: BatchDir, *, poller: Any = None) -> dict[int, TaskView]:
     manifest = batch.manifest()
     targets_of = {t["task_index"]: t["target"] for t in manifest["tasks"]}
     file_states = batch.task_states()
-    jobs = latest_jobs(batch)
+    jobs = batch.latest_jobs()
     slurm_ids = sorted(
         {
             str(jobs[i]["job_id"])
@@ -171,24 +161,6 @@ def live_task_indices(views: Mapping[int, TaskView]) -> set[int]:
     return {i for i, view in views.items() if view.status in ("queued", "running")}
 
 
-def log_tail(batch: BatchDir, view: TaskView, lines: int = _LOG_TAIL_LINES) -> str | None:
-    """The last lines of the job's stderr (submitit names it ``<job id>_<task>_log.err``)."""
-    if view.job_id is None:
-        return None
-    folder = batch.logs_dir / view.target
-    candidates = [
-        *sorted(folder.glob(f"{view.job_id}/*_log.err")),
-        *sorted(folder.glob(f"{view.job_id}_*_log.err")),
-    ]
-    for path in candidates:
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        return "\n".join(text.splitlines()[-lines:])
-    return None
-
-
 def refresh(
     batch: BatchDir,
     ledger: Any,
@@ -231,7 +203,7 @@ def refresh(
                 f"{view.executor} job {view.job_id} ended {view.slurm_state or 'without a result'} "
                 "before the task finished; `hpcqueue retry` runs it again"
             )
-            update["log_tail"] = log_tail(batch, view)
+            update["log_tail"] = batch.log_tail(view.task_index)
         updates.append(update)
     if updates:
         ledger.update_tasks(batch.batch_id, updates)

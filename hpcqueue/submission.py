@@ -378,7 +378,6 @@ def wait(
     batch: batchdir.BatchDir,
     ledger: Any,
     *,
-    submission: Any = None,
     on_progress: ProgressCallback | None = None,
     poll_s: float | None = None,
     timeout_s: float | None = None,

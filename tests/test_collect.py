@@ -315,8 +315,9 @@ def test_a_failed_task_keeps_its_requests_pending_until_a_retry_runs_them(
             [{"job_id": "901", "executor": "local", "target": "cpu", "task_indices": [2], "submitted_at": T0}]
         )
     )
-    (batch_dir / "logs").mkdir()
-    (batch_dir / "logs" / "901_0_log.err").write_text("Traceback ...\nOSError: model files missing\n")
+    # where submitit's local executor writes the worker's stderr: logs/<target>/<job id>_<task>_log.err
+    (batch_dir / "logs" / "cpu").mkdir(parents=True)
+    (batch_dir / "logs" / "cpu" / "901_0_log.err").write_text("Traceback ...\nOSError: model files missing\n")
     fail_task(batch_dir)
     collect_batch(ledger, batch_dir)
     (task,) = rows(ledger, "SELECT * FROM tasks WHERE task_index = 2")

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcqueue.batch import BatchDir
 from hpcqueue.errors import BatchNotFoundError, LedgerError
 from hpcqueue.fileio import read_jsonl
 from hpcqueue.ledger.db import Ledger, utc_from_epoch
-
-LOG_TAIL_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,9 @@ def collect_batch(ledger: Ledger, batch_dir: Path, *, batch_id: str | None = Non
             already += 1  # cheap check first: no need to read output.jsonl
             continue
         outputs = read_jsonl(task_dir / "output.jsonl") if state == "completed" else iter(())
-        log_tail = _log_tail(batch_dir, index) if state == "failed" and "log_tail" not in metrics else None
+        log_tail = (
+            BatchDir(batch_dir).log_tail(index) if state == "failed" and "log_tail" not in metrics else None
+        )
         try:
             new = ledger.collect_task(batch_id, index, metrics, outputs, log_tail=log_tail)
         except FileNotFoundError as exc:
@@ -120,29 +121,3 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LedgerError(f"{path} is not a JSON object (see docs/internals.md for the metrics.json format)")
     return data
-
-
-def _log_tail(batch_dir: Path, task_index: int) -> str | None:
-    """The end of the stderr log of the job that last ran ``task_index`` (best effort, None if not found).
-
-    jobs.json lists submissions; submitit names logs ``<job_id>_<task>_log.err``, and an array element's
-    job id is ``<array id>_<position in the array>``.
-    """
-    try:
-        jobs = json.loads((batch_dir / "jobs.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    logs = batch_dir / "logs"
-    for job in reversed(jobs if isinstance(jobs, list) else []):
-        indices = [int(i) for i in job.get("task_indices") or []]
-        if task_index not in indices:
-            continue
-        job_id = str(job.get("job_id"))
-        position = indices.index(task_index)
-        for name in (f"{job_id}_{position}_0_log.err", f"{job_id}_0_log.err"):
-            path = logs / name
-            if path.is_file():
-                text = path.read_text(encoding="utf-8", errors="replace")
-                return text[-LOG_TAIL_CHARS:]
-        return None
-    return None

@@ -351,8 +351,16 @@ class Ledger:
         Completed tasks are never touched: their row comes from the worker's own metrics (``collect_task``).
         Returns the number of rows changed.
         """
-        allowed = {"state", "slurm_job_id", "slurm_array_task_id", "node", "started_at", "ended_at", "error",
-                   "log_tail"}
+        allowed = {
+            "state",
+            "slurm_job_id",
+            "slurm_array_task_id",
+            "node",
+            "started_at",
+            "ended_at",
+            "error",
+            "log_tail",
+        }
         changed = 0
         with self._write() as conn:
             for item in updates:

@@ -313,6 +313,11 @@ def shipped_profiles_dir() -> Path:
     return Path(hpcqueue.__file__).resolve().parents[1] / "profiles"
 
 
+def user_profiles_dir() -> Path:
+    """Where a user's own profiles go (measured or imported); searched before the shipped ones."""
+    return Path(platformdirs.user_data_dir("hpcqueue")) / "profiles"
+
+
 def profile_search_path(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     """Directories searched for profiles, first match first: ``extra_dirs``, ``$HPCQUEUE_PROFILE_PATH``,
     the user's data directory, the shipped profiles. Directories that do not exist are kept (so
@@ -321,7 +326,7 @@ def profile_search_path(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> li
     candidates: list[Path] = [Path(d).expanduser() for d in extra_dirs]
     env = os.environ.get(PROFILE_PATH_ENV, "")
     candidates += [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
-    candidates.append(Path(platformdirs.user_data_dir("hpcqueue")) / "profiles")
+    candidates.append(user_profiles_dir())
     candidates.append(shipped_profiles_dir())
     seen: set[Path] = set()
     result: list[Path] = []
