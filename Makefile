@@ -55,6 +55,10 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/ingest_plan.py
 	$(PY) bench/worker_batching.py
 	$(PY) bench/ledger_insert.py
+	$(PY) bench/meter_overhead.py
+	$(PY) bench/simulate.py
+	$(PY) bench/optimal_gap.py
+	$(PY) bench/paper_section6.py --out $(CURDIR)/bench/out
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

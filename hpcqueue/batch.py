@@ -40,6 +40,8 @@ JOBS = "jobs.json"
 _ID_SETTINGS = (
     "model",
     "policy",
+    "lambda_",
+    "deadline_s",
     "max_new_tokens",
     "max_new_tokens_limit",
     "max_line_bytes",

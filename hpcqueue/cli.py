@@ -106,7 +106,9 @@ def submit(
     model: Annotated[
         str | None, typer.Option(help="Hugging Face id or local path. Default: hpcqueue-demo.")
     ] = None,
-    policy: Annotated[str | None, typer.Option(help="threshold | single:TARGET")] = None,
+    policy: PolicyOpt = None,
+    lam: LambdaOpt = None,
+    deadline: DeadlineOpt = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)
     ] = None,
@@ -147,6 +149,7 @@ def submit(
             task_size=task_size,
             batch_size=batch_size,
             max_line_bytes=max_line_bytes,
+            **{"lambda": lam, "deadline": deadline},
         )
         if meter is not None:
             settings = _with_meter(settings, meter)
@@ -701,8 +704,11 @@ def main() -> None:
 
 
 # Profiles, profiling and meters live in their own module; registered here so `hpcqueue --help` lists them.
+from hpcqueue.cli_plan import DeadlineOpt, LambdaOpt, PolicyOpt, plan, simulate  # noqa: E402
 from hpcqueue.cli_profiles import doctor, profile, profiles_app  # noqa: E402
 
+app.command()(plan)
+app.command()(simulate)
 app.add_typer(profiles_app, name="profiles")
 app.command()(profile)
 app.command()(doctor)

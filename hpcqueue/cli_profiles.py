@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from hpcqueue.errors import HpcqueueError
 
@@ -221,6 +222,84 @@ def plot(
         return
     for path in paths:
         _cli().out.print(str(path), soft_wrap=True)
+
+
+@profiles_app.command("evaluate")
+def evaluate(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Profiles to evaluate. Default: every profile on the search path."),
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """How good are the cost models? Leave-one-bucket-out cross-validation of each profile.
+
+    Each measured point is predicted by the model refitted on the other points of its batch size, and
+    likewise by two baselines: the linear form a0·n_in + a1·n_out + a2·n_in·n_out and a constant J/token.
+    Shows the mean absolute percentage error (MAPE) of energy and runtime per request, and whether the
+    energy MAPE meets the 10 % target. With --json, fractions instead of percentages. See docs/cost-models.md.
+    """
+    from hpcqueue.planner.evaluate import ENERGY_MAPE_TARGET, evaluate_profiles
+    from hpcqueue.profiles import find_profile, list_profiles, load_profile
+
+    try:
+        settings = _cli()._settings(config)
+        dirs = _search_path(settings)
+        if names:
+            profiles = [find_profile(name, dirs) for name in names]
+        else:
+            profiles = [load_profile(e.directory) for e in list_profiles(dirs)]
+        results = evaluate_profiles(profiles)
+    except HpcqueueError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        _cli()._print_json({"energy_mape_target": ENERGY_MAPE_TARGET, "profiles": results})
+        return
+    out = _cli().out
+    if not results:
+        out.print(f"no profiles found; searched {', '.join(str(d) for d in dirs)}")
+        return
+    table = Table(
+        "profile",
+        "points",
+        "energy MAPE\nours",
+        "linear",
+        "per token",
+        "runtime MAPE\nours",
+        "linear",
+        "per token",
+        "energy ≤10 %\n(ours)",
+        f"target\n≤{100 * ENERGY_MAPE_TARGET:.0f} %",
+    )
+    for r in results:
+        met = r["meets_energy_target"]
+        _cli()._add_row(
+            table,
+            r["profile"],
+            f"{r['evaluated']}/{r['points']}",
+            _percent(r["ours"]["energy_mape"]),
+            _percent(r["linear"]["energy_mape"]),
+            _percent(r["per_token"]["energy_mape"]),
+            _percent(r["ours"]["runtime_mape"]),
+            _percent(r["linear"]["runtime_mape"]),
+            _percent(r["per_token"]["runtime_mape"]),
+            _percent(r["ours"]["energy_within_10"]),
+            "-" if met is None else (Text("yes", style="green") if met else Text("no", style="bold red")),
+        )
+    out.print(table)
+    judged = [r for r in results if r["meets_energy_target"] is not None]
+    met = sum(r["meets_energy_target"] for r in judged)
+    out.print(
+        f"energy MAPE ≤ {100 * ENERGY_MAPE_TARGET:.0f} % on {met} of {len(judged)} profile(s); points: "
+        "evaluated/measured (a point is skipped when the other points cannot fit the model)",
+        soft_wrap=True,
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:,.1f} %"
 
 
 @profiles_app.command("check")

@@ -88,10 +88,23 @@ def _default_targets() -> dict[str, Target]:
 class Settings(BaseModel):
     """Everything a command needs to know, after precedence has been applied."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     model: str = "hpcqueue-demo"
     policy: str = "threshold"
+    lambda_: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        alias="lambda",
+        description="weight of energy in the cost C = λ·E + (1 − λ)·R (1: energy only, 0: runtime only)",
+    )
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        alias="deadline",
+        description='time by which the batch should be done: seconds, or "90m", "8h", "1d", "1h30m"',
+    )
     max_new_tokens: int = Field(default=64, ge=1)
     max_new_tokens_limit: int = Field(default=32768, ge=1)
     max_line_bytes: int = Field(default=1_048_576, ge=64)
@@ -104,6 +117,11 @@ class Settings(BaseModel):
     profile_dirs: list[Path] = Field(default_factory=list)
     targets: dict[str, Target] = Field(default_factory=_default_targets)
     config_path: Path | None = None
+
+    @field_validator("deadline_s", mode="before")
+    @classmethod
+    def _parse_deadline(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -142,10 +160,38 @@ class Settings(BaseModel):
             ) from None
 
 
-# Settings that may come from HPCQUEUE_<NAME> environment variables (scalars and paths only).
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``"3600"``, ``"90m"``, ``"8h"``, ``"1d"`` or ``"1h30m"``."""
+    raw = text.strip().lower().replace(" ", "")
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    total, number = 0.0, ""
+    for char in raw:
+        if char.isdigit() or char == ".":
+            number += char
+        elif char in _DURATION_UNITS and number:
+            total += float(number) * _DURATION_UNITS[char]
+            number = ""
+        else:
+            break
+    else:
+        if not number and raw:
+            return total
+    raise ValueError(f"not a duration: {text!r}; use seconds or e.g. 90m, 8h, 1d, 1h30m")
+
+
+# Settings that may come from HPCQUEUE_<NAME> environment variables (scalars and paths only); the names are
+# those of the config file (``lambda``, ``deadline``).
 _ENV_FIELDS = (
     "model",
     "policy",
+    "lambda",
+    "deadline",
     "max_new_tokens",
     "max_new_tokens_limit",
     "max_line_bytes",
@@ -246,7 +292,13 @@ def _describe_validation_error(
             source = origin
         if error["type"] == "extra_forbidden":
             model = Target if len(loc) >= 3 and loc[0] == "targets" else Settings
-            valid = ", ".join(sorted(f for f in model.model_fields if f not in ("name", "config_path")))
+            valid = ", ".join(
+                sorted(
+                    info.alias or name
+                    for name, info in model.model_fields.items()
+                    if name not in ("name", "config_path")
+                )
+            )
             lines.append(f"{source}: {key}: unknown key; valid keys: {valid}")
         else:
             message = error["msg"].removeprefix("Value error, ")

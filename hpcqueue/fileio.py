@@ -23,7 +23,9 @@ def atomic_open(
 ) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` atomically.
 
-    If the block raises, the temporary file is removed and ``path`` is left untouched.
+    If the block raises, the temporary file is removed and ``path`` is left untouched. The file gets the
+    permissions a plain ``open`` would give it (those of the file it replaces, else 0666 less the umask), not
+    the owner-only mode of a temporary file.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
@@ -32,6 +34,7 @@ def atomic_open(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            os.fchmod(handle.fileno(), _new_file_mode(target))
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -41,6 +44,24 @@ def atomic_open(
             os.unlink(tmp_name)
         raise
     _fsync_dir(target.parent)
+
+
+def _new_file_mode(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (no window for other threads)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_dir(directory: Path) -> None:

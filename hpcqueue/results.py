@@ -64,13 +64,10 @@ def iter_records(batch: BatchDir, *, allow_partial: bool = False) -> Iterator[di
             yield {**by_line[line], "kind": kind}
         elif states.get(task) == "failed":
             metrics = batch.metrics(task) or {}
-            message = (
-                (metrics.get("error") or {}).get("message")
-                if isinstance(metrics.get("error"), dict)
-                else metrics.get("error")
-            )
+            error = metrics.get("error")
+            failure: Any = error.get("message") if isinstance(error, dict) else error
             yield _error_record(
-                line, rid, kind, "task_failed", f"task {task} failed: {message or 'unknown error'}"
+                line, rid, kind, "task_failed", f"task {task} failed: {failure or 'unknown error'}"
             )
         else:
             yield _error_record(line, rid, kind, "pending", f"task {task} has not finished")

@@ -80,7 +80,14 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     search_path = profile_search_path(settings.profile_dirs)
     cost_models = resolve_cost_models(targets, model.name, search_path, notes=notes)
     plan = make_plan(
-        table, targets, cost_models, policy=settings.policy, task_size=settings.task_size, model=model.name
+        table,
+        targets,
+        cost_models,
+        policy=settings.policy,
+        task_size=settings.task_size,
+        model=model.name,
+        lam=settings.lambda_,
+        deadline_s=settings.deadline_s,
     )
     plan.warnings.extend(notes)
     if len(targets) > 1 or any(cost_models.values()):

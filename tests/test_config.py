@@ -88,3 +88,42 @@ def test_missing_config_file() -> None:
 def test_unknown_target_lookup_lists_targets() -> None:
     with pytest.raises(ConfigError, match="targets in this config: local"):
         Settings().target("gpu")
+
+
+def test_lambda_and_deadline_from_file_environment_and_flags(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('lambda = 0.25\ndeadline = "1h30m"\n')
+    settings = resolve(config, environ={})
+    assert settings.lambda_ == 0.25 and settings.deadline_s == 5400.0
+    settings = resolve(config, environ={"HPCQUEUE_LAMBDA": "0.5", "HPCQUEUE_DEADLINE": "2d"})
+    assert settings.lambda_ == 0.5 and settings.deadline_s == 2 * 86400.0
+    settings = resolve(config, flags={"lambda": 0.0, "deadline": "45m"}, environ={})
+    assert settings.lambda_ == 0.0 and settings.deadline_s == 2700.0
+    assert resolve(None, flags={"deadline": 600}, environ={}).deadline_s == 600.0
+    assert resolve(None, environ={}).lambda_ == 1.0 and resolve(None, environ={}).deadline_s is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"lambda": 1.5}, "option --lambda: lambda: Input should be less than or equal to 1"),
+        ({"deadline": "soon"}, "option --deadline: deadline: not a duration: 'soon'"),
+        ({"deadline": "8x"}, "not a duration: '8x'"),
+        ({"deadline": "-5"}, "deadline: Input should be greater than 0"),
+    ],
+)
+def test_bad_lambda_or_deadline_names_the_option(flags: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(None, flags=flags, environ={})
+    assert expected in str(info.value)
+
+
+def test_unknown_key_lists_lambda_and_deadline_by_their_config_names(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("lamda = 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(config, environ={})
+    message = str(info.value)
+    assert "lamda: unknown key" in message
+    keys = message.split("valid keys: ")[1].split(", ")
+    assert "deadline" in keys and "lambda" in keys and "lambda_" not in keys

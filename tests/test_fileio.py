@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,18 @@ def test_jsonl_round_trip_and_torn_last_line(tmp_path: Path) -> None:
 def test_atomic_open_rejects_append_mode(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="modes"), atomic_open(tmp_path / "x", "a"):
         pass
+
+
+def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.json"
+        atomic_write_json(fresh, {"a": 1})
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        private = tmp_path / "private.json"
+        private.write_text("{}")
+        private.chmod(0o600)
+        atomic_write_json(private, {"a": 2})  # replacing a file keeps its mode
+        assert private.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -1,4 +1,4 @@
-"""Cost model v0 and the planning policies, on the shipped profiles of Wilkins et al. (2024)."""
+"""Plans (policy → targets → array tasks) on the shipped profiles of Wilkins et al. (2024)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,7 @@ import pytest
 
 from hpcqueue.config import Target
 from hpcqueue.errors import ConfigError, PlanningError
-from hpcqueue.planner import (
-    CostModel,
-    make_plan,
-    order_by_energy_per_token,
-    resolve_cost_models,
-    threshold_between,
-)
+from hpcqueue.planner import CostModel, make_plan, resolve_cost_models
 from hpcqueue.profiles import Profile, find_profile
 
 SHIPPED = [Path(__file__).resolve().parents[1] / "profiles"]
@@ -45,102 +39,6 @@ def _requests(pairs: list[tuple[int, int]], start_line: int = 1) -> pd.DataFrame
     )
 
 
-# --- cost model ----------------------------------------------------------------------------------
-
-
-def test_curves_pass_through_every_measured_mean() -> None:
-    model = _model(SWING)
-    points = _profile(SWING).points
-    for sweep, swept, e_curve, r_curve in (
-        ("input", "input_tokens", model.energy_in, model.runtime_in),
-        ("output", "output_tokens", model.energy_out, model.runtime_out),
-    ):
-        rows = points[points["sweep"] == sweep]
-        np.testing.assert_allclose(e_curve(rows[swept]), rows["energy_j_mean"], rtol=1e-12)
-        np.testing.assert_allclose(r_curve(rows[swept]), rows["runtime_s_mean"], rtol=1e-12)
-
-
-def test_prediction_is_exact_on_the_output_sweep_and_keeps_input_sweep_differences() -> None:
-    model = _model(SWING)
-    points = _profile(SWING).points
-    out = points[points["sweep"] == "output"]
-    prediction = model.predict(out["input_tokens"], out["output_tokens"])
-    np.testing.assert_allclose(prediction.energy_j, out["energy_j_mean"], rtol=1e-12)
-    np.testing.assert_allclose(prediction.runtime_s, out["runtime_s_mean"], rtol=1e-12)
-    assert not prediction.extrapolated.any()
-
-    inp = points[points["sweep"] == "input"]
-    prediction = model.predict(inp["input_tokens"], inp["output_tokens"])
-    offset = prediction.energy_j - inp["energy_j_mean"].to_numpy()
-    # one constant shift: the two sweeps' disagreement at the point they share
-    np.testing.assert_allclose(offset, offset[0], atol=1e-9)
-    assert abs(offset[0]) < 0.1 * inp["energy_j_mean"].min()
-
-
-def test_energy_grows_with_tokens_where_the_measurements_do() -> None:
-    model = _model(SWING)
-    grid = np.unique(np.geomspace(1, 8000, 400).astype(int))
-    for fixed in (8, 38, 500):
-        assert np.all(np.diff(model.predict(grid, np.full(grid.shape, fixed)).energy_j) >= 0)
-        assert np.all(np.diff(model.predict(np.full(grid.shape, fixed), grid).energy_j) >= 0)
-
-
-def test_extrapolation_is_flagged_and_continues_the_end_slope() -> None:
-    model = _model(SWING)
-    inside = model.predict([1024, 38], [32, 4096])
-    assert not inside.extrapolated.any()
-    outside = model.predict([4096, 4, 38], [32, 32, 8192])
-    assert outside.extrapolated.all()
-    # past 2048 prompt tokens the input curve keeps its last segment's log-log slope
-    e2048 = model.energy_in(2048)
-    e1024 = model.energy_in(1024)
-    assert model.energy_in(4096) == pytest.approx(e2048 * (e2048 / e1024), rel=1e-9)
-
-
-def test_predictions_never_go_below_the_lowest_measured_energy_per_token() -> None:
-    model = _model(M1)
-    points = _profile(M1).points
-    lowest_j_per_token = (points["energy_j_mean"] / (points["input_tokens"] + points["output_tokens"])).min()
-    # E_in(8) + E_out(8) − E_in(38) is negative for the M1 profile: the separable sum undershoots
-    raw = model.energy_in(8) + model.energy_out(8) - model.energy_ref_j
-    assert raw < 0
-    prediction = model.predict([8, 1024], [8, 128])
-    assert prediction.floored.tolist() == [True, False]
-    assert prediction.energy_j[0] == pytest.approx(lowest_j_per_token * 16)
-    assert (prediction.energy_j > 0).all() and (prediction.runtime_s > 0).all()
-
-
-def test_energy_per_token_along_a_sweep() -> None:
-    model = _model(M1)
-    rows = _profile(M1).points.query("sweep == 'output'")
-    tokens, j_per_token = model.energy_per_token("output")
-    np.testing.assert_array_equal(tokens, rows["output_tokens"])
-    np.testing.assert_allclose(j_per_token, rows["energy_j_mean"] / (rows["output_tokens"] + 38))
-
-
-def test_a_profile_with_a_single_point_in_a_sweep_is_refused() -> None:
-    profile = _profile(SWING)
-    points = profile.points
-    thin = Profile(
-        meta=profile.meta, points=points[(points["sweep"] == "input") | (points["output_tokens"] == 8)]
-    )
-    with pytest.raises(PlanningError, match="the output sweep has 1 point"):
-        CostModel.from_profile(thin)
-
-
-# --- thresholds ----------------------------------------------------------------------------------
-
-
-def test_thresholds_from_the_paper_profiles() -> None:
-    m1, swing = _model(M1), _model(SWING)
-    assert order_by_energy_per_token({"swing": swing, "m1": m1}) == ["m1", "swing"]
-    # The paper chose 32 input / 32 output tokens from the same measurements.
-    assert threshold_between(m1, swing) == {"input_tokens": 32, "output_tokens": 32}
-    assert threshold_between(m1, _model(PALMETTO)) == {"input_tokens": 16, "output_tokens": 16}
-    # The Swing A100 is never cheaper per token than the M1 Pro at its own smallest point.
-    assert threshold_between(swing, m1) == {"input_tokens": 0, "output_tokens": 0}
-
-
 # --- plans ---------------------------------------------------------------------------------------
 
 
@@ -161,12 +59,14 @@ def test_two_targets_send_small_requests_to_the_low_power_one() -> None:
         Target(name="laptop", hardware="m1-pro"),
     ]
     models = resolve_cost_models(targets, LLAMA, SHIPPED)
-    table = _requests([(8, 8), (32, 32), (33, 32), (32, 33), (2000, 500), (20, 16)])
+    table = _requests([(8, 8), (2000, 500), (12, 8), (1500, 300), (8, 16), (900, 64)])
     table.index = table["line"] * 10  # the plan keeps the caller's index
     plan = make_plan(table, targets, models, model=LLAMA)
 
-    assert plan.thresholds == {"input_tokens": 32, "output_tokens": 32, "low": "laptop", "high": "gpu"}
-    assert plan.assignments["target"].tolist() == ["laptop", "laptop", "gpu", "gpu", "gpu", "laptop"]
+    assert plan.thresholds["low"] == "laptop" and plan.thresholds["high"] == "gpu"
+    assert 12 <= plan.thresholds["input_tokens"] < 900
+    assert 16 <= plan.thresholds["output_tokens"] < 64
+    assert plan.assignments["target"].tolist() == ["laptop", "gpu", "laptop", "gpu", "laptop", "gpu"]
     assert plan.assignments.index.equals(table.index)
     assert plan.profiles == {"gpu": SWING, "laptop": M1}
     assert plan.assignments["predicted_energy_j"].notna().all()
@@ -175,6 +75,14 @@ def test_two_targets_send_small_requests_to_the_low_power_one() -> None:
     assert per_target["gpu"]["predicted_energy_j"] == pytest.approx(
         plan.assignments.loc[plan.assignments["target"] == "gpu", "predicted_energy_j"].sum()
     )
+    # each request's predicted energy is the lower of the two targets' (λ = 1)
+    for (n_in, n_out), target in zip(
+        table[["input_tokens", "max_new_tokens"]].itertuples(index=False),
+        plan.assignments["target"],
+        strict=True,
+    ):
+        energy = {n: models[n].predict([n_in], [n_out]).energy_j[0] for n in ("gpu", "laptop")}
+        assert energy[target] == min(energy.values())
 
 
 def test_three_targets_form_a_ladder() -> None:
@@ -184,7 +92,8 @@ def test_three_targets_form_a_ladder() -> None:
     table = _requests([(16, 16), (100, 100), (3000, 64)])
     plan = make_plan(table, targets, models)
     assert [r["low"] for r in plan.thresholds["ladder"]] == ["laptop", "a100"]
-    assert plan.assignments["target"].tolist() == ["laptop", "a100", "v100"]
+    # the V100 costs more than the A100 for every request: the ladder's last rung gets nothing
+    assert plan.assignments["target"].tolist() == ["laptop", "a100", "a100"]
 
 
 def test_single_policy_sends_everything_to_the_named_target() -> None:
@@ -200,7 +109,8 @@ def test_single_policy_sends_everything_to_the_named_target() -> None:
 
 def test_unknown_policy_lists_the_valid_ones() -> None:
     with pytest.raises(
-        ConfigError, match=r"unknown policy 'fastest'; valid policies: threshold, single:<target>"
+        ConfigError,
+        match=r"unknown policy 'fastest'; valid policies: threshold, optimal, unaware, single:<target>",
     ):
         make_plan(_requests([(8, 8)]), [Target(name="local")], {}, policy="fastest")
 
@@ -282,16 +192,6 @@ def test_extrapolated_share_is_reported() -> None:
 def test_empty_table_plans_no_tasks() -> None:
     plan = make_plan(_requests([]), [Target(name="local")], {"local": None})
     assert len(plan.assignments) == 0 and len(plan.tasks) == 0
-
-
-def test_a_threshold_at_the_end_of_the_measured_range_is_pointed_out() -> None:
-    targets = [
-        Target(name="a100", hardware="x", profile=SWING),
-        Target(name="v100", hardware="x", profile=V100),
-    ]
-    plan = make_plan(_requests([(8, 8)]), targets, resolve_cost_models(targets, LLAMA, SHIPPED))
-    assert plan.thresholds["input_tokens"] == 2048
-    assert any("cheaper per token than 'v100' at every prompt length" in w for w in plan.warnings)
 
 
 def test_tasks_fit_the_partition_time_limit_with_a_margin() -> None:

@@ -1,29 +1,29 @@
 """Planning: cost models from profiles, routing policies, and chunking requests into tasks → ``Plan``.
 
-``costs`` predicts a request's energy and runtime on a target from its profile; ``policies`` decides
-which target serves each request and cuts each target's share into array tasks.
+``costs`` predicts a request's energy and runtime on a target from its profile; ``routing`` decides which
+target serves each request under a policy (``thresholds`` and ``optimal`` hold the two searches) and compares
+policies; ``policies`` turns a routing into a plan of array tasks; ``simulate`` runs the planner over a
+token-count trace.
 """
 
 from __future__ import annotations
 
-from hpcqueue.planner.costs import CostModel, LogLogCurve, Prediction
-from hpcqueue.planner.policies import (
-    POLICIES,
-    Plan,
-    make_plan,
-    order_by_energy_per_token,
-    resolve_cost_models,
-    threshold_between,
-)
+from hpcqueue.planner.costs import CostModel, Prediction
+from hpcqueue.planner.policies import POLICIES, TIME_LIMIT_SHARE, Plan, make_plan, resolve_cost_models
+from hpcqueue.planner.routing import CostTable, Routing, Workload, compare, route, summarize
 
 __all__ = [
     "POLICIES",
+    "TIME_LIMIT_SHARE",
     "CostModel",
-    "LogLogCurve",
+    "CostTable",
     "Plan",
     "Prediction",
+    "Routing",
+    "Workload",
+    "compare",
     "make_plan",
-    "order_by_energy_per_token",
     "resolve_cost_models",
-    "threshold_between",
+    "route",
+    "summarize",
 ]

@@ -1,43 +1,82 @@
-"""Cost model v0: predicted energy and runtime of one request from a profile's two sweeps.
+"""Cost model v1 ("phase-v1"): energy and runtime of one request, fitted from a profile's two sweeps.
 
 A profile measures an input sweep (prompt length varied, output fixed) and an output sweep (output
-length varied, prompt fixed). v0 treats prefill and decode as separable:
+length varied, prompt fixed), possibly at several batch sizes. The model turns these two 1-D sweeps
+into a 2-D surface E(n_in, n_out) (and R for runtime) with a form that follows what a decoder does:
 
-    E(n_in, n_out) = E_in(n_in) + E_out(n_out) − E_ref
+* one forward pass over L tokens costs F(L) = f0 + f1·L + f2·L² (weights, linear layers, attention);
+* **without a KV cache** (the shipped paper profiles, ``use_cache=False``) every one of the n_out steps
+  re-runs the whole sequence: E = c0 + Σ_{t=0}^{n_out−1} F(n_in + t), so the prompt is paid once per
+  output token and decode grows about quadratically with the output length;
+* **with a KV cache** the prompt is processed once (prefill) and each later step handles one token that
+  attends to the cache: E = c0 + p1·n_in + p2·n_in² + Σ_{t=1}^{n_out−1} (d0 + d1·(n_in + t)).
 
-where ``E_in`` interpolates the input sweep (at its fixed output count), ``E_out`` the output sweep
-(at its fixed input count ``I_out``), and ``E_ref = E_in(I_out)`` removes the prompt cost counted
-twice. Runtime uses the same form. Each 1-D curve is piecewise linear in log–log space through the
-measured means and continues with its end segments' slopes beyond them (flagged as extrapolation).
+Both sums have closed forms, and both forms are linear in their non-negative coefficients, which are fitted
+jointly on both sweeps by non-negative least squares on the relative error (each row divided by its
+measured value), so both sweeps constrain one surface and small points weigh as much as large ones.
 
-Limits: the additive form has no interaction term, so it is wrong where prompt cost depends on the
-output length. That is the case for the shipped paper profiles (``use_cache=False``: every decode
-step re-runs the whole sequence, so decode grows quadratically and the prompt is paid once per
-output token). The fitted models that replace v0 keep this class's interface: ``from_profile`` and
-``predict``.
+The form alone misses the measured shape in places (a GPU's cost is flat for short prompts, then grows),
+so each surface is then evaluated at **warped token counts**: E(n_in, n_out) = form(φ(n_in), ψ(n_out)).
+φ is an effective prompt length, n·exp(s(log n)), with s piecewise linear in log n and a knot at every
+prompt length of the input sweep; ψ likewise with a knot at every output length of the output sweep.
+Both are fitted jointly (bounded least squares on log error, with a small penalty that keeps the shifts at
+zero where the form already fits) and kept non-decreasing, so measured points are reproduced closely
+(exactly, except where the two sweeps measure nearly the same request and disagree: the surface goes
+between them) and the surface never falls as either count grows, because the form does not. Between
+points the surface follows the form's shape; beyond the measured range the shift s is held at its end
+value, so the form alone decides the growth there, and ``extrapolated`` is set.
+
+Runtime is modelled the same way, as its own surface. Values are **per request**: a profile's figures are
+per ``generate`` call, so they are divided by the call's batch size. Each measured batch size gets its own
+surface; other batch sizes are interpolated linearly in (log batch, log cost) between the two nearest
+measured ones and held at the nearest one outside them (flagged as extrapolated). With one measured batch
+size, the batch size is ignored.
+
+``docs/cost-models.md`` gives the reasoning, the missing-data rules and the cross-validated accuracy
+(``hpcqueue profiles evaluate``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
+from scipy.optimize import least_squares, nnls
 
 from hpcqueue.errors import PlanningError
 from hpcqueue.profiles.store import Profile, Sweep
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+Form = Literal["kv", "no-kv"]
+
+KIND = "phase-v1"
+#: The coefficients of each form, in the order of :func:`basis`.
+FORM_PARAMETERS: dict[Form, tuple[str, ...]] = {
+    "no-kv": ("c0", "f0", "f1", "f2"),
+    "kv": ("c0", "p1", "p2", "d0", "d1"),
+}
+_WARP_PENALTY = 1e-4  # on squared log shifts: keeps the warps unique, and zero where the form fits
+_RANK_TOL = 1e-9
+_UNDERDETERMINED_RIDGE = 1e-6  # on unit-scaled coefficients, only when the points cannot fix them all
+#: Predictions never fall below this share of the lowest measured cost per token (a positivity guard for
+#: degenerate fits, e.g. a KV-cache form without prefill terms at one output token).
+FLOOR_SHARE = 0.1
 
 
 @dataclass(frozen=True)
 class Prediction:
     """Per-request predictions, aligned with the token arrays given to :meth:`CostModel.predict`.
 
-    ``extrapolated`` is True where a token count lies outside the profile's measured range;
-    ``floored`` is True where the separable sum fell below the floor and the floor was used instead.
+    ``extrapolated`` is True where the request lies outside the profile's measured range (prompt or
+    output length, or batch size); ``floored`` is True where the fitted surface fell below
+    ``FLOOR_SHARE`` × the profile's lowest measured cost per token and that floor was used instead (a
+    positivity guard; it does not trigger inside the measured range of the shipped profiles).
     """
 
     energy_j: FloatArray
@@ -46,173 +85,501 @@ class Prediction:
     floored: BoolArray
 
 
-@dataclass(frozen=True)
-class LogLogCurve:
-    """A quantity against a token count: piecewise linear in (log tokens, log value).
+def basis(n_in: FloatArray, n_out: FloatArray, form: Form) -> list[FloatArray]:
+    """The columns of the linear form at (n_in, n_out): E = Σ coefficient_k · column_k.
 
-    Exact at the measured points, monotone between them wherever the points are, and continued
-    beyond the ends with the first and last segments' slopes.
+    ``no-kv``: [1, n_out, Σ L, Σ L²] with L = n_in + t over the n_out forward passes t = 0 … n_out − 1.
+    ``kv``: [1, n_in, n_in², n_out − 1, Σ_{t=1}^{n_out−1} (n_in + t)] (prefill, then decode steps).
+    """
+    n, m = n_in, n_out
+    if form == "no-kv":
+        pairs = m * (m - 1) / 2
+        sum_l = m * n + pairs
+        sum_l2 = m * n * n + 2 * n * pairs + (m - 1) * m * (2 * m - 1) / 6
+        return [np.ones_like(n), m, sum_l, sum_l2]
+    steps = m - 1
+    return [np.ones_like(n), n, n * n, steps, steps * n + m * steps / 2]
+
+
+def basis_slopes(
+    n_in: FloatArray, n_out: FloatArray, form: Form
+) -> tuple[list[FloatArray], list[FloatArray]]:
+    """The derivatives of :func:`basis`'s columns with respect to n_in and to n_out (for the warp fit)."""
+    n, m = n_in, n_out
+    zero, one = np.zeros_like(n), np.ones_like(n)
+    if form == "no-kv":
+        d_n = [zero, zero, m, 2 * m * n + m * (m - 1)]
+        d_m = [zero, one, n + m - 0.5, n * n + n * (2 * m - 1) + (6 * m * m - 6 * m + 1) / 6]
+        return d_n, d_m
+    return [zero, one, 2 * n, zero, m - 1], [zero, zero, zero, one, n + m - 0.5]
+
+
+@dataclass(frozen=True)
+class Warp:
+    """An effective token count φ(n) = n · exp(s(log n)): s is piecewise linear in log n between the
+    knots (the measured counts of one sweep) and held at its end values beyond them.
+
+    The fit keeps log φ non-decreasing from knot to knot, so φ never decreases: a surface evaluated at
+    warped counts stays monotone wherever the form is.
     """
 
-    tokens: FloatArray
-    values: FloatArray
+    log_knots: FloatArray
+    shift: FloatArray
 
-    def __post_init__(self) -> None:
-        if len(self.tokens) < 2:
-            raise ValueError("a curve needs at least two points")
-        if np.any(np.diff(self.tokens) <= 0):
-            raise ValueError("curve token counts must be strictly increasing")
-        if np.any(self.values <= 0) or np.any(self.tokens <= 0):
-            raise ValueError("a log-log curve needs positive token counts and values")
+    def __call__(self, tokens: FloatArray, log_tokens: FloatArray) -> FloatArray:
+        if self.log_knots.size == 1:
+            return np.maximum(tokens * math.exp(float(self.shift[0])), 1.0)
+        return np.maximum(tokens * np.exp(np.interp(log_tokens, self.log_knots, self.shift)), 1.0)
+
+    def apply(self, counts: TokenCounts) -> FloatArray:
+        """The warped counts; whole counts are looked up in a table of 0 … max (one pass, no logs)."""
+        if counts.index is None:
+            return self(counts.values, counts.log)
+        grid = np.arange(counts.top + 1, dtype=float)
+        grid[0] = 1.0
+        return self(grid, np.log(grid))[counts.index]
+
+
+class TokenCounts:
+    """Token counts of many requests, at least 1, with integer indices when every count is whole and not
+    huge (so functions of one count can be tabulated once and looked up)."""
+
+    _TABLE_MAX = 1 << 22
+
+    def __init__(self, values: FloatArray) -> None:
+        self.values = np.maximum(values, 1.0)
+        self.top = int(self.values.max()) if self.values.size else 0
+        whole = self.values.astype(np.int64) if self.top <= self._TABLE_MAX else None
+        self.index = whole if whole is not None and np.array_equal(whole, self.values) else None
+        self._log: FloatArray | None = None
 
     @property
-    def low(self) -> float:
-        return float(self.tokens[0])
+    def log(self) -> FloatArray:
+        if self._log is None:
+            self._log = np.log(self.values)
+        return self._log
 
-    @property
-    def high(self) -> float:
-        return float(self.tokens[-1])
 
-    def covers(self, n: npt.ArrayLike) -> BoolArray:
-        """True where ``n`` lies inside the measured range (no extrapolation)."""
-        n_a = np.asarray(n, dtype=float)
-        return (n_a >= self.tokens[0]) & (n_a <= self.tokens[-1])
+@dataclass(frozen=True)
+class Surface:
+    """One quantity (energy per request in J, or runtime per request in s) at one batch size:
+    the fitted form evaluated at warped prompt and output counts."""
 
-    def __call__(self, n: npt.ArrayLike) -> FloatArray:
-        x_pts = np.log(self.tokens)
-        y_pts = np.log(self.values)
-        x = np.log(np.maximum(np.asarray(n, dtype=float), 1.0))
-        y = np.interp(x, x_pts, y_pts)
-        slope_low = (y_pts[1] - y_pts[0]) / (x_pts[1] - x_pts[0])
-        slope_high = (y_pts[-1] - y_pts[-2]) / (x_pts[-1] - x_pts[-2])
-        y = np.where(x < x_pts[0], y_pts[0] + slope_low * (x - x_pts[0]), y)
-        y = np.where(x > x_pts[-1], y_pts[-1] + slope_high * (x - x_pts[-1]), y)
-        return np.exp(y)
+    form: Form
+    coef: FloatArray
+    input_warp: Warp | None
+    output_warp: Warp | None
+    underdetermined: bool = False
+
+    def form_value(self, n_in: FloatArray, n_out: FloatArray) -> FloatArray:
+        """The fitted linear form at (n_in, n_out), without warps (= Σ coef · :func:`basis`, regrouped
+        to make few temporary arrays)."""
+        n, m = n_in, n_out
+        steps = m - 1.0
+        if self.form == "no-kv":
+            c0, f0, f1, f2 = (float(c) for c in self.coef)
+            mean_l = n + 0.5 * steps  # mean sequence length over the n_out forward passes
+            mean_l2 = n * (n + steps) + steps * (2.0 * m - 1.0) / 6.0  # mean squared length
+            return c0 + m * (f0 + f1 * mean_l + f2 * mean_l2)
+        c0, p1, p2, d0, d1 = (float(c) for c in self.coef)
+        return c0 + n * (p1 + p2 * n) + steps * (d0 + d1 * (n + 0.5 * m))
+
+    def __call__(self, n_in: TokenCounts, n_out: TokenCounts) -> FloatArray:
+        n_eff = n_in.values if self.input_warp is None else self.input_warp.apply(n_in)
+        m_eff = n_out.values if self.output_warp is None else self.output_warp.apply(n_out)
+        return self.form_value(n_eff, m_eff)
+
+
+@dataclass(frozen=True)
+class BatchFit:
+    """The energy and runtime surfaces fitted on the points of one batch size, and what they cover."""
+
+    batch_size: int
+    energy: Surface
+    runtime: Surface
+    input_range: tuple[float, float]
+    output_range: tuple[float, float]
+    energy_floor_j_per_token: float
+    runtime_floor_s_per_token: float
+    points: int
+
+    def evaluate(
+        self, n_in: FloatArray | TokenCounts, n_out: FloatArray | TokenCounts
+    ) -> tuple[FloatArray, FloatArray, BoolArray]:
+        """Energy and runtime per request (floored) and where the floor was used; counts below 1 are 1."""
+        n = n_in if isinstance(n_in, TokenCounts) else TokenCounts(np.asarray(n_in, dtype=float))
+        m = n_out if isinstance(n_out, TokenCounts) else TokenCounts(np.asarray(n_out, dtype=float))
+        energy = self.energy(n, m)
+        runtime = self.runtime(n, m)
+        tokens = n.values + m.values
+        energy_floor = self.energy_floor_j_per_token * tokens
+        runtime_floor = self.runtime_floor_s_per_token * tokens
+        floored = (energy < energy_floor) | (runtime < runtime_floor)
+        return np.maximum(energy, energy_floor), np.maximum(runtime, runtime_floor), floored
+
+    def outside(self, n_in: FloatArray, n_out: FloatArray) -> BoolArray:
+        lo_in, hi_in = self.input_range
+        lo_out, hi_out = self.output_range
+        return (n_in < lo_in) | (n_in > hi_in) | (n_out < lo_out) | (n_out > hi_out)
+
+
+def fit_batch(points: pd.DataFrame, *, kv_cache: bool | None, where: str = "profile") -> BatchFit:
+    """Fit the energy and runtime surfaces on the points of one batch size (rows of ``Profile.points``).
+
+    ``kv_cache`` picks the form (None: both forms are fitted and the one with the smaller squared log
+    error on energy and runtime is kept). Raises :class:`PlanningError`, naming ``where``, the batch size
+    and what is missing, when the points cannot determine the form and cover fewer than two prompt or
+    output lengths (for example the input sweep alone, or one point), or when a mean is not positive.
+    """
+    if points.empty:
+        raise PlanningError(f"{where}: no measured points to fit a cost model on")
+    batch = int(points["batch_size"].iloc[0])
+    if (points["batch_size"] != batch).any():
+        raise ValueError("fit_batch takes the points of one batch size")
+    n_in = points["input_tokens"].to_numpy(dtype=float)
+    n_out = points["output_tokens"].to_numpy(dtype=float)
+    sweep = points["sweep"].to_numpy(dtype=str)
+    values: dict[str, FloatArray] = {}
+    for quantity in ("energy_j_mean", "runtime_s_mean"):
+        per_call = points[quantity].to_numpy(dtype=float)
+        bad = ~(np.isfinite(per_call) & (per_call > 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise PlanningError(
+                f"{where}: {quantity} is {float(per_call[i])} at the {sweep[i]} sweep point input_tokens="
+                f"{int(n_in[i])} output_tokens={int(n_out[i])} batch_size={batch}; the cost model fits "
+                "relative errors and needs positive means: fix or remove that row of points.csv"
+            )
+        values[quantity] = per_call / batch
+    forms: tuple[Form, ...] = ("no-kv", "kv") if kv_cache is None else ("kv" if kv_cache else "no-kv",)
+    candidates: list[tuple[float, BatchFit]] = []
+    errors: list[PlanningError] = []
+    for form in forms:
+        try:
+            energy, sse_e = _fit_surface(n_in, n_out, sweep, values["energy_j_mean"], form, where, batch)
+            runtime, sse_r = _fit_surface(n_in, n_out, sweep, values["runtime_s_mean"], form, where, batch)
+        except PlanningError as exc:
+            errors.append(exc)
+            continue
+        tokens = n_in + n_out
+        candidates.append(
+            (
+                sse_e + sse_r,
+                BatchFit(
+                    batch_size=batch,
+                    energy=energy,
+                    runtime=runtime,
+                    input_range=(float(n_in.min()), float(n_in.max())),
+                    output_range=(float(n_out.min()), float(n_out.max())),
+                    energy_floor_j_per_token=FLOOR_SHARE * float(np.min(values["energy_j_mean"] / tokens)),
+                    runtime_floor_s_per_token=FLOOR_SHARE * float(np.min(values["runtime_s_mean"] / tokens)),
+                    points=len(points),
+                ),
+            )
+        )
+    if not candidates:
+        raise errors[0]
+    return min(candidates, key=lambda c: c[0])[1]
+
+
+def _fit_surface(
+    n_in: FloatArray,
+    n_out: FloatArray,
+    sweep: npt.NDArray[np.str_],
+    y: FloatArray,
+    form: Form,
+    where: str,
+    batch: int,
+) -> tuple[Surface, float]:
+    """Fit one quantity: NNLS on relative error for the form, then the warps.
+
+    When the points cover at least two prompt and two output lengths but not enough combinations to fix
+    every coefficient, a small ridge picks the smallest coefficients that fit (the model is usable and
+    ``Surface.underdetermined`` says so). Fewer distinct lengths than that is a :class:`PlanningError`.
+    Returns the surface and the sum of squared log errors (to compare forms)."""
+    columns = np.column_stack(basis(n_in, n_out, form))
+    scaled = columns / y[:, None]
+    norms = np.linalg.norm(scaled, axis=0)
+    unit = scaled / norms
+    n_params = columns.shape[1]
+    singular = np.linalg.svd(unit, compute_uv=False)
+    rank = int(np.sum(singular > _RANK_TOL * singular[0]))
+    prompts = sorted({int(v) for v in n_in})
+    outputs = sorted({int(v) for v in n_out})
+    underdetermined = rank < n_params
+    if underdetermined and (len(prompts) < 2 or len(outputs) < 2):
+        missing = []
+        if len(outputs) < 2:
+            missing.append(f"only one output length ({outputs[0]}): measure the output sweep")
+        if len(prompts) < 2:
+            missing.append(f"only one prompt length ({prompts[0]}): measure the input sweep")
+        if not missing:
+            missing.append(
+                f"{len(y)} point(s) over {len(prompts)} prompt and {len(outputs)} output length(s) do not "
+                "determine them: measure more points of both sweeps"
+            )
+        kv_text = "with" if form == "kv" else "without"
+        raise PlanningError(
+            f"{where}: at batch size {batch} the cost model ({KIND}, {kv_text} KV cache) needs "
+            f"{n_params} independent coefficients ({', '.join(FORM_PARAMETERS[form])}) but the points give "
+            f"{rank}: {'; '.join(missing)}"
+        )
+    if underdetermined:
+        ridge = np.vstack([unit, math.sqrt(_UNDERDETERMINED_RIDGE) * np.eye(n_params)])
+        solution, _ = nnls(ridge, np.r_[np.ones(len(y)), np.zeros(n_params)], maxiter=50 * n_params)
+    else:
+        solution, _ = nnls(unit, np.ones(len(y)), maxiter=50 * n_params)
+    coef = solution / norms
+    if not np.all(columns @ coef > 0):  # cannot happen with positive data and non-negative columns
+        raise PlanningError(f"{where}: the cost model fit failed at batch size {batch} (non-positive form)")
+    input_warp, output_warp, sse = _fit_warps(n_in, n_out, sweep, y, form, coef)
+    return Surface(form, coef, input_warp, output_warp, underdetermined), sse
+
+
+def _fit_warps(
+    n_in: FloatArray,
+    n_out: FloatArray,
+    sweep: npt.NDArray[np.str_],
+    y: FloatArray,
+    form: Form,
+    coef: FloatArray,
+) -> tuple[Warp | None, Warp | None, float]:
+    """Fit the prompt warp (knots: the input sweep's prompt lengths) and the output warp (knots: the output
+    sweep's output lengths) jointly, minimising the squared log error of the warped form at every point.
+
+    Each warp's log values at its knots are a start value plus non-negative increments (bounded least
+    squares), so the warps never decrease; a small penalty on the shifts keeps them unique and at zero
+    wherever the form already fits. Returns the warps and the sum of squared log errors.
+    """
+    log_n, log_m = np.log(n_in), np.log(n_out)
+    knots = [np.log(np.unique(n_in[sweep == "input"])), np.log(np.unique(n_out[sweep == "output"]))]
+    hats = [_hat_columns(log_n, knots[0]), _hat_columns(log_m, knots[1])]
+    cumulative = [np.tril(np.ones((k.size, k.size))) for k in knots]
+    sizes = [k.size for k in knots]
+    log_y = np.log(y)
+    penalty = math.sqrt(_WARP_PENALTY)
+
+    def split(theta: FloatArray) -> tuple[FloatArray, FloatArray]:
+        shift_in = cumulative[0] @ theta[: sizes[0]] - knots[0]
+        shift_out = cumulative[1] @ theta[sizes[0] :] - knots[1]
+        return shift_in, shift_out
+
+    def warped(theta: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        shift_in, shift_out = split(theta)
+        n_eff = np.maximum(n_in * np.exp(hats[0] @ shift_in), 1.0)
+        m_eff = np.maximum(n_out * np.exp(hats[1] @ shift_out), 1.0)
+        return n_eff, m_eff, shift_in, shift_out
+
+    def residuals(theta: FloatArray) -> FloatArray:
+        n_eff, m_eff, shift_in, shift_out = warped(theta)
+        value = np.column_stack(basis(n_eff, m_eff, form)) @ coef
+        return np.concatenate([np.log(value) - log_y, penalty * shift_in, penalty * shift_out])
+
+    def jacobian(theta: FloatArray) -> FloatArray:
+        n_eff, m_eff, _, _ = warped(theta)
+        value = np.column_stack(basis(n_eff, m_eff, form)) @ coef
+        d_n, d_m = basis_slopes(n_eff, m_eff, form)
+        # d log value / d log n_eff (0 where the count is clamped at 1)
+        elasticity_n = np.where(n_eff > 1.0, n_eff * (np.column_stack(d_n) @ coef) / value, 0.0)
+        elasticity_m = np.where(m_eff > 1.0, m_eff * (np.column_stack(d_m) @ coef) / value, 0.0)
+        top = np.hstack(
+            [
+                elasticity_n[:, None] * (hats[0] @ cumulative[0]),
+                elasticity_m[:, None] * (hats[1] @ cumulative[1]),
+            ]
+        )
+        reg = penalty * np.block(
+            [
+                [cumulative[0], np.zeros((sizes[0], sizes[1]))],
+                [np.zeros((sizes[1], sizes[0])), cumulative[1]],
+            ]
+        )
+        return np.vstack([top, reg])
+
+    start = np.concatenate([np.diff(k, prepend=0.0) for k in knots])
+    lower = np.concatenate([np.r_[-np.inf, np.zeros(k.size - 1)] if k.size else k for k in knots])
+    result = least_squares(
+        residuals,
+        start,
+        jac=jacobian,
+        bounds=(lower, np.full(start.shape, np.inf)),
+        method="trf",
+        x_scale=1.0,
+    )
+    shift_in, shift_out = split(result.x)
+    log_error = residuals(result.x)[: len(y)]
+    return (
+        Warp(knots[0], shift_in) if sizes[0] else None,
+        Warp(knots[1], shift_out) if sizes[1] else None,
+        float(np.sum(log_error**2)),
+    )
+
+
+def _hat_columns(log_tokens: FloatArray, knots: FloatArray) -> FloatArray:
+    """Column j interpolates the j-th unit vector over ``knots``, piecewise linearly, held at the ends."""
+    if knots.size <= 1:
+        return np.ones((log_tokens.size, knots.size))
+    eye = np.eye(knots.size)
+    return np.column_stack([np.interp(log_tokens, knots, eye[j]) for j in range(knots.size)])
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Separable prefill/decode model of one profile (see the module docstring for the formula)."""
+    """Energy and runtime per request of one profile (model × hardware); see the module docstring.
+
+    ``fits`` holds one :class:`BatchFit` per usable measured batch size, smallest first; ``batch_size``
+    is the batch size :meth:`predict` uses when given none; ``notes`` says what was left out and why.
+    """
 
     profile_name: str
     model: str
     hardware: str
-    energy_in: LogLogCurve
-    energy_out: LogLogCurve
-    runtime_in: LogLogCurve
-    runtime_out: LogLogCurve
+    fits: tuple[BatchFit, ...]
+    batch_size: int
+    kv_cache: bool | None
     input_sweep_output_tokens: int
     output_sweep_input_tokens: int
-    energy_floor_j_per_token: float
-    runtime_floor_s_per_token: float
-    batch_size: int = 1
-    kind: str = "separable-loglog-v0"
-
-    @property
-    def energy_ref_j(self) -> float:
-        """The input curve at the output sweep's prompt length: the prompt cost both sweeps contain."""
-        return float(self.energy_in(self.output_sweep_input_tokens)[()])
-
-    @property
-    def runtime_ref_s(self) -> float:
-        return float(self.runtime_in(self.output_sweep_input_tokens)[()])
+    notes: tuple[str, ...] = ()
+    kind: str = KIND
 
     @classmethod
     def from_profile(cls, profile: Profile, batch_size: int | None = None) -> CostModel:
-        """Build the model from a profile's points at one batch size (default: the smallest measured).
+        """Fit the model on a profile's points, one surface per measured batch size.
 
-        Each sweep needs at least two points at that batch size, all at one fixed value of the
-        other token count, with positive energy and runtime means.
+        ``batch_size`` is the default batch size of :meth:`predict` (default: the smallest usable measured
+        one). A batch size whose points cannot determine the model is left out (and said so in ``notes``)
+        as long as another one can; otherwise the :class:`PlanningError` names the profile and what is
+        missing.
         """
-        points = profile.points
         where = f"profile {profile.name!r}" + (f" ({profile.path})" if profile.path else "")
-        if batch_size is None:
-            batch_size = int(points["batch_size"].min())
-        curves: dict[str, LogLogCurve] = {}
-        fixed: dict[str, int] = {}
-        for sweep, swept, other in (
-            ("input", "input_tokens", "output_tokens"),
-            ("output", "output_tokens", "input_tokens"),
-        ):
-            rows = points[(points["sweep"] == sweep) & (points["batch_size"] == batch_size)]
-            rows = rows.sort_values(swept, kind="stable")
-            if len(rows) < 2:
-                raise PlanningError(
-                    f"{where}: the {sweep} sweep has {len(rows)} point(s) at batch_size {batch_size}; "
-                    "the cost model needs at least 2 per sweep: measure more points"
+        if batch_size is not None and batch_size < 1:
+            raise PlanningError(f"{where}: batch_size must be >= 1, got {batch_size}")
+        points = profile.points
+        if points.empty:
+            raise PlanningError(f"{where}: no measured points; measure the profile's sweeps first")
+        fits: list[BatchFit] = []
+        notes: list[str] = []
+        failures: list[PlanningError] = []
+        for batch in sorted({int(b) for b in points["batch_size"]}):
+            rows = points[points["batch_size"] == batch]
+            try:
+                fit = fit_batch(rows, kv_cache=profile.meta.kv_cache, where=where)
+            except PlanningError as exc:
+                failures.append(exc)
+                notes.append(f"batch size {batch} left out: {exc}")
+                continue
+            fits.append(fit)
+            if fit.energy.underdetermined or fit.runtime.underdetermined:
+                notes.append(
+                    f"batch size {batch}: {fit.points} point(s) do not fix every coefficient of the "
+                    f"{fit.energy.form} form; the smallest coefficients that fit them were taken, so "
+                    "predictions away from the measured points are rough: measure more points of both sweeps"
                 )
-            others = sorted(set(rows[other].tolist()))
-            if len(others) != 1:
-                raise PlanningError(
-                    f"{where}: the {sweep} sweep mixes {other} values {others} at batch_size {batch_size}; "
-                    f"cost model v0 needs one fixed {other} per sweep"
-                )
-            fixed[sweep] = int(others[0])
-            tokens = rows[swept].to_numpy(dtype=float)
-            for quantity in ("energy_j_mean", "runtime_s_mean"):
-                values = rows[quantity].to_numpy(dtype=float)
-                if np.any(values <= 0):
-                    bad = int(tokens[np.flatnonzero(values <= 0)[0]])
-                    raise PlanningError(
-                        f"{where}: {quantity} is not positive at {sweep} sweep point {swept}={bad}; "
-                        "the cost model interpolates in log space and needs positive means"
-                    )
-                curves[f"{quantity.split('_')[0]}_{sweep}"] = LogLogCurve(tokens, values)
-        at_batch = points[points["batch_size"] == batch_size]
-        total_tokens = (at_batch["input_tokens"] + at_batch["output_tokens"]).to_numpy(dtype=float)
+        if not fits:
+            raise failures[0]
+        default = fits[0].batch_size if batch_size is None else int(batch_size)
+        at_default = points[points["batch_size"] == _nearest(fits, default).batch_size]
         return cls(
             profile_name=profile.name,
             model=profile.meta.model,
             hardware=profile.meta.hardware,
-            energy_in=curves["energy_input"],
-            energy_out=curves["energy_output"],
-            runtime_in=curves["runtime_input"],
-            runtime_out=curves["runtime_output"],
-            input_sweep_output_tokens=fixed["input"],
-            output_sweep_input_tokens=fixed["output"],
-            energy_floor_j_per_token=float(np.min(at_batch["energy_j_mean"].to_numpy() / total_tokens)),
-            runtime_floor_s_per_token=float(np.min(at_batch["runtime_s_mean"].to_numpy() / total_tokens)),
-            batch_size=batch_size,
+            fits=tuple(fits),
+            batch_size=default,
+            kv_cache=profile.meta.kv_cache,
+            input_sweep_output_tokens=_fixed_count(at_default, "input", "output_tokens"),
+            output_sweep_input_tokens=_fixed_count(at_default, "output", "input_tokens"),
+            notes=tuple(notes),
         )
 
-    def predict(self, n_in: npt.ArrayLike, n_out: npt.ArrayLike) -> Prediction:
-        """Energy (J) and runtime (s) of requests with ``n_in`` prompt and ``n_out`` output tokens.
+    @property
+    def form(self) -> Form:
+        """The form used: ``kv`` or ``no-kv`` (chosen by the fit when the profile does not say)."""
+        return self.fits[0].energy.form
 
-        Vectorised over arrays. Never negative: where the separable sum falls below
-        (the profile's lowest measured energy per token) × (n_in + n_out), that floor is used and
-        ``floored`` is set; the same for runtime. The floor never changes a measured output-sweep
-        point and keeps predictions monotone in each token count wherever the curves are.
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The measured batch sizes the model has a surface for."""
+        return tuple(f.batch_size for f in self.fits)
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """The measured prompt lengths (lowest, highest) at the default batch size."""
+        return self._ranges(self.batch_size)[0]
+
+    @property
+    def output_range(self) -> tuple[float, float]:
+        """The measured output lengths (lowest, highest) at the default batch size."""
+        return self._ranges(self.batch_size)[1]
+
+    def _ranges(self, batch_size: float) -> tuple[tuple[float, float], tuple[float, float]]:
+        lo, hi, _ = _bracket(self.fits, batch_size)
+        return (
+            (max(lo.input_range[0], hi.input_range[0]), min(lo.input_range[1], hi.input_range[1])),
+            (max(lo.output_range[0], hi.output_range[0]), min(lo.output_range[1], hi.output_range[1])),
+        )
+
+    def predict(
+        self, n_in: npt.ArrayLike, n_out: npt.ArrayLike, batch_size: float | None = None
+    ) -> Prediction:
+        """Energy (J) and runtime (s) per request with ``n_in`` prompt and ``n_out`` output tokens.
+
+        Vectorised over arrays (broadcast together). ``batch_size`` (default: the model's) is the number
+        of requests per ``generate`` call; between measured batch sizes the two nearest surfaces are
+        interpolated in (log batch, log cost). Token counts below 1 are costed as 1. ``extrapolated``
+        marks requests outside the measured prompt or output range, or at a batch size outside the
+        measured ones. Results are finite and positive.
         """
-        n_in_a = np.asarray(n_in, dtype=float)
-        n_out_a = np.asarray(n_out, dtype=float)
-        tokens = n_in_a + n_out_a
-        energy = self.energy_in(n_in_a) + self.energy_out(n_out_a) - self.energy_ref_j
-        runtime = self.runtime_in(n_in_a) + self.runtime_out(n_out_a) - self.runtime_ref_s
-        energy_floor = self.energy_floor_j_per_token * tokens
-        runtime_floor = self.runtime_floor_s_per_token * tokens
-        floored = (energy < energy_floor) | (runtime < runtime_floor)
-        extrapolated = ~(self.energy_in.covers(n_in_a) & self.energy_out.covers(n_out_a))
+        n_raw, m_raw = np.broadcast_arrays(np.asarray(n_in, dtype=float), np.asarray(n_out, dtype=float))
+        if not (np.isfinite(n_raw).all() and np.isfinite(m_raw).all()):
+            raise PlanningError(
+                f"profile {self.profile_name!r}: token counts must be finite numbers (got NaN or infinity)"
+            )
+        b = float(self.batch_size if batch_size is None else batch_size)
+        if not b >= 1:
+            raise PlanningError(f"profile {self.profile_name!r}: batch_size must be >= 1, got {batch_size}")
+        n = TokenCounts(n_raw)
+        m = TokenCounts(m_raw)
+        lo, hi, weight = _bracket(self.fits, b)
+        energy, runtime, floored = lo.evaluate(n, m)
+        extrapolated = lo.outside(n_raw, m_raw)
+        if hi is not lo and weight > 0:
+            energy_hi, runtime_hi, floored_hi = hi.evaluate(n, m)
+            energy = np.exp((1 - weight) * np.log(energy) + weight * np.log(energy_hi))
+            runtime = np.exp((1 - weight) * np.log(runtime) + weight * np.log(runtime_hi))
+            floored |= floored_hi
+            extrapolated |= hi.outside(n_raw, m_raw)
+        if b < self.fits[0].batch_size or b > self.fits[-1].batch_size:
+            extrapolated = extrapolated | (len(self.fits) > 1)
         return Prediction(
-            energy_j=np.maximum(energy, energy_floor),
-            runtime_s=np.maximum(runtime, runtime_floor),
+            energy_j=energy,
+            runtime_s=runtime,
             extrapolated=np.asarray(extrapolated, dtype=bool),
             floored=np.asarray(floored, dtype=bool),
         )
 
-    def measured_tokens(self, sweep: Sweep) -> FloatArray:
-        """The swept token counts measured along ``sweep``."""
-        return (self.energy_in if sweep == "input" else self.energy_out).tokens
 
-    def energy_per_token(
-        self, sweep: Sweep, tokens: Sequence[float] | npt.ArrayLike | None = None
-    ) -> tuple[FloatArray, FloatArray]:
-        """Energy per token (J) along one sweep: the sweep's curve / (swept + fixed token count).
+def _fixed_count(points: pd.DataFrame, sweep: Sweep, column: str) -> int:
+    """The fixed token count of a sweep (its median if it varies; 0 when the sweep was not measured)."""
+    values = points.loc[points["sweep"] == sweep, column]
+    return round(float(values.median())) if len(values) else 0
 
-        ``tokens`` defaults to the measured points. Along the input sweep the fixed count is the
-        sweep's output count, along the output sweep its prompt length. Used to find where a
-        low-power target stops being cheaper (the threshold policy).
-        """
-        curve = self.energy_in if sweep == "input" else self.energy_out
-        fixed = self.input_sweep_output_tokens if sweep == "input" else self.output_sweep_input_tokens
-        at = curve.tokens if tokens is None else np.asarray(tokens, dtype=float)
-        return at, curve(at) / (at + fixed)
+
+def _nearest(fits: Sequence[BatchFit], batch_size: float) -> BatchFit:
+    return min(fits, key=lambda f: (abs(math.log(f.batch_size) - math.log(batch_size)), f.batch_size))
+
+
+def _bracket(fits: Sequence[BatchFit], batch_size: float) -> tuple[BatchFit, BatchFit, float]:
+    """The measured batch sizes around ``batch_size`` and the weight of the upper one (log-linear);
+    outside the measured ones, the nearest with weight 0."""
+    if batch_size <= fits[0].batch_size or len(fits) == 1:
+        return fits[0], fits[0], 0.0
+    if batch_size >= fits[-1].batch_size:
+        return fits[-1], fits[-1], 0.0
+    upper = next(i for i, f in enumerate(fits) if f.batch_size >= batch_size)
+    lo, hi = fits[upper - 1], fits[upper]
+    if hi.batch_size == batch_size:
+        return hi, hi, 0.0
+    weight = (math.log(batch_size) - math.log(lo.batch_size)) / (
+        math.log(hi.batch_size) - math.log(lo.batch_size)
+    )
+    return lo, hi, weight

@@ -1,17 +1,16 @@
-"""Policies: which target serves each request, and how requests are chunked into tasks.
+"""Plans: each request's target (by policy, see ``routing``) and array task, with predicted costs.
 
-``threshold`` is the rule of Wilkins, Keshav and Mortier (2024): a low-power target takes the
-requests whose prompt and output are both at most a threshold, the other target takes the rest.
-The thresholds come from the two targets' profiles: the largest measured token count up to which
-the low-power target's energy per token stays at or below the other's, along each sweep.
-``single:NAME`` sends everything to one target (a baseline, or a one-partition site).
+Policies (``routing`` and ``thresholds`` hold the logic): ``threshold`` is the rule of Wilkins, Keshav and
+Mortier (2024) with thresholds fitted to the workload; ``optimal`` the per-request minimum-cost assignment
+within each target's capacity; ``unaware`` splits requests over the targets by their slots, ignoring token
+counts; ``single:NAME`` sends everything to one target. Within a target, requests are cut into array tasks
+that fit the partition's time limit.
 
-Everything here is vectorised over the request table: the only Python loops run over targets.
+Everything here is vectorised over the request table: the only Python loops run over targets and tasks.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,12 +21,24 @@ import pandas as pd
 
 from hpcqueue.errors import ConfigError, PlanningError
 from hpcqueue.planner.costs import CostModel
-from hpcqueue.profiles.store import Sweep, find_profile, find_profiles_for
+from hpcqueue.planner.routing import (
+    POLICIES,
+    CostTable,
+    Routing,
+    Workload,
+    check_policy,
+    check_targets,
+    compare,
+    prediction_warnings,
+    route,
+)
+from hpcqueue.profiles.store import find_profile, find_profiles_for
 
 if TYPE_CHECKING:
     from hpcqueue.config import Target
 
-POLICIES = ("threshold", "single:<target>")
+__all__ = ["POLICIES", "TIME_LIMIT_SHARE", "Plan", "make_plan", "resolve_cost_models"]
+
 REQUIRED_COLUMNS = ("line", "input_tokens", "max_new_tokens")
 #: Share of a target's time limit that a task's predicted runtime may fill; the rest is the margin for
 #: loading the model, writing outputs and prediction error.
@@ -43,9 +54,10 @@ class Plan:
     has no cost model). ``tasks`` has one row per task: ``task_index``, ``target``, ``n_requests``,
     ``input_tokens`` and ``max_new_tokens`` (sums), ``predicted_energy_j``, ``predicted_runtime_s``
     (sums; runtime as if the task's requests ran one after another, one per call, as profiled).
-    ``thresholds`` is ``{"input_tokens", "output_tokens", "low", "high"}`` for the threshold policy
-    with two or more targets (plus ``"ladder"``, one such dict per step, with three or more), else ``{}``.
+    ``thresholds`` is filled by the threshold policy with two or more targets (see
+    :mod:`hpcqueue.planner.thresholds`), else ``{}``; ``solver`` by the optimal policy.
     ``profiles`` names the profile behind each target's predictions (None: no predictions).
+    ``lam`` and ``deadline_s`` are the λ and deadline planned for.
     """
 
     assignments: pd.DataFrame
@@ -55,6 +67,12 @@ class Plan:
     thresholds: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     profiles: dict[str, str | None] = field(default_factory=dict)
+    lam: float = 1.0
+    deadline_s: float | None = None
+    solver: dict[str, Any] | None = None
+    workload: Workload | None = field(default=None, repr=False)
+    costs: CostTable | None = field(default=None, repr=False)
+    routing: Routing | None = field(default=None, repr=False)
 
     def per_target(self) -> dict[str, dict[str, Any]]:
         """``{target: {"requests", "predicted_energy_j", "predicted_runtime_s"}}`` for every target
@@ -73,6 +91,19 @@ class Plan:
                 "predicted_runtime_s": float(runtime.get(name, 0.0)) if has_model else float("nan"),
             }
         return out
+
+    def compare(self) -> dict[str, Any]:
+        """This plan against every other policy on the same requests (see :func:`routing.compare`)."""
+        if self.workload is None or self.costs is None:
+            raise PlanningError("this plan keeps no cost table to compare policies with")
+        return compare(
+            self.workload,
+            self.costs,
+            self.policy,
+            lam=self.lam,
+            deadline_s=self.deadline_s,
+            chosen=self.routing,
+        )
 
 
 def resolve_cost_models(
@@ -105,30 +136,6 @@ def resolve_cost_models(
     return result
 
 
-def threshold_between(low: CostModel, high: CostModel) -> dict[str, int]:
-    """The paper's thresholds for a low-power target against the next one.
-
-    Along each sweep, over the low target's measured token counts inside both profiles' measured
-    ranges, the threshold is the largest count up to which (every count up to it) the low target's
-    energy per token is at most the high target's. 0 when the low target is not cheaper even at the
-    smallest count (then it takes nothing).
-    """
-    return {
-        "input_tokens": _crossover(low, high, "input"),
-        "output_tokens": _crossover(low, high, "output"),
-    }
-
-
-def order_by_energy_per_token(models: Mapping[str, CostModel]) -> list[str]:
-    """Target names, cheapest first, by energy per token at the smallest prompt length every
-    profile measured (the input sweep's first common point). Ties keep the given order."""
-    common = max(m.energy_in.low for m in models.values())
-    names = list(models)
-    costs = [float(models[n].energy_per_token("input", [common])[1][0]) for n in names]
-    order = sorted(range(len(names)), key=lambda i: (costs[i], i))
-    return [names[i] for i in order]
-
-
 def make_plan(
     table: pd.DataFrame,
     targets: Sequence[Target],
@@ -137,18 +144,21 @@ def make_plan(
     policy: str = "threshold",
     task_size: int = 256,
     model: str | None = None,
+    lam: float = 1.0,
+    deadline_s: float | None = None,
 ) -> Plan:
     """Assign each request (row of ``table``) to a target and a task, and predict its cost.
 
     ``table`` needs ``line``, ``input_tokens`` and ``max_new_tokens`` (the output tokens planned for
     are the request's ``max_new_tokens``). ``cost_models`` maps target names to models (None: no
-    profile). ``model`` only improves error messages. Within a target, requests are sorted by
-    ``input_tokens`` then ``line`` (stable) and cut into tasks of ``target.task_size or task_size``
-    requests whose predicted runtime also fits ``TIME_LIMIT_SHARE`` of the target's time limit (the rest
-    is the margin for loading the model and for prediction error); task indices run 0..K−1 over the
-    targets in the order given.
+    profile). ``policy``, ``lam`` (λ) and ``deadline_s`` are those of :func:`hpcqueue.planner.routing.route`.
+    ``model`` only improves error messages. Within a target, requests are sorted by ``input_tokens`` then
+    ``line`` (stable) and cut into tasks of ``target.task_size or task_size`` requests whose predicted runtime
+    also fits ``TIME_LIMIT_SHARE`` of the target's time limit (the rest is the margin for loading the model
+    and for prediction error); task indices run 0..K−1 over the targets in the order given.
     """
-    names = _check_targets(targets)
+    names = check_targets(targets)
+    check_policy(policy, names)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise PlanningError(
@@ -161,49 +171,14 @@ def make_plan(
     n_out = table["max_new_tokens"].to_numpy(dtype=np.int64)
     line = table["line"].to_numpy(dtype=np.int64)
 
-    thresholds: dict[str, Any] = {}
-    warnings: list[str] = []
-    if policy == "threshold":
-        if len(targets) == 1:
-            target_idx = np.zeros(len(table), dtype=np.int64)
-        else:
-            _require_cost_models(targets, cost_models, policy, model)
-            models = {n: m for n in names if (m := cost_models.get(n)) is not None}
-            target_idx, thresholds, ladder_warnings = _route_threshold(n_in, n_out, names, models)
-            warnings += ladder_warnings
-    elif policy.startswith("single:"):
-        wanted = policy.removeprefix("single:")
-        if wanted not in names:
-            raise ConfigError(
-                f"policy {policy!r} names target {wanted!r}, which is not configured; "
-                f"targets: {', '.join(names)}"
-            )
-        target_idx = np.full(len(table), names.index(wanted), dtype=np.int64)
-    else:
-        raise ConfigError(
-            f"unknown policy {policy!r}; valid policies: {', '.join(POLICIES)} (targets: {', '.join(names)})"
-        )
-
-    energy = np.full(len(table), np.nan)
-    runtime = np.full(len(table), np.nan)
-    extrapolated = np.zeros(len(table), dtype=bool)
-    profiles: dict[str, str | None] = {}
-    for i, name in enumerate(names):
-        cost_model = cost_models.get(name)
-        profiles[name] = cost_model.profile_name if cost_model is not None else None
-        mask = target_idx == i
-        n_here = int(mask.sum())
-        if cost_model is None:
-            continue  # no profile: predictions stay NaN (``profiles[name]`` is None says why)
-        if not n_here:
-            continue
-        prediction = cost_model.predict(n_in[mask], n_out[mask])
-        energy[mask] = prediction.energy_j
-        runtime[mask] = prediction.runtime_s
-        extrapolated[mask] = prediction.extrapolated
-        warnings += _prediction_warnings(
-            name, cost_model, n_here, prediction.extrapolated, prediction.floored
-        )
+    workload = Workload.from_tokens(n_in, n_out)
+    costs = CostTable.build(workload, targets, cost_models)
+    routing = route(workload, costs, policy, lam=lam, deadline_s=deadline_s, model=model)
+    target_idx = routing.target_idx
+    cls = workload.request_class
+    energy = costs.energy_j[cls, target_idx]
+    runtime = costs.runtime_s[cls, target_idx]
+    extrapolated = costs.extrapolated[cls, target_idx]
 
     budgets = np.array([t.time_limit_min * 60.0 * TIME_LIMIT_SHARE for t in targets])
     task_index, task_target, n_tasks = _chunk(target_idx, n_in, line, sizes, runtime, budgets)
@@ -233,107 +208,16 @@ def make_plan(
         tasks=tasks,
         policy=policy,
         targets=names,
-        thresholds=thresholds,
-        warnings=warnings,
-        profiles=profiles,
+        thresholds=routing.thresholds,
+        warnings=list(routing.warnings) + prediction_warnings(workload, costs, target_idx),
+        profiles=costs.profiles,
+        lam=lam,
+        deadline_s=deadline_s,
+        solver=routing.solver,
+        workload=workload,
+        costs=costs,
+        routing=routing,
     )
-
-
-def _check_targets(targets: Sequence[Target]) -> list[str]:
-    if not targets:
-        raise ConfigError("no targets to plan for: declare at least one [targets.NAME] table in the config")
-    names = [t.name for t in targets]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"target name(s) used twice: {', '.join(duplicates)}; target names must be unique")
-    return names
-
-
-def _require_cost_models(
-    targets: Sequence[Target], cost_models: Mapping[str, CostModel | None], policy: str, model: str | None
-) -> None:
-    for target in targets:
-        if cost_models.get(target.name) is None:
-            what = f"model {model!r}" if model else "the model"
-            raise PlanningError(
-                f"policy {policy!r} with {len(targets)} targets needs a profile for every target, but target "
-                f"{target.name!r} (hardware {target.hardware!r}) has no profile for {what}. Fix: set "
-                f'profile = "<profile name>" in [targets.{target.name}] of the config, or profile '
-                f"{what} on hardware {target.hardware!r} and add it to the profile path; or plan with "
-                "policy 'single:<target>'"
-            )
-
-
-def _crossover(low: CostModel, high: CostModel, sweep: Sweep) -> int:
-    lo_curve = low.energy_in if sweep == "input" else low.energy_out
-    hi_curve = high.energy_in if sweep == "input" else high.energy_out
-    start = max(lo_curve.low, hi_curve.low)
-    stop = min(lo_curve.high, hi_curve.high)
-    tokens = lo_curve.tokens[(lo_curve.tokens >= start) & (lo_curve.tokens <= stop)]
-    if tokens.size == 0:
-        return 0
-    _, ept_low = low.energy_per_token(sweep, tokens)
-    _, ept_high = high.energy_per_token(sweep, tokens)
-    cheaper_so_far = np.logical_and.accumulate(ept_low <= ept_high)
-    return int(tokens[cheaper_so_far][-1]) if cheaper_so_far.any() else 0
-
-
-def _route_threshold(
-    n_in: np.ndarray, n_out: np.ndarray, names: list[str], models: Mapping[str, CostModel]
-) -> tuple[np.ndarray, dict[str, Any], list[str]]:
-    """Ladder of thresholds: cheapest target first; each takes what fits under its thresholds
-    against the next; the last takes the rest. With two targets this is the paper's rule."""
-    order = order_by_energy_per_token(models)
-    rungs: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    for low, high in itertools.pairwise(order):
-        limits = threshold_between(models[low], models[high])
-        rungs.append({**limits, "low": low, "high": high})
-        for key, sweep, lo_curve, hi_curve in (
-            ("input_tokens", "prompt", models[low].energy_in, models[high].energy_in),
-            ("output_tokens", "output", models[low].energy_out, models[high].energy_out),
-        ):
-            if limits[key] == 0:
-                warnings.append(
-                    f"target {low!r} is not cheaper per token than {high!r} even at the shortest {sweep} "
-                    f"measured: the threshold policy sends it nothing"
-                )
-            elif limits[key] >= min(lo_curve.high, hi_curve.high):
-                warnings.append(
-                    f"target {low!r} is cheaper per token than {high!r} at every {sweep} length both "
-                    f"profiles measured (up to {limits[key]} tokens); longer {sweep}s go to {high!r} "
-                    "only because nothing was measured there"
-                )
-    target_idx = np.full(len(n_in), names.index(order[-1]), dtype=np.int64)
-    for rung in reversed(rungs):
-        fits = (n_in <= rung["input_tokens"]) & (n_out <= rung["output_tokens"])
-        target_idx[fits] = names.index(rung["low"])
-    thresholds: dict[str, Any] = dict(rungs[0])
-    if len(rungs) > 1:
-        thresholds["ladder"] = rungs
-    return target_idx, thresholds, warnings
-
-
-def _prediction_warnings(
-    name: str, model: CostModel, n_here: int, extrapolated: np.ndarray, floored: np.ndarray
-) -> list[str]:
-    out: list[str] = []
-    n_extra = int(extrapolated.sum())
-    if n_extra:
-        out.append(
-            f"{100 * n_extra / n_here:.1f} % of the requests on target {name!r} ({n_extra} of {n_here}) lie "
-            f"outside the measured range of profile {model.profile_name!r} (prompt {model.energy_in.low:g}-"
-            f"{model.energy_in.high:g}, output {model.energy_out.low:g}-{model.energy_out.high:g} tokens): "
-            "their predictions extrapolate"
-        )
-    n_floor = int(floored.sum())
-    if n_floor:
-        out.append(
-            f"{100 * n_floor / n_here:.1f} % of the requests on target {name!r} ({n_floor} of {n_here}) hit "
-            f"the cost model's floor (lowest measured cost per token of {model.profile_name!r}): the "
-            "separable model undershoots there, so treat those predictions as rough"
-        )
-    return out
 
 
 def _chunk(

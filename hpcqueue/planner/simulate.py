@@ -1,0 +1,159 @@
+"""Simulation: plan a token-count trace under every policy and compare them, without running anything.
+
+A trace is a CSV or JSONL file (optionally compressed) with one request per row and a prompt-token and an
+output-token column, such as the Azure LLM inference traces (``ContextTokens``, ``GeneratedTokens``). The
+columns are found by name (see :data:`INPUT_COLUMNS`, :data:`OUTPUT_COLUMNS`) unless given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from hpcqueue.errors import InputError, InputIssue
+from hpcqueue.planner.costs import CostModel
+from hpcqueue.planner.routing import CostTable, Workload, compare
+
+if TYPE_CHECKING:
+    from hpcqueue.config import Target
+
+#: Column names recognised as prompt tokens and output tokens (case-insensitive), first match wins.
+INPUT_COLUMNS = ("input_tokens", "ContextTokens", "prompt_tokens", "context_tokens", "n_in", "input")
+OUTPUT_COLUMNS = (
+    "output_tokens",
+    "GeneratedTokens",
+    "completion_tokens",
+    "generated_tokens",
+    "max_new_tokens",
+    "n_out",
+    "output",
+)
+_SHOW_ISSUES = 20
+
+
+def load_trace(
+    path: str | os.PathLike[str],
+    *,
+    input_column: str | None = None,
+    output_column: str | None = None,
+) -> pd.DataFrame:
+    """``input_tokens`` and ``output_tokens`` (int64) of every row of a CSV or JSONL trace.
+
+    JSONL is recognised by the suffix ``.jsonl``/``.ndjson`` (before any compression suffix), anything else is
+    read as CSV. Raises :class:`InputError` naming the file, line and column of every bad value (missing,
+    not a whole number, negative), and for a missing column the columns there are.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: trace file not found")
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst", ".zip"):
+        suffixes = suffixes[:-1]
+    is_jsonl = bool(suffixes) and suffixes[-1] in (".jsonl", ".ndjson")
+    try:
+        if is_jsonl:
+            frame = pd.read_json(path, lines=True, dtype=False)
+            first_line = 1
+        else:
+            frame = pd.read_csv(path, low_memory=False)
+            first_line = 2  # line 1 is the header
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{path}: cannot read the trace as {'JSONL' if is_jsonl else 'CSV'}: {exc}"
+        ) from None
+    columns = {str(c).lower(): str(c) for c in frame.columns}
+    chosen = {
+        "input_tokens": _column(path, columns, input_column, INPUT_COLUMNS, "prompt", "--input-column"),
+        "output_tokens": _column(path, columns, output_column, OUTPUT_COLUMNS, "output", "--output-column"),
+    }
+    result = {}
+    issues: list[InputIssue] = []
+    for name, column in chosen.items():  # two columns
+        raw = frame[column]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() | (values < 0) | (values != np.floor(values))
+        for position in np.flatnonzero(bad.to_numpy())[:_SHOW_ISSUES]:
+            issues.append(
+                InputIssue(
+                    path=str(path),
+                    line=int(position) + first_line,
+                    field=column,
+                    message=f"{column} must be a whole number >= 0, got {_plain(raw.iloc[position])!r}",
+                )
+            )
+        result[name] = values.fillna(0).to_numpy(dtype=np.int64)
+    if issues:
+        issues.sort(key=lambda issue: issue.line)
+        raise InputError(
+            f"{path}: {len(issues)} bad token count(s) (first at line {issues[0].line}); "
+            "fix or drop those rows",
+            issues=issues,
+        )
+    return pd.DataFrame(result)
+
+
+def simulate(
+    trace: pd.DataFrame,
+    targets: Sequence[Target],
+    cost_models: Mapping[str, CostModel | None],
+    *,
+    policy: str = "threshold",
+    lam: float = 1.0,
+    deadline_s: float | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """Plan ``trace`` (``input_tokens``, ``output_tokens``) with ``policy`` and compare it with every other
+    policy: the report of :func:`hpcqueue.planner.routing.compare`, plus ``trace`` statistics."""
+    workload = Workload.from_tokens(trace["input_tokens"], trace["output_tokens"])
+    table = CostTable.build(workload, targets, cost_models)
+    report = compare(workload, table, policy, lam=lam, deadline_s=deadline_s, model=model)
+    report["trace"] = describe(workload)
+    return report
+
+
+def describe(workload: Workload) -> dict[str, Any]:
+    """Request count, distinct (prompt, output) pairs and the token distributions' quartiles."""
+    stats: dict[str, Any] = {"requests": len(workload), "classes": workload.n_classes}
+    for name, values in (("input_tokens", workload.n_in), ("output_tokens", workload.n_out)):
+        if len(values):
+            q = np.percentile(values, [0, 25, 50, 75, 100])
+            stats[name] = {
+                "mean": float(values.mean()),
+                "min": int(q[0]),
+                "p25": float(q[1]),
+                "median": float(q[2]),
+                "p75": float(q[3]),
+                "max": int(q[4]),
+            }
+    return stats
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones, so messages show ``-3``, not ``np.int64(-3)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _column(
+    path: Path,
+    columns: Mapping[str, str],
+    given: str | None,
+    known: Sequence[str],
+    what: str,
+    option: str,
+) -> str:
+    if given is not None:
+        if given.lower() in columns:
+            return columns[given.lower()]
+        raise InputError(f"{path}: no column {given!r}; columns: {', '.join(columns.values())}")
+    for name in known:
+        if name.lower() in columns:
+            return columns[name.lower()]
+    raise InputError(
+        f"{path}: no {what}-token column; looked for {', '.join(known)}; columns: "
+        f"{', '.join(columns.values()) or '(none)'}. Name it with {option}"
+    )
