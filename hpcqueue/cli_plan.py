@@ -148,6 +148,7 @@ def simulate(
             lam=settings.lambda_,
             deadline_s=settings.deadline_s,
             model=settings.model,
+            batch_size=settings.batch_size,
         )
     except HpcqueueError as exc:
         cli._fail(exc)

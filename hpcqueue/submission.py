@@ -88,6 +88,7 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
         model=model.name,
         lam=settings.lambda_,
         deadline_s=settings.deadline_s,
+        batch_size=settings.batch_size,
     )
     plan.warnings.extend(notes)
     if len(targets) > 1 or any(cost_models.values()):

@@ -223,3 +223,29 @@ def test_a_request_longer_than_the_budget_runs_alone() -> None:
     target = Target(name="laptop", hardware="m1-pro", profile=M1, time_limit_min=1)
     plan = make_plan(_requests([(2048, 4096), (8, 8)]), [target], {"laptop": _model(M1)})
     assert list(plan.tasks["n_requests"]) == [1, 1]
+
+
+def test_costs_are_predicted_at_the_batch_size_the_workers_use() -> None:
+    """A profile measured at batch 1 and 16, where a request costs 4× less per call of 16: the plan uses the
+    target's batch_size, else the batch_size given, else the profile's smallest."""
+    from .test_costs import no_kv_cost, synthetic_profile
+
+    profile = synthetic_profile(
+        no_kv_cost(5.0, 1.0, 0.01, 0.0),
+        no_kv_cost(0.1, 0.01, 1e-4, 0.0),
+        kv_cache=False,
+        batches={1: 1.0, 16: 0.25},
+    )
+    model = CostModel.from_profile(profile)
+    table = _requests([(100, 20)])
+    energy = {}
+    for label, target_batch, default_batch in (
+        ("profile", None, None),
+        ("given", None, 16),
+        ("target", 16, 1),
+    ):
+        target = Target(name="t", hardware="x", batch_size=target_batch)
+        plan = make_plan(table, [target], {"t": model}, batch_size=default_batch)
+        energy[label] = float(plan.assignments["predicted_energy_j"].iloc[0])
+    assert energy["given"] == pytest.approx(energy["profile"] / 4, rel=1e-3)
+    assert energy["target"] == pytest.approx(energy["given"], rel=1e-9)

@@ -146,16 +146,20 @@ def make_plan(
     model: str | None = None,
     lam: float = 1.0,
     deadline_s: float | None = None,
+    batch_size: int | None = None,
 ) -> Plan:
     """Assign each request (row of ``table``) to a target and a task, and predict its cost.
 
     ``table`` needs ``line``, ``input_tokens`` and ``max_new_tokens`` (the output tokens planned for
     are the request's ``max_new_tokens``). ``cost_models`` maps target names to models (None: no
-    profile). ``policy``, ``lam`` (λ) and ``deadline_s`` are those of :func:`hpcqueue.planner.routing.route`.
-    ``model`` only improves error messages. Within a target, requests are sorted by ``input_tokens`` then
-    ``line`` (stable) and cut into tasks of ``target.task_size or task_size`` requests whose predicted runtime
-    also fits ``TIME_LIMIT_SHARE`` of the target's time limit (the rest is the margin for loading the model
-    and for prediction error); task indices run 0..K−1 over the targets in the order given.
+    profile). ``policy``, ``lam`` (λ) and ``deadline_s`` are those of
+    :func:`hpcqueue.planner.routing.route`. ``model`` only improves error messages. Costs are predicted at
+    each target's ``batch_size``, else ``batch_size`` (the prompts per ``generate`` call its workers use).
+
+    Within a target, requests are sorted by ``input_tokens`` then ``line`` (stable) and cut into tasks of
+    ``target.task_size or task_size`` requests whose predicted runtime also fits ``TIME_LIMIT_SHARE`` of the
+    target's time limit (the rest is the margin for loading the model and for prediction error); task
+    indices run 0..K−1 over the targets in the order given.
     """
     names = check_targets(targets)
     check_policy(policy, names)
@@ -172,7 +176,7 @@ def make_plan(
     line = table["line"].to_numpy(dtype=np.int64)
 
     workload = Workload.from_tokens(n_in, n_out)
-    costs = CostTable.build(workload, targets, cost_models)
+    costs = CostTable.build(workload, targets, cost_models, batch_size)
     routing = route(workload, costs, policy, lam=lam, deadline_s=deadline_s, model=model)
     target_idx = routing.target_idx
     cls = workload.request_class

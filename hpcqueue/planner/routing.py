@@ -110,8 +110,14 @@ class CostTable:
 
     @classmethod
     def build(
-        cls, workload: Workload, targets: Sequence[Target], cost_models: Mapping[str, CostModel | None]
+        cls,
+        workload: Workload,
+        targets: Sequence[Target],
+        cost_models: Mapping[str, CostModel | None],
+        batch_size: int | None = None,
     ) -> CostTable:
+        """Predict every class on every target, at each target's ``batch_size`` (else ``batch_size``, else
+        the profile's own): the prompts per ``generate`` call a worker there will use."""
         names = check_targets(targets)
         k, t = workload.n_classes, len(targets)
         energy = np.full((k, t), np.nan)
@@ -130,7 +136,8 @@ class CostTable:
             (in_lo, in_hi), (out_lo, out_hi) = model.input_range, model.output_range
             ranges[name] = f"prompt {in_lo:g}-{in_hi:g}, output {out_lo:g}-{out_hi:g} tokens"
             if k:
-                prediction = model.predict(workload.class_in, workload.class_out)
+                per_call = targets[j].batch_size or batch_size
+                prediction = model.predict(workload.class_in, workload.class_out, batch_size=per_call)
                 energy[:, j] = prediction.energy_j
                 runtime[:, j] = prediction.runtime_s
                 extrapolated[:, j] = prediction.extrapolated

@@ -106,11 +106,13 @@ def simulate(
     lam: float = 1.0,
     deadline_s: float | None = None,
     model: str | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Plan ``trace`` (``input_tokens``, ``output_tokens``) with ``policy`` and compare it with every other
-    policy: the report of :func:`hpcqueue.planner.routing.compare`, plus ``trace`` statistics."""
+    policy: the report of :func:`hpcqueue.planner.routing.compare`, plus ``trace`` statistics. Costs are
+    predicted at each target's ``batch_size``, else ``batch_size``."""
     workload = Workload.from_tokens(trace["input_tokens"], trace["output_tokens"])
-    table = CostTable.build(workload, targets, cost_models)
+    table = CostTable.build(workload, targets, cost_models, batch_size)
     report = compare(workload, table, policy, lam=lam, deadline_s=deadline_s, model=model)
     report["trace"] = describe(workload)
     return report
