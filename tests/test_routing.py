@@ -373,3 +373,12 @@ def test_bad_trace_values_are_reported_by_line_and_column(tmp_path: Path) -> Non
     missing.write_text("tokens,other\n1,2\n")
     with pytest.raises(InputError, match=r"no prompt-token column.*columns: tokens, other.*--input-column"):
         load_trace(missing)
+
+
+def test_a_target_without_a_profile_leaves_totals_unknown_and_says_so() -> None:
+    workload = Workload.from_tokens([8, 900], [8, 100])
+    table = CostTable.build(workload, [Target(name="local")], {"local": None})
+    report = compare(workload, table, "threshold")
+    assert report["per_target"]["local"]["requests"] == 2
+    assert np.isnan(report["energy_j"]) and report["savings_vs_unaware"] is None
+    assert any("no profile for target(s) local" in w for w in report["warnings"])

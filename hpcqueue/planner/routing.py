@@ -383,6 +383,13 @@ def compare(
         "vs_best_single": _savings_detail(report, baselines[best]) if best else None,
     }
     report["warnings"] = list(chosen.warnings) + prediction_warnings(workload, table, chosen.target_idx)
+    unknown = [n for j, n in enumerate(table.names) if not table.modelled[j]]
+    if unknown:
+        report["warnings"].append(
+            f"no profile for target(s) {', '.join(unknown)}: their energy and runtime are unknown, so the "
+            "totals and savings are too. Measure one (hpcqueue profile TARGET) or set profile = \"<name>\" "
+            "in the target's table"
+        )
     if deadline_s is not None and report["meets_deadline"] is False:
         late = [n for n, row in report["per_target"].items() if row["makespan_s"] > deadline_s]
         report["warnings"].append(
