@@ -96,8 +96,8 @@ def plan(
         cli._print_json(report)
         return
     cli.out.print(
-        f"plan for [bold]{prompts}[/] (batch {report['batch_id']}, not submitted): {report['tasks']} tasks"
-        + (f", {report['rejected']} rejected lines" if report["rejected"] else "")
+        f"plan for [bold]{cli.escape(str(prompts))}[/] (batch {report['batch_id']}, not submitted): "
+        f"{report['tasks']} tasks" + (f", {report['rejected']} rejected lines" if report["rejected"] else "")
     )
     render_comparison(report)
 
@@ -158,7 +158,7 @@ def simulate(
         cli._print_json(report)
         return
     stats = report["trace"]
-    cli.out.print(f"simulated [bold]{trace}[/]")
+    cli.out.print(f"simulated [bold]{cli.escape(str(trace))}[/]")
     cli.out.print(
         f"{stats['requests']:,} requests ({stats['classes']:,} distinct token pairs); prompt median "
         f"{stats['input_tokens']['median']:g}, output median {stats['output_tokens']['median']:g} tokens"
