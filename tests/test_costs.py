@@ -13,6 +13,7 @@ import pytest
 from hpcqueue.errors import PlanningError
 from hpcqueue.planner.costs import CostModel
 from hpcqueue.profiles import Profile, ProfileMeta, find_profile, list_profiles
+from hpcqueue.profiles.store import POINT_COLUMNS
 
 SHIPPED = [Path(__file__).resolve().parents[1] / "profiles"]
 PAPER = [e.name for e in list_profiles(SHIPPED) if e.name.endswith(".wilkins2024")]
@@ -69,22 +70,7 @@ def synthetic_profile(
             rows.append((sweep, n, m, batch, 5, r, 0.0, e, 0.0, None, None, None, None, batch * (n + m)))
     points = pd.DataFrame(
         rows,
-        columns=[
-            "sweep",
-            "input_tokens",
-            "output_tokens",
-            "batch_size",
-            "trials",
-            "runtime_s_mean",
-            "runtime_s_ci95",
-            "energy_j_mean",
-            "energy_j_ci95",
-            "energy_cpu_j_mean",
-            "energy_cpu_j_ci95",
-            "energy_gpu_j_mean",
-            "energy_gpu_j_ci95",
-            "total_tokens_mean",
-        ],
+        columns=list(POINT_COLUMNS),
     )
     meta = ProfileMeta(
         name="synthetic.test",

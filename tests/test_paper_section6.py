@@ -24,11 +24,6 @@ SCRIPT = REPO / "bench" / "paper_section6.py"
 PAPER_DATA = SHARED_DATA / "wilkins2024"
 AZURE = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
 
-pytestmark = pytest.mark.skipif(
-    not (PAPER_DATA / "all-input-stats.csv").is_file() or not AZURE.is_file(),
-    reason="needs the paper's data and the Azure trace in ../shared/data",
-)
-
 
 @pytest.fixture(scope="module")
 def s6() -> Iterator[ModuleType]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hpcqueue.errors import InputError, InputIssue
+from hpcqueue.fileio import json_safe
 from hpcqueue.planner.costs import CostModel
 from hpcqueue.planner.routing import CostTable, Workload, compare
 
@@ -83,7 +84,7 @@ def load_trace(
                     path=str(path),
                     line=int(position) + first_line,
                     field=column,
-                    message=f"{column} must be a whole number >= 0, got {_plain(raw.iloc[position])!r}",
+                    message=f"{column} must be a whole number >= 0, got {json_safe(raw.iloc[position])!r}",
                 )
             )
         result[name] = values.fillna(0).to_numpy(dtype=np.int64)
@@ -133,11 +134,6 @@ def describe(workload: Workload) -> dict[str, Any]:
                 "max": int(q[4]),
             }
     return stats
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python ones, so messages show ``-3``, not ``np.int64(-3)``."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _column(

@@ -87,9 +87,10 @@ def route(
     none do, the cheapest thresholds are used and a warning says the plan misses the deadline."""
     k, n_targets = cost.shape
     warnings: list[str] = []
+    grid = _Grid.of(workload)
     if n_targets == 2:
-        best = _search_pair(workload, cost, runtime, capacity, (0, 1), too_long)
-        other = _search_pair(workload, cost, runtime, capacity, (1, 0), too_long)
+        best = _search_pair(grid, workload, cost, runtime, capacity, (0, 1), too_long)
+        other = _search_pair(grid, workload, cost, runtime, capacity, (1, 0), too_long)
         if (not best.within_capacity and other.within_capacity) or (
             best.within_capacity == other.within_capacity and other.cost < best.cost
         ):
@@ -115,7 +116,7 @@ def route(
     unbounded = np.full(n_targets, np.inf)
     for low, high in itertools.pairwise(order):
         masked = np.where(open_classes[:, None], cost, 0.0)  # closed classes cost the same either way
-        best = _search_pair(workload, masked, runtime, unbounded, (low, high), None)
+        best = _search_pair(grid, workload, masked, runtime, unbounded, (low, high), None)
         takes = open_classes & _fits(workload, best)
         class_target[takes] = low
         open_classes &= ~takes
@@ -140,7 +141,30 @@ def sweep(
     return [np.where(tokens <= t, low, high).astype(np.int64) for t in thresholds]
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """The candidate thresholds of a workload and each class's cell among them (the same for every pair of
+    targets searched)."""
+
+    cand_in: IntArray
+    cand_out: IntArray
+    flat: IntArray  # each class's cell, row-major
+
+    @classmethod
+    def of(cls, workload: Workload) -> _Grid:
+        cand_in = candidates(workload.class_in, workload.counts)
+        cand_out = candidates(workload.class_out, workload.counts)
+        bin_in = np.searchsorted(cand_in, workload.class_in, side="left")
+        bin_out = np.searchsorted(cand_out, workload.class_out, side="left")
+        return cls(cand_in, cand_out, (bin_in * len(cand_out) + bin_out).astype(np.int64))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.cand_in), len(self.cand_out)
+
+
 def _search_pair(
+    grid: _Grid,
     workload: Workload,
     cost: FloatArray,
     runtime: FloatArray,
@@ -150,17 +174,12 @@ def _search_pair(
 ) -> _Best:
     low, high = pair
     counts = workload.counts.astype(float)
-    cand_in = candidates(workload.class_in, workload.counts)
-    cand_out = candidates(workload.class_out, workload.counts)
-    bin_in = np.searchsorted(cand_in, workload.class_in, side="left")
-    bin_out = np.searchsorted(cand_out, workload.class_out, side="left")
-    shape = (len(cand_in), len(cand_out))
-    flat = bin_in * shape[1] + bin_out
+    cand_in, cand_out, flat, shape = grid.cand_in, grid.cand_out, grid.flat, grid.shape
 
     def boxes(weights: FloatArray) -> FloatArray:
         """Σ weights over the requests with in ≤ cand_in[a] and out ≤ cand_out[b], for every (a, b)."""
-        grid = np.bincount(flat, weights=weights, minlength=shape[0] * shape[1]).reshape(shape)
-        return grid.cumsum(axis=0).cumsum(axis=1)
+        cells = np.bincount(flat, weights=weights, minlength=shape[0] * shape[1]).reshape(shape)
+        return cells.cumsum(axis=0).cumsum(axis=1)
 
     def outside(weights: FloatArray) -> FloatArray:
         return weights.sum() - boxes(weights)
