@@ -36,9 +36,9 @@ def main() -> None:
 
     from hpcqueue import submission
     from hpcqueue.config import resolve
-    from hpcqueue.dispatch import cancel_jobs
+    from hpcqueue.dispatch.jobs import cancel_jobs
+    from hpcqueue.dispatch.slurm import max_array_size
     from hpcqueue.ledger import Ledger
-    from hpcqueue.slurm import max_array_size
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "requests.jsonl"
@@ -67,7 +67,7 @@ def main() -> None:
         with Ledger(settings.db_url) as ledger:
             outcome = submission.submit(prepared, ledger)
         t2 = time.perf_counter()
-        records = outcome.submission.records
+        records = outcome.jobs.records
         cancel_jobs(records)
 
     arrays = {r["job_id"].split("_")[0] for r in records if r["task_indices"]}
@@ -82,7 +82,7 @@ def main() -> None:
     print("-" * len(header))
     print(f"{'ingest + tokenise + plan (before dispatch)':<58} {t1 - t0:>8.2f}")
     print(f"{'dispatch: batch dir + ledger rows + sbatch calls':<58} {t2 - t1:>8.2f}")
-    print(f"sbatch calls: {outcome.submission.sbatch_calls} ({len(arrays)} job arrays + 1 collect job)")
+    print(f"sbatch calls: {outcome.jobs.sbatch_calls} ({len(arrays)} job arrays + 1 collect job)")
 
 
 if __name__ == "__main__":

@@ -137,10 +137,10 @@ def generate(path: Path, n: int, seed: int = 7) -> None:
 def run_one(path: Path) -> dict[str, float]:
     """Runs in a child process: time each stage, report peak RSS."""
     from hpcqueue.config import Target
+    from hpcqueue.ingest import ReadOptions, count_input_tokens, read_requests
     from hpcqueue.models import Tokenizer, resolve_model
     from hpcqueue.planner import make_plan, resolve_cost_models
     from hpcqueue.profiles.store import profile_search_path
-    from hpcqueue.requests import ReadOptions, read_requests
 
     model = resolve_model("hpcqueue-demo")
     tokenizer = Tokenizer.load(model.path)
@@ -154,7 +154,7 @@ def run_one(path: Path) -> dict[str, float]:
     requests = read_requests(path, ReadOptions(max_new_tokens_limit=4096))
     t1 = time.perf_counter()
     table = requests.table
-    table["input_tokens"] = tokenizer.count_requests(table)
+    table["input_tokens"] = count_input_tokens(tokenizer, table)
     t2 = time.perf_counter()
     plan = make_plan(table, targets, cost_models, policy="threshold", task_size=256)
     t3 = time.perf_counter()

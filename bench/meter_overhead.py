@@ -55,11 +55,11 @@ def main() -> None:
 
     import torch
 
-    from hpcqueue.engine import Engine
+    from hpcqueue.ingest import ReadOptions, count_input_tokens, parse_request, read_requests
     from hpcqueue.meters import devices, nvml, rapl
     from hpcqueue.meters.estimate import EstimateMeter
     from hpcqueue.models import Tokenizer, resolve_model
-    from hpcqueue.requests import ReadOptions, parse_request, read_requests
+    from hpcqueue.worker.engine import Engine
     from tests.fakes.nvml_stub import FakeGpu, FakeNvml, uuid
     from tests.fakes.powercap import FakePowercap, make_topology
 
@@ -99,7 +99,7 @@ def main() -> None:
             dataclasses.replace(request, temperature=None, stop=(), max_new_tokens=args.new_tokens)
         )
     model = resolve_model("hpcqueue-demo")
-    counts = Tokenizer.load(model.path).count_requests(request_set.table)
+    counts = count_input_tokens(Tokenizer.load(model.path), request_set.table)
     requests = [r for r, n in zip(requests, counts, strict=True) if n <= 128][: args.prompts_per_call]
     engine = Engine(model, batch_size=len(requests), max_batch_tokens=None)
     engine.generate(requests)  # warm-up

@@ -20,7 +20,7 @@ available offline); the workloads are the Azure LLM code trace, its requests wit
     measured bucket, and the tables say how many requests that affected.
 (b) **hpcqueue's planner**: the cost models of the shipped profiles over each request's real (prompt, output)
     pair, the threshold swept along each dimension (:func:`hpcqueue.planner.thresholds.sweep`, the other
-    dimension unbounded) and every policy (:func:`hpcqueue.planner.routing.compare`) at λ = 1.
+    dimension unbounded) and every policy (:func:`hpcqueue.planner.policies.compare`) at λ = 1.
 
 "Best T" is the cheapest threshold among the grid plus T = 0 (nothing on the M1) and a T covering every
 request (everything on the M1), so the hybrid at its best T is never worse than either system alone. Savings
@@ -52,7 +52,7 @@ from hpcqueue.errors import HpcqueueError, InputError
 from hpcqueue.fileio import atomic_write_bytes
 from hpcqueue.planner import thresholds as threshold_rule
 from hpcqueue.planner.costs import CostModel
-from hpcqueue.planner.routing import CostTable, Workload, compare, summarize
+from hpcqueue.planner.policies import CostTable, Workload, compare, summarize
 from hpcqueue.planner.simulate import load_trace
 from hpcqueue.profiles.store import find_profile
 from hpcqueue.profiles.wilkins2024 import paper_energy_per_token_table, read_inference_rows

@@ -46,14 +46,14 @@ def main() -> None:
 
     import torch
 
-    from hpcqueue.engine import Engine
+    from hpcqueue.ingest import ReadOptions, count_input_tokens, parse_request, read_requests
     from hpcqueue.models import Tokenizer, resolve_model
-    from hpcqueue.requests import ReadOptions, parse_request, read_requests
+    from hpcqueue.worker.engine import Engine
 
     options = ReadOptions()
     request_set = read_requests(args.prompts, options)
     model = resolve_model("hpcqueue-demo")
-    counts = Tokenizer.load(model.path).count_requests(request_set.table)
+    counts = count_input_tokens(Tokenizer.load(model.path), request_set.table)
     base = []
     for line, raw in zip(request_set.table["line"], request_set.table["raw"], strict=True):
         request, _ = parse_request(json.loads(raw), request_set.format, int(line), options)

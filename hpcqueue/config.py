@@ -28,6 +28,7 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hpcqueue.durations import parse_duration
 from hpcqueue.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -121,7 +122,7 @@ class Settings(BaseModel):
     @field_validator("deadline_s", mode="before")
     @classmethod
     def _parse_deadline(cls, value: Any) -> Any:
-        return parse_duration(value) if isinstance(value, str) else value
+        return parse_duration(value, bare_unit="s") if isinstance(value, str) else value
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -158,31 +159,6 @@ class Settings(BaseModel):
             raise ConfigError(
                 f"unknown target {name!r}; targets in this config: {', '.join(self.targets)}"
             ) from None
-
-
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``"3600"``, ``"90m"``, ``"8h"``, ``"1d"`` or ``"1h30m"``."""
-    raw = text.strip().lower().replace(" ", "")
-    try:
-        return float(raw)
-    except ValueError:
-        pass
-    total, number = 0.0, ""
-    for char in raw:
-        if char.isdigit() or char == ".":
-            number += char
-        elif char in _DURATION_UNITS and number:
-            total += float(number) * _DURATION_UNITS[char]
-            number = ""
-        else:
-            break
-    else:
-        if not number and raw:
-            return total
-    raise ValueError(f"not a duration: {text!r}; use seconds or e.g. 90m, 8h, 1d, 1h30m")
 
 
 # Settings that may come from HPCQUEUE_<NAME> environment variables (scalars and paths only); the names are

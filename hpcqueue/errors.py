@@ -1,7 +1,9 @@
-"""The one exception hierarchy of hpcqueue.
+"""Every exception hpcqueue defines, in one place.
 
-Library code raises these; only ``cli.py`` turns them into exit codes and messages.
-Every message says what is wrong and, where it can, what to do next.
+Library code raises the ``HpcqueueError`` family; only ``hpcqueue.cli.common.fail`` turns them into exit codes
+and messages. Every message says what is wrong and, where it can, what to do next. The few exceptions that are
+not user errors (a held task lock, a stop request, a JSON constant in the input) are control flow between two
+functions and say so.
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ class DispatchError(HpcqueueError):
     """Work could not be submitted to an executor."""
 
 
+class SlurmError(HpcqueueError):
+    """A Slurm command failed, timed out or is not installed; the message names the command and its stderr."""
+
+
+class IncompleteBatchError(HpcqueueError):
+    """``results`` was asked for a batch whose tasks have not all finished."""
+
+
+class MeterUnavailableError(HpcqueueError):
+    """The requested meter cannot be used on this machine (or does not exist); the message says why."""
+
+    exit_code = 2
+
+
+class ProfileRunError(HpcqueueError):
+    """The profiling job failed; the message holds its error and the tail of its log."""
+
+
 @dataclass(frozen=True)
 class InputIssue:
     """One problem found in an input file, located by file, line and field."""
@@ -68,3 +88,22 @@ class InputError(HpcqueueError):
     def __init__(self, message: str, issues: list[InputIssue] | None = None) -> None:
         super().__init__(message)
         self.issues: list[InputIssue] = list(issues or [])
+
+
+# -- control flow, not user errors ---------------------------------------------------------------------------
+
+
+class TaskLocked(Exception):
+    """Another live process holds the task's lock (the worker leaves the task to it)."""
+
+
+class StopRequested(BaseException):
+    """SIGTERM arrived (``scancel``, a node shutdown): stop after the current generation batch.
+
+    A BaseException, so no task-failure handler mistakes it for a broken task: the task is left unfinished,
+    with its finished batches in partial.jsonl, for a retry or a requeue to resume.
+    """
+
+
+class JSONConstantError(ValueError):
+    """NaN / Infinity in an input line: Python's json accepts them, JSON (and our output files) do not."""

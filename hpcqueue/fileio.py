@@ -1,20 +1,33 @@
-"""Atomic file writes: a reader never sees half a file.
+"""Files: atomic writes (a reader never sees half a file), JSON that is strict, and owner-only places.
 
-Write to a temporary name in the same directory, flush and fsync, then rename over the
+Atomic writes go to a temporary name in the same directory, are flushed and fsynced, then renamed over the
 target (``os.replace`` is atomic on POSIX file systems, NFS included for a single client).
+
+Prompts and outputs are private: batch directories and the SQLite ledger live on login nodes many users share,
+so hpcqueue makes them owner-only whatever the umask (``private_umask``, ``make_private_dir``), and tightens
+places an older version left readable by others (``tighten``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+#: Owner-only: what batch directories, their files and the SQLite ledger get.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+_OTHERS = 0o077
 
 
 @contextmanager
@@ -122,3 +135,58 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[Any]:
             raw = raw.strip()
             if raw:
                 yield json.loads(raw)
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Everything created in the block is owner-only, also by libraries (pandas, submitit, sbatch's log files,
+    child processes started here), whatever the process umask was. The umask is process-wide: use it around
+    single-threaded work only."""
+    old = os.umask(_OTHERS)
+    os.umask(old | _OTHERS)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def make_private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and missing parents) owner-only; an existing directory open to others is tightened."""
+    directory = Path(path)
+    with private_umask():
+        directory.mkdir(parents=True, exist_ok=True)
+    tighten(directory)
+    return directory
+
+
+def is_private(path: str | os.PathLike[str]) -> bool:
+    """True when neither group nor others have any permission on ``path`` (or it does not exist)."""
+    try:
+        return os.stat(path).st_mode & _OTHERS == 0
+    except FileNotFoundError:
+        return True
+
+
+def tighten(path: str | os.PathLike[str], *, recursive: bool = False) -> int:
+    """Remove group and other permissions from ``path`` (and, with ``recursive``, everything under it) where
+    this user owns it; returns how many entries changed. Symbolic links are left alone."""
+    root = Path(path)
+    entries = [root]
+    if recursive and root.is_dir():
+        entries += [Path(base) / name for base, dirs, files in os.walk(root) for name in (*dirs, *files)]
+    changed = 0
+    uid = os.getuid()
+    for entry in entries:
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode) or info.st_uid != uid or info.st_mode & _OTHERS == 0:
+            continue
+        try:
+            os.chmod(entry, stat.S_IMODE(info.st_mode) & ~_OTHERS)
+        except OSError as exc:
+            log.warning("could not make %s owner-only: %s", entry, exc)
+            continue
+        changed += 1
+    return changed

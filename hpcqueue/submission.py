@@ -1,6 +1,8 @@
-"""Submit a batch: ingest → count tokens → plan → batch directory + ledger → dispatch → (wait → collect).
+"""The orchestrator: ingest → count tokens → plan → batch directory + ledger → dispatch → (wait → collect).
 
-This is the library behind ``hpcqueue submit``; the CLI only parses options and renders what comes back.
+This is the library behind ``hpcqueue submit``, ``retry``, ``cancel`` and ``status --watch``; the CLI only
+parses options and renders what comes back. It is the one module that wires the stages together: it hands
+dispatch the worker's entry point and the ledger's collect job, so neither stage needs to know the other.
 Submitting the same input with the same settings again finds the same batch id and resumes: finished tasks
 are collected (if they were not yet), tasks held by a live job are left alone, and only the rest is submitted.
 """
@@ -16,10 +18,18 @@ from typing import Any
 
 import pandas as pd
 
-from hpcqueue import batch as batchdir
 from hpcqueue.config import Settings, Target
-from hpcqueue.errors import InputError, InputIssue
-from hpcqueue.requests import ReadOptions, Rejected, RequestSet, read_requests, rejected_id
+from hpcqueue.dispatch import batchdir
+from hpcqueue.fileio import json_safe, read_jsonl
+from hpcqueue.ingest import (
+    ReadOptions,
+    Rejected,
+    RequestSet,
+    check_context_length,
+    count_input_tokens,
+    read_requests,
+    rejected_id,
+)
 
 PLAN_COLUMNS = [
     "line",
@@ -72,8 +82,8 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     model = resolve_model(settings.model, cache_dir=settings.cache_dir)
     tokenizer = Tokenizer.load(model.path)
     table = requests.table
-    table["input_tokens"] = tokenizer.count_requests(table)
-    table, rejected = _check_context_length(requests, table, tokenizer.context_length, skip_invalid)
+    table["input_tokens"] = count_input_tokens(tokenizer, table)
+    table, rejected = check_context_length(requests, table, tokenizer.context_length, skip_invalid)
 
     targets = list(settings.targets.values())
     notes: list[str] = []
@@ -109,43 +119,6 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     return Prepared(settings, requests, table, rejected, model, plan, batch_id, skip_invalid)
 
 
-def _check_context_length(
-    requests: RequestSet, table: pd.DataFrame, context_length: int | None, skip_invalid: bool
-) -> tuple[pd.DataFrame, list[Rejected]]:
-    """Requests whose prompt plus token limit do not fit the model's context are invalid input too."""
-    rejected = list(requests.rejected)
-    if not context_length:
-        return table, rejected
-    too_long = (table["input_tokens"] + table["max_new_tokens"]) > context_length
-    if not too_long.any():
-        return table, rejected
-    path = str(requests.path)
-    issues = [
-        InputIssue(
-            path,
-            int(row.line),
-            "max_new_tokens",
-            f"{int(row.input_tokens)} prompt tokens + max_new_tokens {int(row.max_new_tokens)} "
-            "exceed the model's "
-            f"context length of {context_length} tokens; shorten the prompt or lower max_new_tokens",
-        )
-        for row in table.loc[too_long, ["line", "input_tokens", "max_new_tokens"]].itertuples(index=False)
-    ]
-    if not skip_invalid:
-        raise InputError(
-            f"{path}: {len(issues)} request(s) do not fit the model's context "
-            f"(first: line {issues[0].line}); "
-            "nothing was submitted",
-            issues,
-        )
-    for issue, raw in zip(issues, table.loc[too_long, "raw"], strict=True):
-        rejected.append(Rejected(issue.line, raw, [issue]))
-    rejected.sort(key=lambda r: r.line)
-    kept = table.loc[~too_long].reset_index(drop=True)
-    if kept.empty:
-        raise InputError(f"{path}: no request fits the model's context; nothing was submitted", issues)
-    return kept, rejected
-
 
 @dataclass
 class SubmitOutcome:
@@ -153,7 +126,7 @@ class SubmitOutcome:
     created: bool
     submitted_tasks: list[int] = field(default_factory=list)
     already_running: list[int] = field(default_factory=list)
-    submission: Any = None  # dispatch.Submission
+    jobs: Any = None  # hpcqueue.dispatch.jobs.SubmittedJobs
 
 
 def _task_specs(prepared: Prepared) -> list[dict[str, Any]]:
@@ -205,15 +178,9 @@ def _manifest(prepared: Prepared, identity: Mapping[str, Any]) -> dict[str, Any]
         "n_requests": len(prepared.table),
         "n_rejected": len(prepared.rejected),
         "tasks": [
-            {key: _plain(value) for key, value in task._asdict().items()}
-            for task in plan.tasks.itertuples(index=False)
+            json_safe(task._asdict()) for task in plan.tasks.itertuples(index=False)
         ],
     }
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars → Python scalars for JSON."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def _plan_frame(prepared: Prepared) -> pd.DataFrame:
@@ -271,8 +238,6 @@ def record_in_ledger(batch: batchdir.BatchDir, ledger: Any) -> bool:
     requests = batch.plan()
     rejected = []
     if batch.rejects_path.exists():
-        from hpcqueue.fileio import read_jsonl
-
         for record in read_jsonl(batch.rejects_path):
             rejected.append(
                 {
@@ -291,10 +256,14 @@ def _targets_of(batch: batchdir.BatchDir) -> dict[str, Target]:
 
 def _resubmit(batch: batchdir.BatchDir, ledger: Any, tasks: Mapping[int, str], db_url: str | None) -> Any:
     """Submit ``tasks`` of ``batch`` and record the jobs in the ledger."""
-    from hpcqueue.dispatch import submit_tasks
+    from hpcqueue.dispatch.jobs import submit_tasks
+    from hpcqueue.ledger.collect import collect_job
+    from hpcqueue.worker import TaskRunner
 
-    submission = submit_tasks(batch, _targets_of(batch), tasks, db_url=db_url)
-    for record in submission.records:
+    submitted = submit_tasks(
+        batch, _targets_of(batch), tasks, run=TaskRunner(), collect=collect_job, db_url=db_url
+    )
+    for record in submitted.records:
         if not record["task_indices"]:
             continue  # the collect job runs no task
         ledger.record_submission(
@@ -305,7 +274,7 @@ def _resubmit(batch: batchdir.BatchDir, ledger: Any, tasks: Mapping[int, str], d
             submitted_at=record["submitted_at"],
             slurm_job_id=record["job_id"].split("_")[0] if record["executor"] == "slurm" else None,
         )
-    return submission
+    return submitted
 
 
 def ledger_url(settings: Settings) -> str:
@@ -317,7 +286,8 @@ def ledger_url(settings: Settings) -> str:
 
 def submit(prepared: Prepared, ledger: Any) -> SubmitOutcome:
     """Create (or resume) the batch and submit every task that is neither finished nor held by a live job."""
-    from hpcqueue.status import live_task_indices, refresh
+    from hpcqueue.dispatch.status import live_task_indices
+    from hpcqueue.ledger.collect import refresh
 
     batch, created = create_or_open(prepared, ledger)
     views = refresh(batch, ledger)
@@ -325,7 +295,7 @@ def submit(prepared: Prepared, ledger: Any) -> SubmitOutcome:
     to_run = {i: view.target for i, view in views.items() if view.status == "pending"}
     outcome = SubmitOutcome(batch, created, already_running=sorted(live))
     if to_run:
-        outcome.submission = _resubmit(batch, ledger, to_run, ledger_url(prepared.settings))
+        outcome.jobs = _resubmit(batch, ledger, to_run, ledger_url(prepared.settings))
         outcome.submitted_tasks = sorted(to_run)
     return outcome
 
@@ -333,37 +303,27 @@ def submit(prepared: Prepared, ledger: Any) -> SubmitOutcome:
 def retry(batch: batchdir.BatchDir, ledger: Any, settings: Settings) -> SubmitOutcome:
     """Run again only what did not finish: failed tasks, tasks whose job was lost or cancelled, and tasks
     never submitted. Finished outputs stay; a task resumes after its last finished generation batch."""
-    from hpcqueue.status import live_task_indices, refresh
+    from hpcqueue.dispatch.status import live_task_indices
+    from hpcqueue.ledger.collect import refresh
 
     views = refresh(batch, ledger)
     to_run: dict[int, str] = {}
     for index, view in views.items():
         if view.status in ("failed", "lost", "cancelled", "pending"):
-            _archive_failed_attempt(batch, index)
+            batch.archive_attempt(index)
             to_run[index] = view.target
     outcome = SubmitOutcome(batch, created=False, already_running=sorted(live_task_indices(views)))
     if to_run:
-        outcome.submission = _resubmit(batch, ledger, to_run, ledger_url(settings))
+        outcome.jobs = _resubmit(batch, ledger, to_run, ledger_url(settings))
         outcome.submitted_tasks = sorted(to_run)
     return outcome
 
 
-def _archive_failed_attempt(batch: batchdir.BatchDir, task_index: int) -> None:
-    """Keep a failed attempt's metrics.json for the record, under a name the task state does not read."""
-    metrics = batch.task_dir(task_index) / "metrics.json"
-    if not metrics.exists():
-        return
-    attempt = 1
-    while (metrics.parent / f"metrics.attempt-{attempt}.json").exists():
-        attempt += 1
-    os.replace(metrics, metrics.parent / f"metrics.attempt-{attempt}.json")
-
-
 def cancel(batch: batchdir.BatchDir, ledger: Any) -> list[str]:
     """Cancel every live job of the batch (its arrays, local workers and collect job)."""
-    from hpcqueue.dispatch import cancel_jobs
-    from hpcqueue.fileio import atomic_write_json
-    from hpcqueue.status import live_task_indices, refresh
+    from hpcqueue.dispatch.jobs import cancel_jobs
+    from hpcqueue.dispatch.status import live_task_indices
+    from hpcqueue.ledger.collect import refresh
 
     views = refresh(batch, ledger)
     live = live_task_indices(views)
@@ -374,7 +334,7 @@ def cancel(batch: batchdir.BatchDir, ledger: Any) -> list[str]:
     for record in records:
         if record in chosen:
             record["cancelled"] = True
-    atomic_write_json(batch.path / batchdir.JOBS, records)
+    batch.write_jobs(records)
     ledger.update_tasks(batch.batch_id, [{"task_index": i, "state": "cancelled"} for i in sorted(live)])
     return cancelled
 
@@ -392,12 +352,12 @@ def wait(
 ) -> dict[int, Any]:
     """Wait until every task has finished, collecting each into the ledger as it finishes.
 
-    Returns the final task views (``hpcqueue.status.TaskView``). Slurm is asked through a rate-limited
-    poller (one sacct call for all jobs, backing off while nothing changes). A task whose job ended before
+    Returns the final task views (``hpcqueue.dispatch.status.TaskView``). Slurm is asked through a
+    rate-limited poller (one sacct call for all jobs, backing off while nothing changes). A task whose job ended before
     the task did is *lost*; ``hpcqueue retry`` runs it again.
     """
-    from hpcqueue.slurm import SacctPoller
-    from hpcqueue.status import refresh
+    from hpcqueue.dispatch.slurm import SacctPoller
+    from hpcqueue.ledger.collect import refresh
 
     poller = SacctPoller()
     started = time.monotonic()

@@ -1,13 +1,15 @@
 """The SQL ledger: batches, tasks, requests and energy measurements (SQLAlchemy 2 + Alembic).
 
-``Ledger(url)`` opens (and migrates) the database; ``collect_batch`` copies finished tasks' files into it;
+``schema`` defines the tables; ``db`` opens (and migrates) a database and holds the writes (``Ledger``), built
+from the files by ``rows``; ``collect`` copies finished tasks' files into it (and is what the collect job runs);
 report queries live in ``queries``. See docs/ledger.md for the schema.
 """
 
 from __future__ import annotations
 
-from hpcqueue.ledger.collect import CollectReport, collect_batch
-from hpcqueue.ledger.db import SCHEMA_REVISION, BatchInfo, Ledger, default_db_url, mask_url
+from hpcqueue.ledger.collect import CollectReport, collect_batch, collect_job, refresh
+from hpcqueue.ledger.db import SCHEMA_REVISION, Ledger, default_db_url, mask_url
+from hpcqueue.ledger.rows import BatchInfo
 
 __all__ = [
     "SCHEMA_REVISION",
@@ -15,6 +17,8 @@ __all__ = [
     "CollectReport",
     "Ledger",
     "collect_batch",
+    "collect_job",
     "default_db_url",
     "mask_url",
+    "refresh",
 ]

@@ -17,12 +17,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
-from sqlalchemy import Table, bindparam, create_engine, delete, event, insert, select, update
+from sqlalchemy import create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from hpcqueue.errors import BatchNotFoundError, LedgerError
-from hpcqueue.ledger.models import Batch, Measurement, Request, Task
+from hpcqueue.ledger import queries
+from hpcqueue.ledger.rows import (
+    REQUEST_COLUMNS,
+    REQUEST_UPDATE,
+    REQUESTS_TABLE,
+    TASK_COLUMNS,
+    BatchInfo,
+    bulk_insert,
+    column_values,
+    error_text,
+    float_or_none,
+    int_or_none,
+    measurement_rows,
+    output_params,
+    rejected_row,
+    request_columns,
+    require_columns,
+    row_dicts,
+    str_or_none,
+    utc_from_epoch,
+)
+from hpcqueue.ledger.schema import BatchRow, MeasurementRow, RequestRow, TaskRow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,25 +55,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _INSERT_CHUNK_ROWS = 20_000
 
-_TASK_COLUMNS = (
-    "task_index",
-    "target",
-    "executor",
-    "n_requests",
-    "predicted_energy_j",
-    "predicted_runtime_s",
-)
-_REQUEST_COLUMNS = (
-    "line",
-    "id",
-    "target",
-    "task_index",
-    "input_tokens",
-    "max_new_tokens",
-    "predicted_energy_j",
-    "predicted_runtime_s",
-    "extrapolated",
-)
 
 
 def default_db_url() -> str:
@@ -68,37 +70,6 @@ def mask_url(url: str | URL) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
 
 
-def utc_from_epoch(value: float | int | datetime | None) -> datetime | None:
-    """An epoch-seconds float (as in metrics.json and output records) as a timezone-aware UTC datetime."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(float(value), tz=timezone.utc)
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    """One row of the ``batches`` table: what was submitted, by whom, where, and with which settings.
-
-    ``created_at`` may be an epoch float or a datetime; ``settings_json`` is JSON text (a mapping is
-    serialised). ``n_requests`` / ``n_rejected`` default to the sizes of the frames given to
-    :meth:`Ledger.record_batch`.
-    """
-
-    id: str
-    created_at: datetime | float
-    user: str
-    host: str
-    input_path: str
-    input_sha256: str
-    input_format: str
-    model: str
-    policy: str
-    settings_json: str | Mapping[str, Any]
-    batch_dir: str
-    n_requests: int | None = None
-    n_rejected: int | None = None
 
 
 @dataclass(frozen=True)
@@ -245,8 +216,8 @@ class Ledger:
         frames (columns in docs/ledger.md); NaN becomes NULL. ``rejected`` holds the invalid lines kept by
         ``--skip-invalid``: ``{"line", "id", "errors": [{"field", "message"}]}``.
         """
-        _require_columns(tasks, _TASK_COLUMNS, "tasks")
-        _require_columns(requests, _REQUEST_COLUMNS, "requests")
+        require_columns(tasks, TASK_COLUMNS, "tasks")
+        require_columns(requests, REQUEST_COLUMNS, "requests")
         created_at = utc_from_epoch(info.created_at)
         settings = info.settings_json
         settings_text = settings if isinstance(settings, str) else json.dumps(dict(settings), sort_keys=True)
@@ -265,33 +236,33 @@ class Ledger:
             "n_requests": int(info.n_requests if info.n_requests is not None else len(requests)),
             "n_rejected": int(info.n_rejected if info.n_rejected is not None else len(rejected)),
         }
-        task_rows = _records(
+        task_rows = row_dicts(
             {
                 "batch_id": info.id,
-                "task_index": _values(tasks["task_index"], "int"),
-                "target": _values(tasks["target"], "str"),
-                "executor": _values(tasks["executor"], "str"),
+                "task_index": column_values(tasks["task_index"], "int"),
+                "target": column_values(tasks["target"], "str"),
+                "executor": column_values(tasks["executor"], "str"),
                 "state": "planned",
-                "n_requests": _values(tasks["n_requests"], "int"),
-                "predicted_energy_j": _values(tasks["predicted_energy_j"], "float"),
-                "predicted_runtime_s": _values(tasks["predicted_runtime_s"], "float"),
+                "n_requests": column_values(tasks["n_requests"], "int"),
+                "predicted_energy_j": column_values(tasks["predicted_energy_j"], "float"),
+                "predicted_runtime_s": column_values(tasks["predicted_runtime_s"], "float"),
             },
             len(tasks),
         )
-        rejected_rows = [_rejected_row(info.id, info.model, item) for item in rejected]
+        rejected_rows = [rejected_row(info.id, info.model, item) for item in rejected]
         try:
             with self._write() as conn:
-                if conn.execute(select(Batch.id).where(Batch.id == info.id)).first() is not None:
+                if conn.execute(select(BatchRow.id).where(BatchRow.id == info.id)).first() is not None:
                     return False
-                conn.execute(insert(Batch), [batch_row])
+                conn.execute(insert(BatchRow), [batch_row])
                 if task_rows:
-                    conn.execute(insert(Task), task_rows)
+                    conn.execute(insert(TaskRow), task_rows)
                 for start in range(0, len(requests), _INSERT_CHUNK_ROWS):
                     chunk = requests.iloc[start : start + _INSERT_CHUNK_ROWS]
-                    columns = _request_columns(info.id, info.model, chunk)
-                    _bulk_insert(conn, _REQUESTS_TABLE, columns, len(chunk))
+                    columns = request_columns(info.id, info.model, chunk)
+                    bulk_insert(conn, REQUESTS_TABLE, columns, len(chunk))
                 if rejected_rows:
-                    conn.execute(insert(Request), rejected_rows)
+                    conn.execute(insert(RequestRow), rejected_rows)
         except IntegrityError as exc:
             if self.get_batch(info.id) is not None:
                 return False  # recorded by a concurrent submit between our check and our insert
@@ -329,7 +300,7 @@ class Ledger:
             "error": None,
         }
         with self._write() as conn:
-            if conn.execute(select(Batch.id).where(Batch.id == batch_id)).first() is None:
+            if conn.execute(select(BatchRow.id).where(BatchRow.id == batch_id)).first() is None:
                 raise BatchNotFoundError(
                     f"batch {batch_id} is not in the ledger {self.masked_url}; record it (submit) first"
                 )
@@ -337,8 +308,8 @@ class Ledger:
             for start in range(0, len(indices), 10_000):
                 part = indices[start : start + 10_000]
                 result = conn.execute(
-                    update(Task)
-                    .where(Task.batch_id == batch_id, Task.task_index.in_(part), Task.state != "completed")
+                    update(TaskRow)
+                    .where(TaskRow.batch_id == batch_id, TaskRow.task_index.in_(part), TaskRow.state != "completed")
                     .values(**values)
                 )
                 changed += result.rowcount
@@ -371,11 +342,11 @@ class Ledger:
                 if not values:
                     continue
                 result = conn.execute(
-                    update(Task)
+                    update(TaskRow)
                     .where(
-                        Task.batch_id == batch_id,
-                        Task.task_index == int(item["task_index"]),
-                        Task.state != "completed",
+                        TaskRow.batch_id == batch_id,
+                        TaskRow.task_index == int(item["task_index"]),
+                        TaskRow.state != "completed",
                     )
                     .values(**values)
                 )
@@ -386,8 +357,8 @@ class Ledger:
         """State, end time and collection time of each task of a batch (what ``collect`` checks first)."""
         with self.connect() as conn:
             rows = conn.execute(
-                select(Task.task_index, Task.state, Task.ended_at, Task.collected_at).where(
-                    Task.batch_id == batch_id
+                select(TaskRow.task_index, TaskRow.state, TaskRow.ended_at, TaskRow.collected_at).where(
+                    TaskRow.batch_id == batch_id
                 )
             ).all()
         return {row.task_index: _TaskState(row.state, row.ended_at, row.collected_at) for row in rows}
@@ -427,25 +398,25 @@ class Ledger:
         task_values = {
             "state": state,
             "node": metrics.get("host"),
-            "slurm_job_id": _str_or_none(metrics.get("slurm_job_id")),
-            "slurm_array_task_id": _int_or_none(metrics.get("slurm_array_task_id")),
+            "slurm_job_id": str_or_none(metrics.get("slurm_job_id")),
+            "slurm_array_task_id": int_or_none(metrics.get("slurm_array_task_id")),
             "started_at": utc_from_epoch(metrics.get("started_at")),
             "ended_at": ended_at,
-            "n_succeeded": _int_or_none(metrics.get("n_succeeded")),
-            "n_failed": _int_or_none(metrics.get("n_failed")),
-            "energy_j": _float_or_none(metrics.get("energy_j")),
+            "n_succeeded": int_or_none(metrics.get("n_succeeded")),
+            "n_failed": int_or_none(metrics.get("n_failed")),
+            "energy_j": float_or_none(metrics.get("energy_j")),
             "energy_method": method,
             "meter": meter,
             "attribution_rule": rule,
-            "error": _error_text(metrics.get("error")),
+            "error": error_text(metrics.get("error")),
             "log_tail": log_tail if log_tail is not None else metrics.get("log_tail"),
             "collected_at": now,
         }
-        measurement_rows = _measurement_rows(batch_id, task_index, metrics.get("measurements") or [])
+        new_measurements = measurement_rows(batch_id, task_index, metrics.get("measurements") or [])
         with self._write() as conn:
             row = conn.execute(
-                select(Task.state, Task.ended_at, Task.collected_at).where(
-                    Task.batch_id == batch_id, Task.task_index == task_index
+                select(TaskRow.state, TaskRow.ended_at, TaskRow.collected_at).where(
+                    TaskRow.batch_id == batch_id, TaskRow.task_index == task_index
                 )
             ).first()
             if row is None:
@@ -459,13 +430,13 @@ class Ledger:
             if state == "completed":
                 task_lines = set(
                     conn.execute(
-                        select(Request.line).where(
-                            Request.batch_id == batch_id, Request.task_index == task_index
+                        select(RequestRow.line).where(
+                            RequestRow.batch_id == batch_id, RequestRow.task_index == task_index
                         )
                     ).scalars()
                 )
                 for record in outputs:
-                    params = _output_params(record, method, meter, rule)
+                    params = output_params(record, method, meter, rule)
                     if params["b_line"] not in task_lines:
                         raise LedgerError(
                             f"batch {batch_id} task {task_index}: output.jsonl has line {params['b_line']}, "
@@ -474,53 +445,43 @@ class Ledger:
                         )
                     request_params.append(params)
             conn.execute(
-                update(Task)
-                .where(Task.batch_id == batch_id, Task.task_index == task_index)
+                update(TaskRow)
+                .where(TaskRow.batch_id == batch_id, TaskRow.task_index == task_index)
                 .values(**task_values)
             )
             if request_params:
-                conn.execute(_REQUEST_UPDATE.where(Request.batch_id == batch_id), request_params)
+                conn.execute(REQUEST_UPDATE.where(RequestRow.batch_id == batch_id), request_params)
             conn.execute(
-                delete(Measurement).where(
-                    Measurement.batch_id == batch_id, Measurement.task_index == task_index
+                delete(MeasurementRow).where(
+                    MeasurementRow.batch_id == batch_id, MeasurementRow.task_index == task_index
                 )
             )
-            if measurement_rows:
-                conn.execute(insert(Measurement), measurement_rows)
+            if new_measurements:
+                conn.execute(insert(MeasurementRow), new_measurements)
         return True
 
     # -- reads (see queries.py) ---------------------------------------------------------------------------
 
     def get_batch(self, batch_id: str) -> BatchInfo | None:
         """The recorded batch with this id, or None."""
-        from hpcqueue.ledger import queries
-
         return queries.get_batch(self, batch_id)
 
     def batch_report(self, batch_id: str) -> dict[str, Any]:
         """Counts, tokens and energy of one batch; see :func:`hpcqueue.ledger.queries.batch_report`."""
-        from hpcqueue.ledger import queries
-
         return queries.batch_report(self, batch_id)
 
     def summary(
         self, by: Literal["target", "model", "day", "user"] = "target", *, since: datetime | None = None
     ) -> pd.DataFrame:
         """Totals over all batches grouped by ``by``; see :func:`hpcqueue.ledger.queries.summary`."""
-        from hpcqueue.ledger import queries
-
         return queries.summary(self, by, since=since)
 
     def list_batches(self, limit: int = 20) -> pd.DataFrame:
         """The newest batches first; see :func:`hpcqueue.ledger.queries.list_batches`."""
-        from hpcqueue.ledger import queries
-
         return queries.list_batches(self, limit)
 
     def table_counts(self) -> dict[str, int]:
         """Row count of each ledger table."""
-        from hpcqueue.ledger import queries
-
         return queries.table_counts(self)
 
 
@@ -556,194 +517,3 @@ def _current_revision(conn: Connection) -> str | None:
     if not inspect(conn).has_table("alembic_version"):
         return None
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
-_REQUESTS_TABLE: Table = Request.__table__  # type: ignore[assignment]
-_REQUEST_UPDATE = (
-    update(Request)
-    .where(Request.line == bindparam("b_line"))
-    .values(
-        status=bindparam("b_status"),
-        input_tokens=bindparam("b_input_tokens"),
-        output_tokens=bindparam("b_output_tokens"),
-        finish_reason=bindparam("b_finish_reason"),
-        error_code=bindparam("b_error_code"),
-        error_message=bindparam("b_error_message"),
-        started_at=bindparam("b_started_at"),
-        ended_at=bindparam("b_ended_at"),
-        energy_j=bindparam("b_energy_j"),
-        energy_method=bindparam("b_energy_method"),
-        energy_meter=bindparam("b_energy_meter"),
-        attribution_rule=bindparam("b_attribution_rule"),
-    )
-)
-
-
-def _output_params(
-    record: Mapping[str, Any], method: str | None, meter: str | None, rule: str | None
-) -> dict[str, Any]:
-    error = record.get("error")
-    code: str | None = None
-    message: str | None = None
-    if error:
-        if isinstance(error, Mapping):
-            code = _str_or_none(error.get("code")) or "error"
-            message = _str_or_none(error.get("message"))
-        else:
-            code, message = "error", str(error)
-    energy_j = _float_or_none(record.get("energy_j"))
-    return {
-        "b_line": int(record["line"]),
-        "b_status": "failed" if error else "succeeded",
-        "b_input_tokens": _int_or_none(record.get("input_tokens")),
-        "b_output_tokens": _int_or_none(record.get("output_tokens")),
-        "b_finish_reason": record.get("finish_reason"),
-        "b_error_code": code,
-        "b_error_message": message,
-        "b_started_at": utc_from_epoch(record.get("started_at")),
-        "b_ended_at": utc_from_epoch(record.get("ended_at")),
-        "b_energy_j": energy_j,
-        "b_energy_method": method if energy_j is not None else None,
-        "b_energy_meter": meter if energy_j is not None else None,
-        "b_attribution_rule": rule if energy_j is not None else None,
-    }
-
-
-def _measurement_rows(
-    batch_id: str, task_index: int, measurements: Iterable[Mapping[str, Any]]
-) -> list[dict]:
-    rows: list[dict[str, Any]] = []
-    for item in measurements:
-        energy = item.get("energy_j")
-        domains = energy.items() if isinstance(energy, Mapping) else [("total", energy)]
-        details = item.get("details")
-        for domain, joules in domains:
-            if joules is None:
-                continue
-            rows.append(
-                {
-                    "batch_id": batch_id,
-                    "task_index": task_index,
-                    "scope": item["scope"],
-                    "seq": int(item.get("seq", 0)),
-                    "domain": str(domain),
-                    "energy_j": float(joules),
-                    "duration_s": _float_or_none(item.get("duration_s")),
-                    "method": item.get("method") or "estimated",
-                    "meter": item.get("meter") or "unknown",
-                    "started_at": utc_from_epoch(item.get("started_at")),
-                    "details_json": None
-                    if details is None
-                    else json.dumps(details, sort_keys=True, default=str),
-                }
-            )
-    return rows
-
-
-def _rejected_row(batch_id: str, model: str, item: Mapping[str, Any]) -> dict[str, Any]:
-    errors = item.get("errors") or []
-    message = "; ".join(
-        f"{err.get('field')}: {err.get('message')}" if err.get("field") else str(err.get("message"))
-        for err in errors
-    )
-    row = dict.fromkeys(c.name for c in Request.__table__.columns if c.name != "id")
-    row.update(
-        batch_id=batch_id,
-        line=int(item["line"]),
-        request_id=_str_or_none(item.get("id")),
-        model=model,
-        status="rejected",
-        error_code="invalid_input",
-        error_message=message or "invalid input line",
-    )
-    return row
-
-
-def _request_columns(batch_id: str, model: str, frame: pd.DataFrame) -> dict[str, Any]:
-    return {
-        "batch_id": batch_id,
-        "line": _values(frame["line"], "int"),
-        "request_id": _values(frame["id"], "str"),
-        "task_index": _values(frame["task_index"], "int"),
-        "target": _values(frame["target"], "str"),
-        "model": model,
-        "status": "pending",
-        "input_tokens": _values(frame["input_tokens"], "int"),
-        "max_new_tokens": _values(frame["max_new_tokens"], "int"),
-        "predicted_energy_j": _values(frame["predicted_energy_j"], "float"),
-        "predicted_runtime_s": _values(frame["predicted_runtime_s"], "float"),
-        "extrapolated": _values(frame["extrapolated"], "bool"),
-    }
-
-
-def _bulk_insert(conn: Connection, table: Table, columns: Mapping[str, Any], n_rows: int) -> None:
-    """Insert many rows given as column lists (constants are repeated): ``executemany`` or PostgreSQL COPY.
-
-    The values are plain Python ints, floats, strings, bools and None (no timestamps), which every DB-API
-    driver binds natively, so SQLAlchemy's per-row parameter processing (half the time of a million-row
-    insert) is skipped.
-    """
-    names = list(columns)
-    lists = [value if isinstance(value, list) else [value] * n_rows for value in columns.values()]
-    if conn.dialect.driver == "psycopg":
-        # PostgreSQL's COPY is ten times faster than a pipelined executemany for a million rows.
-        quote = conn.dialect.identifier_preparer.quote
-        sql = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
-        with conn.connection.driver_connection.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
-            for row in zip(*lists, strict=True):
-                copy.write_row(row)
-        return
-    compiled = insert(table).compile(dialect=conn.dialect, column_keys=names)
-    if compiled.positional:
-        position = {name: i for i, name in enumerate(names)}
-        order = [position[key] for key in compiled.positiontup or ()]
-        params: list[Any] = [tuple(row[i] for i in order) for row in zip(*lists, strict=True)]
-    else:
-        params = [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]
-    conn.exec_driver_sql(compiled.string, params)
-
-
-def _values(series: pd.Series, kind: Literal["int", "float", "str", "bool"]) -> list[Any]:
-    """A column as Python values (no numpy scalars, which DB drivers reject), NaN/NA as None."""
-    if kind == "int":
-        series = series.astype("Int64")
-    elif kind == "float":
-        series = series.astype("float64")
-    elif kind == "bool":
-        series = series.astype("boolean")
-    values = series.astype(object).where(series.notna(), None).tolist()
-    return [None if v is None else str(v) for v in values] if kind == "str" else values
-
-
-def _records(columns: Mapping[str, Any], n_rows: int) -> list[dict[str, Any]]:
-    """Row dicts from column lists (constants are repeated), built without per-cell pandas access."""
-    names = list(columns)
-    lists = [value if isinstance(value, list) else [value] * n_rows for value in columns.values()]
-    return [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]
-
-
-def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"the {what} frame lacks columns {missing}; it needs {list(columns)}")
-
-
-def _error_text(error: Any) -> str | None:
-    if not error:
-        return None
-    if isinstance(error, Mapping):
-        code, message = error.get("code"), error.get("message")
-        return f"{code}: {message}" if code and message else str(message or code or json.dumps(error))
-    return str(error)
-
-
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)

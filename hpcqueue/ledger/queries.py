@@ -9,18 +9,25 @@ a failed attempt is counted too, and every figure says its method: ``measured``,
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import pandas as pd
 from sqlalchemy import case, func, select
+from sqlalchemy.engine import Connection
 
 from hpcqueue.errors import BatchNotFoundError, ConfigError
-from hpcqueue.ledger.db import BatchInfo
-from hpcqueue.ledger.models import Batch, Measurement, Request, Task
+from hpcqueue.ledger.rows import BatchInfo
+from hpcqueue.ledger.schema import BatchRow, MeasurementRow, RequestRow, TaskRow
 
-if TYPE_CHECKING:
-    from hpcqueue.ledger.db import Ledger
+
+class Ledger(Protocol):
+    """What a query needs of :class:`hpcqueue.ledger.db.Ledger`: read transactions, and a URL to name."""
+
+    masked_url: str
+
+    def connect(self) -> AbstractContextManager[Connection]: ...
 
 SummaryKey = Literal["target", "model", "day", "user"]
 SUMMARY_COLUMNS = (
@@ -54,13 +61,13 @@ def combine_methods(methods: Iterable[str | None]) -> str | None:
 
 
 def _status_count(status: str) -> Any:
-    return func.coalesce(func.sum(case((Request.status == status, 1), else_=0)), 0)
+    return func.coalesce(func.sum(case((RequestRow.status == status, 1), else_=0)), 0)
 
 
 def get_batch(ledger: Ledger, batch_id: str) -> BatchInfo | None:
     """The recorded batch with this id, or None."""
     with ledger.connect() as conn:
-        row = conn.execute(select(Batch).where(Batch.id == batch_id)).mappings().first()
+        row = conn.execute(select(BatchRow).where(BatchRow.id == batch_id)).mappings().first()
     if row is None:
         return None
     return BatchInfo(**{field: row[field] for field in BatchInfo.__dataclass_fields__})
@@ -71,7 +78,7 @@ def table_counts(ledger: Ledger) -> dict[str, int]:
     with ledger.connect() as conn:
         return {
             model.__tablename__: int(conn.execute(select(func.count()).select_from(model)).scalar_one())
-            for model in (Batch, Task, Request, Measurement)
+            for model in (BatchRow, TaskRow, RequestRow, MeasurementRow)
         }
 
 
@@ -84,32 +91,32 @@ def batch_report(ledger: Ledger, batch_id: str) -> dict[str, Any]:
     failed, pending, energy_j}}), ``tasks`` ({state: count}). Raises BatchNotFoundError for an unknown id.
     """
     with ledger.connect() as conn:
-        if conn.execute(select(Batch.id).where(Batch.id == batch_id)).first() is None:
+        if conn.execute(select(BatchRow.id).where(BatchRow.id == batch_id)).first() is None:
             raise BatchNotFoundError(
                 f"batch {batch_id} is not in the ledger {ledger.masked_url}; `hpcqueue ledger batches` "
                 "lists the recorded batches"
             )
         by_target = conn.execute(
             select(
-                Request.target,
+                RequestRow.target,
                 func.count().label("requests"),
                 _status_count("succeeded").label("succeeded"),
                 _status_count("failed").label("failed"),
                 _status_count("rejected").label("rejected"),
                 _status_count("pending").label("pending"),
-                func.coalesce(func.sum(Request.input_tokens), 0).label("input_tokens"),
-                func.coalesce(func.sum(Request.output_tokens), 0).label("output_tokens"),
+                func.coalesce(func.sum(RequestRow.input_tokens), 0).label("input_tokens"),
+                func.coalesce(func.sum(RequestRow.output_tokens), 0).label("output_tokens"),
             )
-            .where(Request.batch_id == batch_id)
-            .group_by(Request.target)
+            .where(RequestRow.batch_id == batch_id)
+            .group_by(RequestRow.target)
         ).all()
         task_energy = conn.execute(
-            select(Task.target, Task.energy_method, Task.meter, func.sum(Task.energy_j).label("energy_j"))
-            .where(Task.batch_id == batch_id, Task.energy_j.is_not(None))
-            .group_by(Task.target, Task.energy_method, Task.meter)
+            select(TaskRow.target, TaskRow.energy_method, TaskRow.meter, func.sum(TaskRow.energy_j).label("energy_j"))
+            .where(TaskRow.batch_id == batch_id, TaskRow.energy_j.is_not(None))
+            .group_by(TaskRow.target, TaskRow.energy_method, TaskRow.meter)
         ).all()
         task_states = conn.execute(
-            select(Task.state, func.count()).where(Task.batch_id == batch_id).group_by(Task.state)
+            select(TaskRow.state, func.count()).where(TaskRow.batch_id == batch_id).group_by(TaskRow.state)
         ).all()
 
     energy_by_target: dict[str, float] = {}
@@ -145,29 +152,29 @@ def summary(ledger: Ledger, by: SummaryKey = "target", *, since: datetime | None
     """
     if by not in get_args(SummaryKey):
         raise ConfigError(f"cannot summarise by {by!r}; choose one of {', '.join(get_args(SummaryKey))}")
-    batch_filter = [Batch.created_at >= since] if since is not None else []
+    batch_filter = [BatchRow.created_at >= since] if since is not None else []
     with ledger.connect() as conn:
         batches = pd.DataFrame(
             conn.execute(
-                select(Batch.id, Batch.user, Batch.model, Batch.created_at).where(*batch_filter)
+                select(BatchRow.id, BatchRow.user, BatchRow.model, BatchRow.created_at).where(*batch_filter)
             ).all(),
             columns=["batch_id", "user", "model", "created_at"],
         )
         requests = pd.DataFrame(
             conn.execute(
                 select(
-                    Request.batch_id,
-                    Request.target,
+                    RequestRow.batch_id,
+                    RequestRow.target,
                     func.count().label("requests"),
                     _status_count("succeeded").label("succeeded"),
                     _status_count("failed").label("failed"),
                     _status_count("rejected").label("rejected"),
-                    func.coalesce(func.sum(Request.input_tokens), 0).label("input_tokens"),
-                    func.coalesce(func.sum(Request.output_tokens), 0).label("output_tokens"),
+                    func.coalesce(func.sum(RequestRow.input_tokens), 0).label("input_tokens"),
+                    func.coalesce(func.sum(RequestRow.output_tokens), 0).label("output_tokens"),
                 )
-                .join(Batch, Batch.id == Request.batch_id)
+                .join(BatchRow, BatchRow.id == RequestRow.batch_id)
                 .where(*batch_filter)
-                .group_by(Request.batch_id, Request.target)
+                .group_by(RequestRow.batch_id, RequestRow.target)
             ).all(),
             columns=[
                 "batch_id",
@@ -182,10 +189,10 @@ def summary(ledger: Ledger, by: SummaryKey = "target", *, since: datetime | None
         )
         energy = pd.DataFrame(
             conn.execute(
-                select(Task.batch_id, Task.target, Task.energy_method, Task.meter, func.sum(Task.energy_j))
-                .join(Batch, Batch.id == Task.batch_id)
-                .where(Task.energy_j.is_not(None), *batch_filter)
-                .group_by(Task.batch_id, Task.target, Task.energy_method, Task.meter)
+                select(TaskRow.batch_id, TaskRow.target, TaskRow.energy_method, TaskRow.meter, func.sum(TaskRow.energy_j))
+                .join(BatchRow, BatchRow.id == TaskRow.batch_id)
+                .where(TaskRow.energy_j.is_not(None), *batch_filter)
+                .group_by(TaskRow.batch_id, TaskRow.target, TaskRow.energy_method, TaskRow.meter)
             ).all(),
             columns=["batch_id", "target", "energy_method", "meter", "energy_j"],
         )
@@ -220,15 +227,15 @@ def list_batches(ledger: Ledger, limit: int = 20) -> pd.DataFrame:
     """The ``limit`` newest batches: id, when, who, model, policy, sizes, task progress and energy."""
     task_totals = (
         select(
-            Task.batch_id,
+            TaskRow.batch_id,
             func.count().label("tasks"),
-            func.coalesce(func.sum(case((Task.state == "completed", 1), else_=0)), 0).label(
+            func.coalesce(func.sum(case((TaskRow.state == "completed", 1), else_=0)), 0).label(
                 "tasks_completed"
             ),
-            func.coalesce(func.sum(case((Task.state == "failed", 1), else_=0)), 0).label("tasks_failed"),
-            func.sum(Task.energy_j).label("energy_j"),
+            func.coalesce(func.sum(case((TaskRow.state == "failed", 1), else_=0)), 0).label("tasks_failed"),
+            func.sum(TaskRow.energy_j).label("energy_j"),
         )
-        .group_by(Task.batch_id)
+        .group_by(TaskRow.batch_id)
         .subquery()
     )
     columns = [
@@ -249,29 +256,29 @@ def list_batches(ledger: Ledger, limit: int = 20) -> pd.DataFrame:
     with ledger.connect() as conn:
         rows = conn.execute(
             select(
-                Batch.id,
-                Batch.created_at,
-                Batch.user,
-                Batch.host,
-                Batch.model,
-                Batch.policy,
-                Batch.input_path,
-                Batch.n_requests,
-                Batch.n_rejected,
+                BatchRow.id,
+                BatchRow.created_at,
+                BatchRow.user,
+                BatchRow.host,
+                BatchRow.model,
+                BatchRow.policy,
+                BatchRow.input_path,
+                BatchRow.n_requests,
+                BatchRow.n_rejected,
                 func.coalesce(task_totals.c.tasks, 0),
                 func.coalesce(task_totals.c.tasks_completed, 0),
                 func.coalesce(task_totals.c.tasks_failed, 0),
                 task_totals.c.energy_j,
             )
-            .outerjoin(task_totals, task_totals.c.batch_id == Batch.id)
-            .order_by(Batch.created_at.desc(), Batch.id)
+            .outerjoin(task_totals, task_totals.c.batch_id == BatchRow.id)
+            .order_by(BatchRow.created_at.desc(), BatchRow.id)
             .limit(int(limit))
         ).all()
         ids = [row[0] for row in rows]
         methods = (
             conn.execute(
-                select(Task.batch_id, Task.energy_method)
-                .where(Task.batch_id.in_(ids), Task.energy_j.is_not(None))
+                select(TaskRow.batch_id, TaskRow.energy_method)
+                .where(TaskRow.batch_id.in_(ids), TaskRow.energy_j.is_not(None))
                 .distinct()
             ).all()
             if ids

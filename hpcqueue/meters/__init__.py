@@ -20,21 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hpcqueue.hardware import get_hardware, nominal_cpu_power_w
+from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices, nvml, powermetrics, pyjoules, rapl, zeus
 from hpcqueue.meters.base import (
     Measurement,
     MeasurementHolder,
     Meter,
     MeterStatus,
-    MeterUnavailableError,
     Method,
 )
 from hpcqueue.meters.composite import CompositeMeter
 from hpcqueue.meters.estimate import EstimateMeter, estimate_is_available
+from hpcqueue.meters.hardware import get_hardware, nominal_cpu_power_w
 
 __all__ = [
-    "PLANNED_METERS",
     "CompositeMeter",
     "EstimateMeter",
     "Measurement",
@@ -53,9 +52,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# Every designed backend is implemented; kept for callers that list what is still to come.
-PLANNED_METERS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
-from hpcqueue.errors import HpcqueueError
-
 Method = Literal["measured", "estimated"]
 METHODS: tuple[str, ...] = get_args(Method)
-
-
-class MeterUnavailableError(HpcqueueError):
-    """The requested meter cannot be used on this machine (or does not exist); the message says why."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from functools import lru_cache
 from types import ModuleType
 from typing import Any, Literal
 
+from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus, MeterUnavailableError
+from hpcqueue.meters.base import Measurement, Meter, MeterStatus
 
 DEFAULT_SAMPLE_INTERVAL_S = 0.1
 INSTALL_HINT = "install it with `pip install 'hpcqueue[nvidia]'` (the nvidia-ml-py package)"

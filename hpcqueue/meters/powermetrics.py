@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus, MeterUnavailableError
+from hpcqueue.errors import MeterUnavailableError
+from hpcqueue.meters.base import Measurement, Meter, MeterStatus
 
 DEFAULT_INTERVAL_MS = 100
 SUDOERS_HINT = (

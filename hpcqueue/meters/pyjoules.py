@@ -33,8 +33,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus, MeterUnavailableError
+from hpcqueue.meters.base import Measurement, Meter, MeterStatus
 from hpcqueue.meters.rapl import ROOT_ONLY_HINT
 
 Kind = Literal["cpu", "gpu"]

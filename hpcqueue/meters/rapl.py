@@ -29,8 +29,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus, MeterUnavailableError
+from hpcqueue.meters.base import Measurement, Meter, MeterStatus
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 ROOT_ONLY_HINT = (

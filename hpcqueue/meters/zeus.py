@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus, MeterUnavailableError
+from hpcqueue.meters.base import Measurement, Meter, MeterStatus
 
 INSTALL_HINT = "install it with `pip install 'hpcqueue[zeus]'`"
 

@@ -1,16 +1,18 @@
 """Planning: cost models from profiles, routing policies, and chunking requests into tasks → ``Plan``.
 
-``costs`` predicts a request's energy and runtime on a target from its profile; ``routing`` decides which
-target serves each request under a policy (``thresholds`` and ``optimal`` hold the two searches) and compares
-policies; ``policies`` turns a routing into a plan of array tasks; ``simulate`` runs the planner over a
-token-count trace.
+``costs`` predicts a request's energy and runtime on a target from its profile (``evaluate`` cross-validates
+it); ``workload`` groups requests into token-count classes and prices every class on every target;
+``policies`` decides which target serves each request under a policy (``thresholds`` and ``optimal`` hold
+the two searches) and compares policies; ``plan`` turns a routing into a plan of array tasks; ``simulate``
+runs the planner over a token-count trace.
 """
 
 from __future__ import annotations
 
 from hpcqueue.planner.costs import CostModel, Prediction
-from hpcqueue.planner.policies import POLICIES, TIME_LIMIT_SHARE, Plan, make_plan, resolve_cost_models
-from hpcqueue.planner.routing import CostTable, Routing, Workload, compare, route, summarize
+from hpcqueue.planner.plan import POLICIES, TIME_LIMIT_SHARE, Plan, make_plan, resolve_cost_models
+from hpcqueue.planner.policies import Routing, compare, route, summarize
+from hpcqueue.planner.workload import CostTable, Workload
 
 __all__ = [
     "POLICIES",

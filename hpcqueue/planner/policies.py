@@ -1,277 +1,320 @@
-"""Plans: each request's target (by policy, see ``routing``) and array task, with predicted costs.
+"""The policies: which target serves each request, and what every policy's result costs.
 
-Policies (``routing`` and ``thresholds`` hold the logic): ``threshold`` is the rule of Wilkins, Keshav and
-Mortier (2024) with thresholds fitted to the workload; ``optimal`` the per-request minimum-cost assignment
-within each target's capacity; ``unaware`` splits requests over the targets by their slots, ignoring token
-counts; ``single:NAME`` sends everything to one target. Within a target, requests are cut into array tasks
-that fit the partition's time limit.
+``route`` applies one policy to a workload's cost table (:mod:`hpcqueue.planner.workload`): ``threshold`` (the
+rule of Wilkins, Keshav and Mortier 2024, searched in :mod:`hpcqueue.planner.thresholds`), ``optimal``
+(:mod:`hpcqueue.planner.optimal`), ``unaware`` and ``single:NAME``; ``summarize`` prices a routing and
+``compare`` sets every policy side by side, with the savings against the unaware split and the best single
+target.
 
-Everything here is vectorised over the request table: the only Python loops run over targets and tasks.
+Capacity: a target runs ``array_parallelism`` tasks at once (its *slots*); before a deadline it can do
+``slots × deadline`` seconds of (predicted) work, and no single request may take longer than the deadline.
+The makespan of a target is its total predicted runtime divided by its slots (or its longest request, if
+longer): an idealised figure that assumes the work packs evenly into the slots.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from hpcqueue.errors import ConfigError, PlanningError
-from hpcqueue.planner.costs import CostModel
-from hpcqueue.planner.routing import (
-    POLICIES,
+from hpcqueue.planner import optimal, thresholds
+from hpcqueue.planner.workload import (
     CostTable,
-    Routing,
+    FloatArray,
+    IntArray,
     Workload,
-    check_policy,
-    check_targets,
-    compare,
-    prediction_warnings,
-    route,
+    check_lambda,
 )
-from hpcqueue.profiles.store import find_profile, find_profiles_for
 
-if TYPE_CHECKING:
-    from hpcqueue.config import Target
-
-__all__ = ["POLICIES", "TIME_LIMIT_SHARE", "Plan", "make_plan", "resolve_cost_models"]
-
-REQUIRED_COLUMNS = ("line", "input_tokens", "max_new_tokens")
-#: Share of a target's time limit that a task's predicted runtime may fill; the rest is the margin for
-#: loading the model, writing outputs and prediction error.
-TIME_LIMIT_SHARE = 0.75
+POLICIES = ("threshold", "optimal", "unaware", "single:<target>")
 
 
 @dataclass
-class Plan:
-    """The assignment of every request to a target and a task, with predictions.
+class Routing:
+    """The target of every request under one policy, and how it was found.
 
-    ``assignments`` is aligned with the request table's index: ``target``, ``task_index``,
-    ``predicted_energy_j``, ``predicted_runtime_s``, ``extrapolated`` (NaN / False where the target
-    has no cost model). ``tasks`` has one row per task: ``task_index``, ``target``, ``n_requests``,
-    ``input_tokens`` and ``max_new_tokens`` (sums), ``predicted_energy_j``, ``predicted_runtime_s``
-    (sums; runtime as if the task's requests ran one after another, one per call, as profiled).
-    ``thresholds`` is filled by the threshold policy with two or more targets (see
-    :mod:`hpcqueue.planner.thresholds`), else ``{}``; ``solver`` by the optimal policy.
-    ``profiles`` names the profile behind each target's predictions (None: no predictions).
-    ``lam`` and ``deadline_s`` are the λ and deadline planned for.
+    ``thresholds`` is filled by the threshold policy; ``solver`` by the optimal policy (``method``, ``exact``,
+    ``gap``: the relative gap between the plan's cost and a proven lower bound on the optimum).
     """
 
-    assignments: pd.DataFrame
-    tasks: pd.DataFrame
     policy: str
-    targets: list[str]
+    target_idx: IntArray
     thresholds: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    profiles: dict[str, str | None] = field(default_factory=dict)
-    lam: float = 1.0
-    deadline_s: float | None = None
     solver: dict[str, Any] | None = None
-    workload: Workload | None = field(default=None, repr=False)
-    costs: CostTable | None = field(default=None, repr=False)
-    routing: Routing | None = field(default=None, repr=False)
-
-    def per_target(self) -> dict[str, dict[str, Any]]:
-        """``{target: {"requests", "predicted_energy_j", "predicted_runtime_s"}}`` for every target
-        (zero requests included); sums are NaN where the target has no cost model."""
-        out: dict[str, dict[str, Any]] = {}
-        grouped = self.tasks.groupby("target", sort=False)
-        requests = grouped["n_requests"].sum()
-        energy = grouped["predicted_energy_j"].sum(min_count=1)
-        runtime = grouped["predicted_runtime_s"].sum(min_count=1)
-        for name in self.targets:
-            has_model = self.profiles.get(name) is not None
-            n = int(requests.get(name, 0))
-            out[name] = {
-                "requests": n,
-                "predicted_energy_j": float(energy.get(name, 0.0)) if has_model else float("nan"),
-                "predicted_runtime_s": float(runtime.get(name, 0.0)) if has_model else float("nan"),
-            }
-        return out
-
-    def compare(self) -> dict[str, Any]:
-        """This plan against every other policy on the same requests (see :func:`routing.compare`)."""
-        if self.workload is None or self.costs is None:
-            raise PlanningError("this plan keeps no cost table to compare policies with")
-        return compare(
-            self.workload,
-            self.costs,
-            self.policy,
-            lam=self.lam,
-            deadline_s=self.deadline_s,
-            chosen=self.routing,
-        )
+    warnings: list[str] = field(default_factory=list)
 
 
-def resolve_cost_models(
-    targets: Sequence[Target],
-    model: str,
-    search_path: Sequence[str | os.PathLike[str]] | None = None,
-    notes: list[str] | None = None,
-) -> dict[str, CostModel | None]:
-    """The cost model of each target: from its ``profile`` setting when set (an unknown name is an
-    error), else the best profile of ``model`` (id or alias) on the target's hardware (see
-    ``find_profiles_for`` for the order), else None.
-
-    When several profiles match a target, the choice is appended to ``notes`` (if given), so the
-    caller can show which one was used and how to pick another.
-    """
-    result: dict[str, CostModel | None] = {}
-    for target in targets:
-        if target.profile:
-            profile = find_profile(target.profile, search_path)
-            result[target.name] = CostModel.from_profile(profile)
-            continue
-        matches = find_profiles_for(model, target.hardware, search_path)
-        result[target.name] = CostModel.from_profile(matches[0]) if matches else None
-        if len(matches) > 1 and notes is not None:
-            notes.append(
-                f"target {target.name!r}: {len(matches)} profiles match model {model!r} on hardware "
-                f"{target.hardware!r} ({', '.join(p.name for p in matches)}); using {matches[0].name!r}. "
-                f'Set profile = "<name>" in [targets.{target.name}] to choose another'
+def check_policy(policy: str, names: Sequence[str]) -> None:
+    if policy in ("threshold", "optimal", "unaware"):
+        return
+    if policy.startswith("single:"):
+        wanted = policy.removeprefix("single:")
+        if wanted not in names:
+            raise ConfigError(
+                f"policy {policy!r} names target {wanted!r}, which is not configured; "
+                f"targets: {', '.join(names)}"
             )
-    return result
+        return
+    raise ConfigError(
+        f"unknown policy {policy!r}; valid policies: {', '.join(POLICIES)} (targets: {', '.join(names)})"
+    )
 
 
-def make_plan(
-    table: pd.DataFrame,
-    targets: Sequence[Target],
-    cost_models: Mapping[str, CostModel | None],
+def route(
+    workload: Workload,
+    table: CostTable,
+    policy: str,
     *,
-    policy: str = "threshold",
-    task_size: int = 256,
-    model: str | None = None,
     lam: float = 1.0,
     deadline_s: float | None = None,
-    batch_size: int | None = None,
-) -> Plan:
-    """Assign each request (row of ``table``) to a target and a task, and predict its cost.
+    model: str | None = None,
+) -> Routing:
+    """Assign every request of ``workload`` to a target of ``table`` under ``policy``.
 
-    ``table`` needs ``line``, ``input_tokens`` and ``max_new_tokens`` (the output tokens planned for
-    are the request's ``max_new_tokens``). ``cost_models`` maps target names to models (None: no
-    profile). ``policy``, ``lam`` (λ) and ``deadline_s`` are those of
-    :func:`hpcqueue.planner.routing.route`. ``model`` only improves error messages. Costs are predicted at
-    each target's ``batch_size``, else ``batch_size`` (the prompts per ``generate`` call its workers use).
-
-    Within a target, requests are sorted by ``input_tokens`` then ``line`` (stable) and cut into tasks of
-    ``target.task_size or task_size`` requests whose predicted runtime also fits ``TIME_LIMIT_SHARE`` of the
-    target's time limit (the rest is the margin for loading the model and for prediction error); task
-    indices run 0..K−1 over the targets in the order given.
+    ``threshold`` and ``optimal`` need a cost model for every target (when there are several); ``unaware``
+    and ``single:NAME`` need none. ``deadline_s`` bounds the optimal policy's plan (each target's predicted
+    work fits ``slots × deadline``) and the threshold policy's search (it keeps to thresholds whose plan
+    fits, when any does); the other policies ignore it and :func:`summarize` says whether they meet it.
+    ``model`` only improves error messages.
     """
-    names = check_targets(targets)
+    names = table.names
     check_policy(policy, names)
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise PlanningError(
-            f"the request table lacks column(s) {', '.join(missing)}; count tokens before planning"
+    check_lambda(lam)
+    if deadline_s is not None and not deadline_s > 0:
+        raise ConfigError(f"deadline must be positive, got {deadline_s} s")
+    n, n_targets = len(workload), len(names)
+    if policy.startswith("single:"):
+        return Routing(policy, np.full(n, names.index(policy.removeprefix("single:")), dtype=np.int64))
+    if policy == "unaware":
+        # Weighted round robin over the slots, in input order: token counts play no part.
+        wheel = np.repeat(np.arange(n_targets, dtype=np.int64), table.slots)
+        return Routing(policy, wheel[np.arange(n, dtype=np.int64) % len(wheel)])
+    if n_targets == 1:
+        return Routing(policy, np.zeros(n, dtype=np.int64))
+    _require_models(table, policy, model)
+    cost = table.cost(lam)
+    capacity = _capacity(table, deadline_s)
+    too_long = table.runtime_s > deadline_s if deadline_s is not None else None
+    if policy == "threshold":
+        class_target, found, warnings = thresholds.route(
+            workload, cost, table.runtime_s, capacity, names, too_long
         )
-    sizes = np.array([t.task_size or task_size for t in targets], dtype=np.int64)
-    if np.any(sizes < 1):
-        raise ConfigError(f"task_size must be >= 1, got {task_size}")
-    n_in = table["input_tokens"].to_numpy(dtype=np.int64)
-    n_out = table["max_new_tokens"].to_numpy(dtype=np.int64)
-    line = table["line"].to_numpy(dtype=np.int64)
-
-    workload = Workload.from_tokens(n_in, n_out)
-    costs = CostTable.build(workload, targets, cost_models, batch_size)
-    routing = route(workload, costs, policy, lam=lam, deadline_s=deadline_s, model=model)
-    target_idx = routing.target_idx
-    cls = workload.request_class
-    energy = costs.energy_j[cls, target_idx]
-    runtime = costs.runtime_s[cls, target_idx]
-    extrapolated = costs.extrapolated[cls, target_idx]
-
-    budgets = np.array([t.time_limit_min * 60.0 * TIME_LIMIT_SHARE for t in targets])
-    task_index, task_target, n_tasks = _chunk(target_idx, n_in, line, sizes, runtime, budgets)
-    assignments = pd.DataFrame(
-        {
-            "target": np.asarray(names, dtype=object)[target_idx],
-            "task_index": task_index,
-            "predicted_energy_j": energy,
-            "predicted_runtime_s": runtime,
-            "extrapolated": extrapolated,
-        },
-        index=table.index,
+        return Routing(policy, class_target[workload.request_class], thresholds=found, warnings=warnings)
+    if too_long is not None:
+        cost = np.where(too_long, np.inf, cost)
+    result = optimal.solve(cost, table.runtime_s, workload.counts, capacity, target_names=names)
+    solver = {
+        "method": result.method,
+        "exact": result.exact,
+        "gap": result.gap,
+        "objective": result.objective,
+        "lower_bound": result.lower_bound,
+    }
+    warnings = []
+    if not result.exact:
+        warnings.append(
+            f"the optimal plan was found by the fast {result.method} method: its cost is within "
+            f"{100 * result.gap:.3f} % of the proven lower bound on the optimum"
+        )
+    return Routing(
+        policy, optimal.spread(workload.request_class, result.counts), solver=solver, warnings=warnings
     )
-    tasks = pd.DataFrame(
-        {
-            "task_index": np.arange(n_tasks, dtype=np.int64),
-            "target": np.asarray(names, dtype=object)[task_target],
-            "n_requests": np.bincount(task_index, minlength=n_tasks).astype(np.int64),
-            "input_tokens": np.bincount(task_index, weights=n_in, minlength=n_tasks).astype(np.int64),
-            "max_new_tokens": np.bincount(task_index, weights=n_out, minlength=n_tasks).astype(np.int64),
-            "predicted_energy_j": np.bincount(task_index, weights=energy, minlength=n_tasks),
-            "predicted_runtime_s": np.bincount(task_index, weights=runtime, minlength=n_tasks),
+
+
+def summarize(
+    workload: Workload,
+    table: CostTable,
+    target_idx: IntArray,
+    *,
+    lam: float = 1.0,
+    deadline_s: float | None = None,
+) -> dict[str, Any]:
+    """Predicted totals of an assignment: ``energy_j``, ``runtime_s`` (sum over requests, as if run one after
+    another), ``makespan_s`` (the latest target's: the larger of its runtime / its slots and its longest
+    request), ``cost`` (Σ C), ``meets_deadline`` (None without a deadline), ``extrapolated_share`` and
+    ``per_target``. Energy, runtime and cost are NaN when a request is assigned to a target without a cost
+    model."""
+    k, t = workload.n_classes, len(table.names)
+    if len(target_idx) != len(workload):
+        raise PlanningError(f"{len(target_idx)} targets for {len(workload)} requests")
+    counts = np.bincount(workload.request_class * t + target_idx, minlength=k * t).reshape(k, t)
+    used = counts > 0
+    cost = table.cost(lam)
+    energy = _weighted_sum(counts, table.energy_j)
+    runtime = _weighted_sum(counts, table.runtime_s)
+    cost_t = _weighted_sum(counts, cost)
+    longest = np.where(used, np.nan_to_num(table.runtime_s), 0.0).max(axis=0) if k else np.zeros(t)
+    makespan = np.maximum(runtime / table.slots, longest)
+    per_target = {
+        name: {
+            "requests": int(counts[:, j].sum()),
+            "energy_j": float(energy[j]),
+            "runtime_s": float(runtime[j]),
+            "makespan_s": float(makespan[j]),
+            "share": float(counts[:, j].sum() / max(len(workload), 1)),
         }
-    )
-    return Plan(
-        assignments=assignments,
-        tasks=tasks,
-        policy=policy,
-        targets=names,
-        thresholds=routing.thresholds,
-        warnings=list(routing.warnings) + prediction_warnings(workload, costs, target_idx),
-        profiles=costs.profiles,
-        lam=lam,
-        deadline_s=deadline_s,
-        solver=routing.solver,
-        workload=workload,
-        costs=costs,
-        routing=routing,
-    )
+        for j, name in enumerate(table.names)
+    }
+    makespan_s = float(makespan.max()) if t else 0.0
+    return {
+        "requests": len(workload),
+        "energy_j": float(energy.sum()),
+        "runtime_s": float(runtime.sum()),
+        "makespan_s": makespan_s,
+        "cost": float(cost_t.sum()),
+        "meets_deadline": None if deadline_s is None else bool(makespan_s <= deadline_s * (1 + 1e-9)),
+        "extrapolated_share": float((counts * table.extrapolated).sum() / max(len(workload), 1))
+        if used.any()
+        else 0.0,
+        "per_target": per_target,
+    }
 
 
-def _chunk(
-    target_idx: np.ndarray,
-    n_in: np.ndarray,
-    line: np.ndarray,
-    sizes: np.ndarray,
-    runtime_s: np.ndarray | None = None,
-    budgets_s: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Task index per request, target per task, number of tasks.
+def compare(
+    workload: Workload,
+    table: CostTable,
+    policy: str,
+    *,
+    lam: float = 1.0,
+    deadline_s: float | None = None,
+    model: str | None = None,
+    chosen: Routing | None = None,
+) -> dict[str, Any]:
+    """The plan of ``policy`` against every other policy on the same workload, as one JSON-ready report.
 
-    Within each target, requests are ordered by prompt length then line (so a task holds similar
-    lengths and batches pad little) and cut into consecutive chunks of at most the target's task size
-    and, when ``budgets_s`` is given, at most that many seconds of predicted runtime (NaN counts as 0):
-    a task must fit its partition's time limit. A request predicted to exceed the budget alone gets a
-    task of its own.
+    Keys: ``policy``, ``lambda``, ``deadline_s``, the totals of :func:`summarize`, ``thresholds``, ``solver``,
+    ``baselines`` (``{name: totals}`` for ``unaware``, each ``single:NAME``, ``threshold`` and ``optimal``; a
+    policy that cannot plan this workload has ``{"error": ...}``), ``savings_vs_unaware`` and
+    ``savings_vs_best_single`` (fractions of the baseline's cost saved: at λ = 1 the energy saved; negative
+    when the plan costs more), ``best_single`` (the cheapest single-target plan, among those meeting the
+    deadline when any does), ``savings`` (the same comparisons for energy, runtime and cost separately) and
+    ``warnings``. ``chosen`` reuses an already computed routing of ``policy``.
     """
-    n = len(target_idx)
-    n_targets = len(sizes)
-    order = np.lexsort((line, n_in, target_idx))
-    sorted_target = target_idx[order]
-    counts = np.bincount(target_idx, minlength=n_targets)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    chunk = np.empty(n, dtype=np.int64)  # chunk number within its target, in sorted order
-    tasks_per_target = np.zeros(n_targets, dtype=np.int64)
-    sorted_runtime = None
-    if runtime_s is not None:
-        sorted_runtime = np.nan_to_num(runtime_s[order], nan=0.0)
-    for t in range(n_targets):
-        lo, hi = int(starts[t]), int(starts[t] + counts[t])
-        if lo == hi:
+    if chosen is None:
+        chosen = route(workload, table, policy, lam=lam, deadline_s=deadline_s, model=model)
+    report: dict[str, Any] = {
+        "policy": policy,
+        "lambda": lam,
+        "deadline_s": deadline_s,
+        **summarize(workload, table, chosen.target_idx, lam=lam, deadline_s=deadline_s),
+        "thresholds": chosen.thresholds,
+        "solver": chosen.solver,
+        "scales": {"energy_j": table.energy_scale_j, "runtime_s": table.runtime_scale_s},
+        "profiles": table.profiles,
+    }
+    baselines: dict[str, dict[str, Any]] = {}
+    for other in ["unaware", *(f"single:{n}" for n in table.names), "threshold", "optimal"]:
+        if other == policy:
+            baselines[other] = _totals(report)
             continue
-        size = int(sizes[t])
-        budget = float(budgets_s[t]) if budgets_s is not None else np.inf
-        if sorted_runtime is None or not np.isfinite(budget):
-            chunk[lo:hi] = np.arange(hi - lo) // size
-            tasks_per_target[t] = -(-(hi - lo) // size)
+        try:
+            routing = route(workload, table, other, lam=lam, deadline_s=deadline_s, model=model)
+        except PlanningError as exc:
+            baselines[other] = {"error": str(exc)}
             continue
-        cumulative = np.cumsum(sorted_runtime[lo:hi])
-        start, k = 0, 0
-        while start < hi - lo:  # one step per task, not per request
-            spent = cumulative[start - 1] if start else 0.0
-            end = int(np.searchsorted(cumulative, spent + budget, side="right"))
-            end = min(max(end, start + 1), start + size, hi - lo)
-            chunk[lo + start : lo + end] = k
-            start, k = end, k + 1
-        tasks_per_target[t] = k
-    first_task = np.concatenate([[0], np.cumsum(tasks_per_target)[:-1]]).astype(np.int64)
-    task_index = np.empty(n, dtype=np.int64)
-    task_index[order] = first_task[sorted_target] + chunk
-    task_target = np.repeat(np.arange(n_targets), tasks_per_target)
-    return task_index, task_target, int(tasks_per_target.sum())
+        baselines[other] = _totals(
+            summarize(workload, table, routing.target_idx, lam=lam, deadline_s=deadline_s)
+        )
+    report["baselines"] = baselines
+    singles = {n: b for n, b in baselines.items() if n.startswith("single:") and "error" not in b}
+    meeting = {n: b for n, b in singles.items() if b["meets_deadline"] is not False}
+    pool = meeting or singles
+    best = min(pool, key=lambda n: (np.nan_to_num(pool[n]["cost"], nan=np.inf), n)) if pool else None
+    report["best_single"] = best
+    report["savings_vs_unaware"] = _saving(report["cost"], baselines["unaware"].get("cost"))
+    report["savings_vs_best_single"] = _saving(report["cost"], baselines[best]["cost"]) if best else None
+    report["savings"] = {
+        "vs_unaware": _savings_detail(report, baselines["unaware"]),
+        "vs_best_single": _savings_detail(report, baselines[best]) if best else None,
+    }
+    report["warnings"] = list(chosen.warnings) + prediction_warnings(workload, table, chosen.target_idx)
+    unknown = [n for j, n in enumerate(table.names) if not table.modelled[j]]
+    if unknown:
+        report["warnings"].append(
+            f"no profile for target(s) {', '.join(unknown)}: their energy and runtime are unknown, so the "
+            "totals and savings are too. Measure one (hpcqueue profile TARGET) or set profile = \"<name>\" "
+            "in the target's table"
+        )
+    if deadline_s is not None and report["meets_deadline"] is False:
+        late = [n for n, row in report["per_target"].items() if row["makespan_s"] > deadline_s]
+        report["warnings"].append(
+            f"the {policy} plan misses the deadline of {deadline_s:g} s: target(s) {', '.join(late)} need "
+            f"up to "
+            f"{report['makespan_s']:.0f} s; the optimal policy plans within capacity"
+        )
+    return report
+
+
+def prediction_warnings(workload: Workload, table: CostTable, target_idx: IntArray) -> list[str]:
+    """Which share of each target's requests lie outside its profile's measured range, or hit a floor."""
+    out: list[str] = []
+    cls = workload.request_class
+    for j, name in enumerate(table.names):
+        mask = target_idx == j
+        n_here = int(mask.sum())
+        if not n_here or not table.modelled[j]:
+            continue
+        n_extra = int(table.extrapolated[cls[mask], j].sum())
+        if n_extra:
+            out.append(
+                f"{100 * n_extra / n_here:.1f} % of the requests on target {name!r} ({n_extra} of {n_here}) "
+                f"lie outside the measured range of profile {table.profiles[name]!r} "
+                f"({table.ranges[name]}): their predictions extrapolate"
+            )
+        n_floor = int(table.floored[cls[mask], j].sum())
+        if n_floor:
+            out.append(
+                f"{100 * n_floor / n_here:.1f} % of the requests on target {name!r} ({n_floor} of {n_here}) "
+                f"hit the cost model's floor of profile {table.profiles[name]!r}: treat those predictions "
+                "as rough"
+            )
+    return out
+
+
+def _require_models(table: CostTable, policy: str, model: str | None) -> None:
+    for j, name in enumerate(table.names):
+        if not table.modelled[j]:
+            what = f"model {model!r}" if model else "the model"
+            raise PlanningError(
+                f"policy {policy!r} with {len(table.names)} targets needs a profile for every target, but "
+                f"target {name!r} (hardware {table.hardware.get(name)!r}) has no profile for {what}. "
+                f'Fix: set profile = "<profile name>" in [targets.{name}] of the config, or profile '
+                f"{what} on that target's hardware "
+                "(hpcqueue profile TARGET); or plan with policy 'unaware' or 'single:<target>'"
+            )
+
+
+def _capacity(table: CostTable, deadline_s: float | None) -> FloatArray:
+    if deadline_s is None:
+        return np.full(len(table.names), np.inf)
+    return table.slots.astype(float) * deadline_s
+
+
+
+def _weighted_sum(counts: IntArray, values: FloatArray) -> FloatArray:
+    """Σ_k counts·values per target. Classes with no request there count 0, even where the value is NaN
+    (no cost model) or inf; an assigned request with a NaN value makes the sum NaN."""
+    return (counts * np.where(counts > 0, values, 0.0)).sum(axis=0)
+
+
+def _totals(summary: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("energy_j", "runtime_s", "makespan_s", "cost", "meets_deadline")
+    return {key: summary[key] for key in keys} | {
+        "requests_per_target": {n: row["requests"] for n, row in summary["per_target"].items()}
+    }
+
+
+def _saving(value: float, baseline: float | None) -> float | None:
+    if baseline is None or not np.isfinite(baseline) or baseline <= 0 or not np.isfinite(value):
+        return None
+    return float(1.0 - value / baseline)
+
+
+def _savings_detail(report: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, float | None] | None:
+    if "error" in baseline:
+        return None
+    return {key: _saving(report[key], baseline.get(key)) for key in ("energy_j", "runtime_s", "cost")}

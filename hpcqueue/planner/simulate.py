@@ -10,18 +10,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from hpcqueue.config import Target
 from hpcqueue.errors import InputError, InputIssue
 from hpcqueue.fileio import json_safe
 from hpcqueue.planner.costs import CostModel
-from hpcqueue.planner.routing import CostTable, Workload, compare
-
-if TYPE_CHECKING:
-    from hpcqueue.config import Target
+from hpcqueue.planner.policies import compare
+from hpcqueue.planner.workload import CostTable, Workload
 
 #: Column names recognised as prompt tokens and output tokens (case-insensitive), first match wins.
 INPUT_COLUMNS = ("input_tokens", "ContextTokens", "prompt_tokens", "context_tokens", "n_in", "input")
@@ -110,7 +109,7 @@ def simulate(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Plan ``trace`` (``input_tokens``, ``output_tokens``) with ``policy`` and compare it with every other
-    policy: the report of :func:`hpcqueue.planner.routing.compare`, plus ``trace`` statistics. Costs are
+    policy: the report of :func:`hpcqueue.planner.policies.compare`, plus ``trace`` statistics. Costs are
     predicted at each target's ``batch_size``, else ``batch_size``."""
     workload = Workload.from_tokens(trace["input_tokens"], trace["output_tokens"])
     table = CostTable.build(workload, targets, cost_models, batch_size)

@@ -24,15 +24,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hpcqueue.errors import PlanningError
-
-if TYPE_CHECKING:
-    from hpcqueue.planner.routing import Workload
+from hpcqueue.planner.workload import Workload
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]

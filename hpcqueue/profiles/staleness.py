@@ -116,23 +116,19 @@ def remote_fingerprint(
     and runs ``hpcqueue.profiles.fingerprint.fingerprint``. Waits at most ``wait_s`` seconds (queueing
     included); a job still pending then is cancelled. Failures raise ``DispatchError`` saying why.
     """
-    import submitit
-
-    from hpcqueue.dispatch import executor_parameters
+    from hpcqueue.dispatch.executor import executor_parameters, submit
     from hpcqueue.profiles import fingerprint as fingerprint_mod
 
     params = executor_parameters(target)
     params.update(name=f"hpcqueue-fingerprint-{target.name}", timeout_min=FINGERPRINT_JOB_TIMEOUT_MIN)
     params.pop("slurm_array_parallelism", None)
-    try:
-        executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=target.executor)
-        executor.update_parameters(**params)
-        job = executor.submit(fingerprint_mod.fingerprint)
-    except Exception as exc:  # submitit raises plain exceptions (sbatch output, missing binaries)
-        raise DispatchError(
-            f"could not submit the fingerprint job to target {target.name!r} "
-            f"(partition {target.partition!r}): {exc}"
-        ) from exc
+    job = submit(
+        fingerprint_mod.fingerprint,
+        folder=Path(folder) / "%j",
+        cluster=target.executor,
+        parameters=params,
+        what=f"the fingerprint job to target {target.name!r} (partition {target.partition!r})",
+    )
     deadline = time.monotonic() + wait_s
     while not job.done():
         if time.monotonic() > deadline:
@@ -274,11 +270,6 @@ def profile_warnings(
                 f"refresh it with: {refresh}"
             )
     return warnings
-
-
-def load_cached_checks(cache: str | os.PathLike[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """The cached checks: ``{target: {profile: record}}`` (empty when there is no cache yet)."""
-    return _load_checks(checks_cache_path(cache))
 
 
 def _config_for_refresh(settings: Settings) -> str | None:

@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from scipy import stats
 
 from hpcqueue.errors import PlanningError
-from hpcqueue.fileio import atomic_write_json, atomic_write_text
+from hpcqueue.fileio import atomic_write_json, atomic_write_text, json_safe
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -64,99 +65,85 @@ _KEY_COLUMNS = ["sweep", "input_tokens", "output_tokens", "batch_size"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-@dataclass
-class ProfileMeta:
+class ProfileMeta(BaseModel):
     """The contents of ``meta.json``: what was measured, on what, how, and where the numbers come from.
 
     ``fingerprint`` holds ``cpu_model``, ``cpu_count``, ``gpus`` (``[{"name", "memory_mb"}]``) and
     ``driver``, with ``None`` where unknown, so a change of hardware behind a target can be detected.
     ``idle_subtracted`` says per energy domain whether idle power was subtracted; ``idle_subtraction``
     says how. Keys this version does not know are kept in ``extra`` and written back unchanged.
+    Values are checked strictly (no string for a number, no number for a string).
     """
 
-    name: str
-    model: str
-    hardware: str
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    hardware: str = Field(min_length=1)
     source: Literal["imported", "measured"]
     method: Literal["measured", "estimated"]
-    model_aliases: list[str] = field(default_factory=list)
+    model_aliases: list[str] = Field(default_factory=list)
     system: str | None = None
-    source_detail: dict[str, Any] = field(default_factory=dict)
-    meters: dict[str, str] = field(default_factory=dict)
-    fingerprint: dict[str, Any] = field(
+    source_detail: dict[str, Any] = Field(default_factory=dict)
+    meters: dict[str, str] = Field(default_factory=dict)
+    fingerprint: dict[str, Any] = Field(
         default_factory=lambda: {"cpu_model": None, "cpu_count": None, "gpus": [], "driver": None}
     )
-    software: dict[str, Any] = field(default_factory=dict)
+    software: dict[str, Any] = Field(default_factory=dict)
     created: str | None = None
     idle_power_w: float | None = None
-    idle_subtracted: dict[str, bool] = field(default_factory=dict)
+    idle_subtracted: dict[str, bool] = Field(default_factory=dict)
     idle_subtraction: str = ""
     kv_cache: bool | None = None
     batch_size_semantics: str = "prompts per generate call"
     filter: str = ""
     notes: str = ""
     format_version: int = FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("format_version")
+    @classmethod
+    def _supported_version(cls, version: int) -> int:
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {version!r} is not supported by this hpcqueue (it reads format_version "
+                f"{FORMAT_VERSION}); upgrade hpcqueue or re-create the profile"
+            )
+        return version
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written to ``meta.json`` (``extra`` keys merged back at the top level)."""
-        data = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        return {**self.extra, **data}
+        return {**self.extra, **self.model_dump(exclude={"extra"})}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "meta.json") -> ProfileMeta:
+    def from_dict(cls, data: Any, where: str = "meta.json") -> ProfileMeta:
         """Validate a ``meta.json`` object; errors name the file and the key and list valid values."""
         if not isinstance(data, dict):
             raise PlanningError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        for key in ("name", "model", "hardware", "source", "method"):
-            value = data.get(key)
-            if not isinstance(value, str) or not value:
-                raise PlanningError(f"{where}: key {key!r} is required and must be a non-empty string")
-        if data["source"] not in SOURCES:
-            raise PlanningError(
-                f"{where}: key 'source' is {data['source']!r}; valid values: {', '.join(SOURCES)}"
-            )
-        if data["method"] not in METHODS:
-            raise PlanningError(
-                f"{where}: key 'method' is {data['method']!r}; valid values: {', '.join(METHODS)}"
-            )
-        version = data.get("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise PlanningError(
-                f"{where}: format_version {version!r} is not supported by this hpcqueue "
-                f"(it reads format_version {FORMAT_VERSION}); upgrade hpcqueue or re-create the profile"
-            )
-        typed: dict[str, tuple[type | tuple[type, ...], bool]] = {
-            "model_aliases": (list, False),
-            "system": (str, True),
-            "source_detail": (dict, False),
-            "meters": (dict, False),
-            "fingerprint": (dict, False),
-            "software": (dict, False),
-            "created": (str, True),
-            "idle_power_w": ((int, float), True),
-            "idle_subtracted": (dict, False),
-            "idle_subtraction": (str, False),
-            "kv_cache": (bool, True),
-            "batch_size_semantics": (str, False),
-            "filter": (str, False),
-            "notes": (str, False),
-        }
-        for key, (kind, nullable) in typed.items():
-            if key not in data or (data[key] is None and nullable):
-                continue
-            if not isinstance(data[key], kind) or (kind == (int, float) and isinstance(data[key], bool)):
-                names = kind.__name__ if isinstance(kind, type) else "number"
-                raise PlanningError(
-                    f"{where}: key {key!r} must be a {names}{' or null' if nullable else ''}, "
-                    f"got {data[key]!r}"
-                )
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["format_version"] = FORMAT_VERSION
-        if kwargs.get("idle_power_w") is not None:
-            kwargs["idle_power_w"] = float(kwargs["idle_power_w"])
-        return cls(**kwargs, extra={k: v for k, v in data.items() if k not in known})
+        known = {name: value for name, value in data.items() if name in cls.model_fields and name != "extra"}
+        unknown = {name: value for name, value in data.items() if name not in known}
+        try:
+            return cls.model_validate({**known, "extra": unknown})
+        except ValidationError as exc:
+            raise PlanningError(_describe(exc.errors()[0], where)) from None
+
+
+def _describe(error: Mapping[str, Any], where: str) -> str:
+    """pydantic's first complaint about a meta.json as a sentence naming the file, the key and what is valid."""
+    key = str(error["loc"][0]) if error["loc"] else "(top level)"
+    value = error.get("input")
+    if error["type"] in ("missing", "string_too_short") or (
+        key in ("name", "model", "hardware", "source", "method") and not isinstance(value, str)
+    ):
+        return f"{where}: key {key!r} is required and must be a non-empty string"
+    if error["type"] == "literal_error":
+        valid = get_args(ProfileMeta.model_fields[key].annotation)
+        return f"{where}: key {key!r} is {value!r}; valid values: {', '.join(valid)}"
+    if key == "format_version" and error["type"] == "value_error":
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+    nullable = ProfileMeta.model_fields[key].default is None if key in ProfileMeta.model_fields else False
+    expected = error["msg"].removeprefix("Input should be ").removeprefix("a valid ")
+    return f"{where}: key {key!r} must be a {expected}{' or null' if nullable else ''}, got {value!r}"
 
 
 @dataclass
@@ -296,7 +283,7 @@ def save_profile(profile: Profile, root: str | os.PathLike[str]) -> Path:
     buffer = io.StringIO()
     points.to_csv(buffer, index=False, float_format="%.10g", lineterminator="\n")
     atomic_write_text(directory / POINTS_FILE, buffer.getvalue())
-    atomic_write_json(directory / META_FILE, _json_safe(profile.meta.to_dict()))
+    atomic_write_json(directory / META_FILE, json_safe(profile.meta.to_dict()))
     return directory
 
 
@@ -419,28 +406,11 @@ def _read_meta(meta_path: Path) -> ProfileMeta:
     return ProfileMeta.from_dict(data, str(meta_path))
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN is not JSON: write it as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
 def t_critical_95(dof: int) -> float:
-    """The two-sided 95 % critical value of Student's t with ``dof`` degrees of freedom (t_{0.975, dof}).
-
-    Computed by integrating the t density (Simpson's rule) and bisecting, so no statistics package
-    is needed; accurate to about 1e-9.
-    """
+    """The two-sided 95 % critical value of Student's t with ``dof`` degrees of freedom (t_{0.975, dof})."""
     if dof < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
-    return _t_critical_95(int(dof))
+    return float(stats.t.ppf(0.975, dof))
 
 
 def ci95_half_width(std: np.ndarray | pd.Series, n: np.ndarray | pd.Series) -> np.ndarray:
@@ -451,36 +421,8 @@ def ci95_half_width(std: np.ndarray | pd.Series, n: np.ndarray | pd.Series) -> n
     std_a = np.asarray(std, dtype=float)
     n_a = np.asarray(n, dtype=float)
     out = np.full(np.broadcast(std_a, n_a).shape, np.nan)
-    ok = n_a >= 2
+    ok = np.broadcast_to(n_a, out.shape) >= 2
     if np.any(ok):
-        crit = np.array([t_critical_95(int(k) - 1) for k in np.broadcast_to(n_a, out.shape)[ok]])
-        out[ok] = crit * np.broadcast_to(std_a, out.shape)[ok] / np.sqrt(np.broadcast_to(n_a, out.shape)[ok])
+        n_ok = np.broadcast_to(n_a, out.shape)[ok]
+        out[ok] = stats.t.ppf(0.975, n_ok - 1) * np.broadcast_to(std_a, out.shape)[ok] / np.sqrt(n_ok)
     return out
-
-
-_T_CACHE: dict[int, float] = {}
-
-
-def _t_critical_95(dof: int) -> float:
-    if dof in _T_CACHE:
-        return _T_CACHE[dof]
-    log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
-
-    def cdf_above_half(x: float) -> float:
-        grid = np.linspace(0.0, x, 4001)
-        density = np.exp(log_norm - (dof + 1) / 2 * np.log1p(grid**2 / dof))
-        h = grid[1] - grid[0]
-        simpson = h / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum())
-        return 0.5 + float(simpson)
-
-    low, high = 0.0, 1.0
-    while cdf_above_half(high) < 0.975:
-        low, high = high, high * 2
-    for _ in range(60):
-        mid = (low + high) / 2
-        if cdf_above_half(mid) < 0.975:
-            low = mid
-        else:
-            high = mid
-    _T_CACHE[dof] = (low + high) / 2
-    return _T_CACHE[dof]

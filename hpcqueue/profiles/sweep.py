@@ -18,8 +18,8 @@ The method follows Wilkins, Keshav and Mortier (2024), with these changes:
   enough (the paper's rule) or ``max_trials`` is reached; its warm-up calls are dropped. The model load is
   metered on its own.
 
-``run_sweep`` runs on this machine. ``profile_target`` submits it through submitit, to the local executor
-or as an exclusive Slurm job on the target's partition, and saves the profile.
+``run_sweep`` runs on this machine; ``sweep_job`` is what a profiling job runs on a target's node
+(:mod:`hpcqueue.profiles.jobs` submits it).
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ import dataclasses
 import datetime as dt
 import logging
 import random
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,10 +44,9 @@ from hpcqueue.profiles.fingerprint import fingerprint, software_versions
 from hpcqueue.profiles.store import POINT_COLUMNS, Profile, ProfileMeta, ci95_half_width, save_profile
 
 if TYPE_CHECKING:
-    from hpcqueue.config import Target
-    from hpcqueue.engine import Engine
     from hpcqueue.meters.base import Measurement
     from hpcqueue.models import ModelRef
+    from hpcqueue.worker.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +61,9 @@ NEUTRAL_TEXT = (
     "agreed to publish a summary for residents before the end of the month."
 )
 #: Scheduler time limits of a profiling job when the caller gives none (minutes).
+#: Time limits of a profiling job (``hpcqueue.profiles.jobs``): a full grid, and ``--quick``.
 FULL_TIMEOUT_MIN = 24 * 60
 QUICK_TIMEOUT_MIN = 60
-_LOG_TAIL_LINES = 30
 
 
 def doubling(start: int, stop: int, factor: int = 2) -> tuple[int, ...]:
@@ -472,9 +470,9 @@ def run_sweep(
     """
     import torch
 
-    from hpcqueue.engine import Engine
     from hpcqueue.meters import get_meter
     from hpcqueue.models import resolve_model
+    from hpcqueue.worker.engine import Engine
 
     sweep_started = time.monotonic()
     if model_ref is None:
@@ -727,72 +725,10 @@ def save_sweep(profile: Profile, out_dir: str | Path) -> Path:
     return directory
 
 
-# ------------------------------------------------------------------------------------- on a target
+# ------------------------------------------------------------------------------------- as a job
 
 
-class ProfileRunError(HpcqueueError):
-    """The profiling job failed; the message holds its error and the tail of its log."""
-
-
-@dataclass
-class ProfileRun:
-    """A profiling job: submitted through submitit to a target, saving profile ``name`` under ``out_dir``."""
-
-    job_id: str
-    executor: Literal["local", "slurm"]
-    out_dir: Path
-    name: str
-    log_dir: Path
-    target: str
-    job: Any = field(repr=False, default=None)
-
-    @property
-    def profile_dir(self) -> Path:
-        """Where the profile will be (or was) saved."""
-        return self.out_dir / self.name
-
-    def done(self) -> bool:
-        return bool(self.job.done())
-
-    def wait(self) -> Path:
-        """Block until the job ends; return the saved profile directory, or raise ``ProfileRunError`` with
-        the job's error and the last lines of its log."""
-        try:
-            return Path(self.job.result())
-        except Exception as exc:
-            tail = _log_tail(self.job)
-            last = _error_line(str(exc)) or _error_line(tail) or type(exc).__name__
-            raise ProfileRunError(
-                f"profiling job {self.job_id} on target {self.target!r} ({self.executor}) failed: {last}\n"
-                f"log directory: {self.log_dir}\n--- last lines of the job's log ---\n{tail}"
-            ) from None
-
-
-_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)(?::.*)?)$")
-
-
-def _error_line(text: str) -> str | None:
-    """The last ``SomeError: message`` line of a traceback (what went wrong, without the frames)."""
-    for line in reversed(text.strip().splitlines()):
-        match = _ERROR_LINE.match(line.strip())
-        if match:
-            return match.group(1)
-    return None
-
-
-def _log_tail(job: Any) -> str:
-    texts = []
-    for reader in ("stderr", "stdout"):
-        try:
-            text = getattr(job, reader)()
-        except Exception:
-            text = None
-        if text:
-            texts.append("\n".join(text.rstrip().splitlines()[-_LOG_TAIL_LINES:]))
-    return "\n".join(texts) or "(the job wrote no log)"
-
-
-def _sweep_job(
+def sweep_job(
     config: SweepConfig,
     hardware: str,
     name: str,
@@ -801,7 +737,8 @@ def _sweep_job(
     cache_dir: str | None,
     out_dir: str,
 ) -> str:
-    """What the profiling job runs: resolve the model on the node, sweep, save; returns the profile dir."""
+    """What the profiling job runs (``hpcqueue.profiles.jobs.profile_target`` submits it): resolve the model
+    on the node, sweep, save; returns the profile directory."""
     from hpcqueue.models import ModelRef, model_fingerprint, resolve_model
 
     path = Path(model_path)
@@ -819,122 +756,8 @@ def _sweep_job(
     return str(directory)
 
 
-def profile_target(
-    target: Target,
-    *,
-    model: str,
-    quick: bool,
-    out_dir: Path,
-    cache_dir: Path | None,
-    wait: bool,
-    batch_root: Path,
-    config: SweepConfig | None = None,
-    timeout_min: int | None = None,
-) -> ProfileRun:
-    """Measure ``model`` on ``target`` as a job and save the profile ``<model slug>.<target>.<hardware>``
-    under ``out_dir``.
-
-    A local target runs through submitit's local executor. A Slurm target gets the target's submitit
-    parameters (``dispatch.executor_parameters``) and a whole node (``slurm_exclusive``), as the paper
-    measured, so other jobs do not share the meters. ``config`` replaces the grid (default: the full grid,
-    or ``SweepConfig.quick`` with ``quick``). The target's meter, nominal power, device and dtype always
-    apply. The time limit is ``timeout_min``, else 24 h (1 h quick) or the target's own limit if longer,
-    capped at the partition's ``MaxTime``. submitit's logs go under ``batch_root/profiles/``. With
-    ``wait`` the call returns after the job ended and raises ``ProfileRunError`` if it failed.
-    """
-    import submitit
-
-    from hpcqueue.dispatch import executor_parameters
-    from hpcqueue.models import resolve_model
-
-    base = config or (SweepConfig.quick(model) if quick else SweepConfig(model=model))
-    sweep_config = dataclasses.replace(
-        base,
-        model=model,
-        meter=target.meter,
-        nominal_power_w=target.nominal_power_w,
-        device=target.device,
-        dtype=target.dtype,
-    )
-    from hpcqueue.hardware import get_hardware
-
-    get_hardware(target.hardware)  # an unknown class fails here, not after the job waited in the queue
-    name = profile_name(model, target.name, target.hardware)
-    ref = resolve_model(model, cache_dir=cache_dir)
-    params = executor_parameters(target)
-    params["name"] = f"hpcqueue-profile-{target.name}"
-    limit = timeout_min or max(
-        target.time_limit_min, QUICK_TIMEOUT_MIN if base.preset == "quick" else FULL_TIMEOUT_MIN
-    )
-    if target.executor == "slurm":
-        params["slurm_exclusive"] = True
-        if timeout_min is None:
-            limit = _cap_to_partition(limit, target)
-    params["timeout_min"] = int(limit)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    log_dir = Path(batch_root) / "profiles" / f"{name}-{stamp}"
-    folder = log_dir / "%j" if target.executor == "slurm" else log_dir
-    out_dir = Path(out_dir).resolve()
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=target.executor)
-        executor.update_parameters(**params)
-        job = executor.submit(
-            _sweep_job,
-            sweep_config,
-            target.hardware,
-            name,
-            model,
-            str(ref.path),
-            str(cache_dir) if cache_dir else None,
-            str(out_dir),
-        )
-    except Exception as exc:  # submitit raises plain exceptions (sbatch output, missing binaries)
-        hint = (
-            f"; check that partition {target.partition!r} exists (`sinfo -p {target.partition}`) and that "
-            "sbatch works from this machine"
-            if target.executor == "slurm"
-            else ""
-        )
-        raise ProfileRunError(
-            f"could not submit the profiling job to target {target.name!r}: {exc}{hint}"
-        ) from exc
-    run = ProfileRun(
-        job_id=str(job.job_id),
-        executor=target.executor,
-        out_dir=out_dir,
-        name=name,
-        log_dir=log_dir,
-        target=target.name,
-        job=job,
-    )
-    if wait:
-        run.wait()
-    return run
-
-
-def _cap_to_partition(limit_min: int, target: Target) -> int:
-    from hpcqueue.slurm import partition_time_limit_min
-
-    try:
-        cap = partition_time_limit_min(str(target.partition))
-    except HpcqueueError as exc:
-        logger.warning(
-            "cannot read the time limit of partition %r (%s); asking for %d min",
-            target.partition,
-            exc,
-            limit_min,
-        )
-        return limit_min
-    if cap is not None and cap < limit_min:
-        logger.warning(
-            "partition %r allows %d min, less than the %d min asked for the profiling job; a full sweep may "
-            "not finish: use --quick or a partition with a longer limit",
-            target.partition,
-            cap,
-            limit_min,
-        )
-        return cap
-    return limit_min
+#: The name profiling jobs queued by hpcqueue 0.1 were pickled with (submitit pickles by module path).
+_sweep_job = sweep_job
 
 
 def _main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - a debugging entry point

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from hpcqueue.ledger.models import Base
+from hpcqueue.ledger.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,113 @@
+"""What every command shares: the consoles, the reusable options, settings, and the one place where library
+errors become messages and exit codes (:func:`fail`).
+
+No logic lives in ``hpcqueue.cli``: commands parse options, call the library and render. Library modules are
+imported inside the commands so that ``--help`` and the commands that run no model start fast and never import
+torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from hpcqueue.errors import HpcqueueError, InputError
+
+# Piped output is not cut to 80 columns: a report redirected to a file keeps every column readable.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False)
+
+# Reusable options (sqlite-utils style): one definition, used by every command that takes them.
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Cluster config (TOML). Default: $HPCQUEUE_CONFIG, else the user config."
+    ),
+]
+DbUrlOpt = Annotated[
+    str | None, typer.Option("--db-url", help="Ledger database URL. Default: $HPCQUEUE_DB_URL, else SQLite.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+BatchArg = Annotated[str | None, typer.Argument(help="Batch id (hq-…). Default: the most recent batch.")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Model id, alias or local path. Default: the config's model.")
+]
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="threshold | optimal | unaware | single:TARGET. Default: the config's policy (threshold)."
+    ),
+]
+LambdaOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lambda",
+        help="Weight of energy in the cost λ·E + (1−λ)·R, both normalised by the workload's mean per "
+        "request: 1 = energy only (default), 0 = runtime only.",
+        min=0.0,
+        max=1.0,
+    ),
+]
+DeadlineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help='Finish within this time: seconds or e.g. "90m", "8h", "1h30m". Bounds each target\'s work '
+        "to slots (array_parallelism) × deadline."
+    ),
+]
+
+
+def resolve_settings(config: Path | None, **flags: Any) -> Any:
+    from hpcqueue.config import resolve
+
+    return resolve(config, flags=flags)
+
+
+def open_ledger(settings: Any) -> Any:
+    from hpcqueue.ledger import Ledger
+
+    return Ledger(settings.db_url)
+
+
+def print_json(obj: Any) -> None:
+    from hpcqueue.fileio import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def fail(exc: HpcqueueError, show_errors: int = 20) -> None:
+    """The one place where library errors become messages and exit codes."""
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+    if isinstance(exc, InputError) and exc.issues:
+        errors = [i for i in exc.issues if i.severity == "error"]
+        for issue in errors[:show_errors]:
+            err.print(f"  {issue}", markup=False, soft_wrap=True)
+        if len(errors) > show_errors:
+            err.print(f"  … and {len(errors) - show_errors} more (--show-errors N shows more)", markup=False)
+    raise typer.Exit(exc.exit_code)
+
+
+def add_row(table: Table, *cells: Any) -> None:
+    """Add a row whose cells are data, never markup: a reason such as "pip install 'hpcqueue[zeus]'" must
+    print as written, not lose its "[zeus]" to rich's markup parser."""
+    table.add_row(*[Text(cell) if isinstance(cell, str) else cell for cell in cells])
+
+
+def num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number != number:  # NaN
+        return "-"
+    return f"{number:,.{digits}f}"

@@ -1,0 +1,124 @@
+"""``hpcqueue ledger …``: reports from the ledger of batches, tasks, requests and energy."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.table import Table
+
+from hpcqueue.cli.common import (
+    ConfigOpt,
+    DbUrlOpt,
+    add_row,
+    fail,
+    num,
+    open_ledger,
+    out,
+    print_json,
+    resolve_settings,
+)
+from hpcqueue.errors import HpcqueueError
+
+ledger_app = typer.Typer(
+    help="Reports from the ledger of batches, tasks, requests and energy.", no_args_is_help=True
+)
+
+
+@ledger_app.command("summary")
+def ledger_summary(
+    by: Annotated[
+        Literal["target", "model", "day", "user"], typer.Option(help="Group rows by this.")
+    ] = "target",
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", help="Output format.")
+    ] = "table",
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Requests, tokens and energy in the ledger, grouped by target, model, day or user."""
+    try:
+        settings = resolve_settings(config, db_url=db_url)
+        frame = open_ledger(settings).summary(by)
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        print_json(json.loads(frame.to_json(orient="records")))
+    else:
+        _render_frame(_summary_for_humans(frame), title=f"ledger by {by}")
+
+
+@ledger_app.command("batches")
+def ledger_batches(
+    limit: Annotated[int, typer.Option(help="How many recent batches.", min=1)] = 20,
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", help="Output format.")
+    ] = "table",
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """The most recent batches in the ledger."""
+    try:
+        settings = resolve_settings(config, db_url=db_url)
+        frame = open_ledger(settings).list_batches(limit)
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        print_json(json.loads(frame.to_json(orient="records", date_format="iso")))
+    else:
+        if not frame.empty:
+            frame = frame.drop(columns=["host", "input_path"], errors="ignore")
+            frame["created_at"] = frame["created_at"].map(
+                lambda t: f"{t:%Y-%m-%d %H:%M}" if t is not None else "-"
+            )
+        _render_frame(
+            frame.rename(columns={"n_requests": "requests", "n_rejected": "rejected"}), title="batches"
+        )
+
+
+_SUMMARY_HEADERS = {
+    "succeeded": "ok",
+    "rejected": "rejected",
+    "input_tokens": "in tokens",
+    "output_tokens": "out tokens",
+    "energy_j": "energy J",
+    "j_per_output_token": "J/out token",
+    "energy_method": "method",
+}
+
+
+def _summary_for_humans(frame: Any) -> Any:
+    """Short headers, and the meters folded into the method column ("estimated (estimate)")."""
+    if frame.empty or "meters" not in frame:
+        return frame
+    frame = frame.copy()
+    meters = frame.pop("meters").map(lambda m: ", ".join(m) if isinstance(m, (list, tuple)) else (m or ""))
+    frame["energy_method"] = [
+        f"{method} ({names})" if method and names else (method or "-")
+        for method, names in zip(frame["energy_method"], meters, strict=True)
+    ]
+    return frame.rename(columns=_SUMMARY_HEADERS)
+
+
+def _render_frame(frame: Any, *, title: str) -> None:
+    if frame.empty:
+        out.print(f"{title}: the ledger has no rows yet")
+        return
+    table = Table(*[str(c) for c in frame.columns], title=title)
+    for row in frame.itertuples(index=False):
+        add_row(table, *[_cell(v) for v in row])
+    out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return num(value, 3 if abs(value) < 10 else 1)
+    return "-" if value is None else str(value)

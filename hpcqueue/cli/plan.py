@@ -1,0 +1,270 @@
+"""``hpcqueue plan`` and ``hpcqueue simulate``: what a policy would do with a batch or a trace, and what every
+other policy would have done.
+
+Library modules are imported inside the commands (no torch: token counting uses the light tokenizer). The
+shared options, rendering and error handling live in :mod:`hpcqueue.cli.common`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hpcqueue.cli.common import (
+    ConfigOpt,
+    DeadlineOpt,
+    JsonOpt,
+    LambdaOpt,
+    ModelOpt,
+    PolicyOpt,
+    add_row,
+    err,
+    fail,
+    out,
+    print_json,
+    resolve_settings,
+)
+from hpcqueue.errors import HpcqueueError, PlanningError
+
+#: A saving against the best single target below this is called negligible in the human report.
+NEGLIGIBLE_SAVING = 0.01
+
+
+
+def plan(
+    prompts: Annotated[Path, typer.Argument(help="JSONL file of requests, as for submit.")],
+    config: ConfigOpt = None,
+    policy: PolicyOpt = None,
+    lam: LambdaOpt = None,
+    deadline: DeadlineOpt = None,
+    model: ModelOpt = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)
+    ] = None,
+    task_size: Annotated[int | None, typer.Option(help="Requests per task (array element).", min=1)] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Plan the valid lines and report the invalid ones.")
+    ] = False,
+    as_json: JsonOpt = False,
+    show_errors: Annotated[int, typer.Option(help="How many input errors to list.", min=1)] = 20,
+) -> None:
+    """Show the plan `submit` would use for PROMPTS, compared with every other policy. Submits nothing."""
+    from hpcqueue import submission
+
+    try:
+        settings = resolve_settings(
+            config,
+            policy=policy,
+            model=model,
+            max_new_tokens=max_new_tokens,
+            task_size=task_size,
+            **{"lambda": lam, "deadline": deadline},
+        )
+        prepared = submission.prepare(prompts, settings, skip_invalid=skip_invalid)
+        report = prepared.plan.compare()
+    except HpcqueueError as exc:
+        fail(exc, show_errors)
+        return
+    report = {
+        "batch_id": prepared.batch_id,
+        "input": str(prompts),
+        "model": prepared.model.name,
+        **report,
+        "rejected": len(prepared.rejected),
+        "tasks": len(prepared.plan.tasks),
+        "tasks_per_target": {
+            name: int((prepared.plan.tasks["target"] == name).sum()) for name in prepared.plan.targets
+        },
+        "warnings": prepared.warnings + [w for w in report["warnings"] if w not in prepared.warnings],
+    }
+    if as_json:
+        print_json(report)
+        return
+    out.print(
+        f"plan for [bold]{escape(str(prompts))}[/] (batch {report['batch_id']}, not submitted): "
+        f"{report['tasks']} tasks" + (f", {report['rejected']} rejected lines" if report["rejected"] else "")
+    )
+    render_comparison(report)
+
+
+def simulate(
+    trace: Annotated[
+        Path,
+        typer.Argument(help="CSV or JSONL of token counts, one request per row (e.g. an Azure LLM trace)."),
+    ],
+    config: ConfigOpt = None,
+    policy: PolicyOpt = None,
+    lam: LambdaOpt = None,
+    deadline: DeadlineOpt = None,
+    model: ModelOpt = None,
+    input_column: Annotated[
+        str | None,
+        typer.Option(help="Prompt-token column. Default: found by name (ContextTokens, input_tokens…)."),
+    ] = None,
+    output_column: Annotated[
+        str | None,
+        typer.Option(help="Output-token column. Default: found by name (GeneratedTokens, output_tokens…)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan a token-count TRACE on the configured targets under every policy and compare them.
+
+    Runs nothing."""
+    from hpcqueue.planner import resolve_cost_models
+    from hpcqueue.planner.simulate import load_trace
+    from hpcqueue.planner.simulate import simulate as run_simulation
+    from hpcqueue.profiles.store import profile_search_path
+
+    try:
+        settings = resolve_settings(config, policy=policy, model=model, **{"lambda": lam, "deadline": deadline})
+        frame = load_trace(trace, input_column=input_column, output_column=output_column)
+        targets = list(settings.targets.values())
+        notes: list[str] = []
+        cost_models = resolve_cost_models(
+            targets, settings.model, profile_search_path(settings.profile_dirs), notes=notes
+        )
+        _require_all_models(targets, cost_models, settings)
+        report = run_simulation(
+            frame,
+            targets,
+            cost_models,
+            policy=settings.policy,
+            lam=settings.lambda_,
+            deadline_s=settings.deadline_s,
+            model=settings.model,
+            batch_size=settings.batch_size,
+        )
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    report = {"input": str(trace), **report, "warnings": notes + report["warnings"]}
+    if as_json:
+        print_json(report)
+        return
+    stats = report["trace"]
+    out.print(f"simulated [bold]{escape(str(trace))}[/]")
+    out.print(
+        f"{stats['requests']:,} requests ({stats['classes']:,} distinct token pairs); prompt median "
+        f"{stats['input_tokens']['median']:g}, output median {stats['output_tokens']['median']:g} tokens"
+        if stats["requests"]
+        else "empty trace"
+    )
+    render_comparison(report)
+
+
+def _require_all_models(targets: list[Any], cost_models: dict[str, Any], settings: Any) -> None:
+    missing = [t for t in targets if cost_models.get(t.name) is None]
+    if missing:
+        names = ", ".join(f"{t.name!r} (hardware {t.hardware!r})" for t in missing)
+        raise PlanningError(
+            f"simulate needs a cost model for every target, but {names} has no profile for model "
+            f'{settings.model!r}. Set profile = "<name>" in the target\'s table (hpcqueue profiles list '
+            "shows them) or pass a config that does, e.g. --config examples/paper.toml"
+        )
+
+
+def render_comparison(report: dict[str, Any]) -> None:
+    """The human view of :func:`hpcqueue.planner.policies.compare`'s report."""
+    deadline = report.get("deadline_s")
+    out.print(
+        f"policy [bold]{report['policy']}[/], λ = {report['lambda']:g}, "
+        + (f"deadline {_duration(deadline)}" if deadline else "no deadline")
+        + f": {report['requests']:,} requests"
+    )
+    thresholds = report.get("thresholds") or {}
+    if thresholds:
+        out.print(
+            f"thresholds: [bold]{thresholds['low']}[/] takes prompts ≤ {_tokens(thresholds['input_tokens'])} "
+            f"and outputs ≤ {_tokens(thresholds['output_tokens'])} tokens, {thresholds['high']} the rest "
+            f"(one dimension only: prompt ≤ {_tokens(thresholds['input_only']['input_tokens'])}, or output ≤ "
+            f"{_tokens(thresholds['output_only']['output_tokens'])})"
+        )
+    solver = report.get("solver")
+    if solver:
+        exact = "exact" if solver["exact"] else f"within {100 * solver['gap']:.3f} % of the optimum"
+        out.print(f"optimal assignment: {solver['method']} ({exact})")
+    table = Table("target", "requests", "share", "energy (kWh)", "runtime (h)", "makespan (h)")
+    for name, row in report["per_target"].items():
+        add_row(
+            table,
+            name,
+            f"{row['requests']:,}",
+            f"{100 * row['share']:.1f} %",
+            _kwh(row["energy_j"]),
+            _hours(row["runtime_s"]),
+            _hours(row["makespan_s"]),
+        )
+    add_row(
+        table,
+        "total",
+        f"{report['requests']:,}",
+        "",
+        _kwh(report["energy_j"]),
+        _hours(report["runtime_s"]),
+        _hours(report["makespan_s"]),
+    )
+    out.print(table)
+    baselines = Table(
+        "policy", "energy (kWh)", "runtime (h)", "makespan (h)", "meets deadline", "this plan saves"
+    )
+    for name, row in report["baselines"].items():
+        label = name + (" (this plan)" if name == report["policy"] else "")
+        if "error" in row:
+            add_row(baselines, label, "-", "-", "-", "-", row["error"])
+            continue
+        saving = None if name == report["policy"] else _fraction(report["cost"], row["cost"])
+        add_row(
+            baselines,
+            label,
+            _kwh(row["energy_j"]),
+            _hours(row["runtime_s"]),
+            _hours(row["makespan_s"]),
+            "-" if row["meets_deadline"] is None else ("yes" if row["meets_deadline"] else "no"),
+            "-" if saving is None else f"{100 * saving:+.2f} %",
+        )
+    out.print(baselines)
+    what = "energy" if report["lambda"] == 1 else ("runtime" if report["lambda"] == 0 else "weighted cost")
+    best, vs_best = report.get("best_single"), report.get("savings_vs_best_single")
+    if best and vs_best is not None:
+        verdict = ""
+        if abs(vs_best) < NEGLIGIBLE_SAVING:
+            verdict = ": negligible, splitting this workload over the targets gains next to nothing"
+        saves = f"this plan saves {_percent(vs_best)} of the {what}"
+        out.print(f"against the best single target ({best}) {saves}{verdict}")
+    out.print(
+        f"against the unaware split (requests dealt out by slots, token counts ignored) it saves "
+        f"{_percent(report['savings_vs_unaware'])}"
+    )
+    for warning in report.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+def _fraction(value: float, baseline: float) -> float | None:
+    if not (math.isfinite(value) and math.isfinite(baseline)) or baseline <= 0:
+        return None
+    return 1.0 - value / baseline
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def _tokens(value: int) -> str:
+    return "none" if value < 0 else f"{value:,}"
+
+
+def _kwh(joules: float) -> str:
+    return "-" if joules is None or joules != joules else f"{joules / 3.6e6:,.3f}"
+
+
+def _hours(seconds: float) -> str:
+    return "-" if seconds is None or seconds != seconds else f"{seconds / 3600:,.2f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"

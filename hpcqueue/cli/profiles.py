@@ -1,0 +1,468 @@
+"""``hpcqueue profiles …`` and ``hpcqueue profile TARGET``: inspect, plot, check, import and measure profiles.
+
+Library modules are imported inside the commands, so ``--help`` and the commands that run no model start fast;
+the profiling job itself runs the model, in its own process. The shared options, rendering and error handling
+live in :mod:`hpcqueue.cli.common`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from hpcqueue.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    ModelOpt,
+    add_row,
+    fail,
+    out,
+    print_json,
+    resolve_settings,
+)
+from hpcqueue.errors import HpcqueueError
+
+profiles_app = typer.Typer(
+    help="Inspect, plot, check and import the energy/runtime profiles the planner uses.", no_args_is_help=True
+)
+import_app = typer.Typer(help="Convert published measurements into profiles.", no_args_is_help=True)
+profiles_app.add_typer(import_app, name="import")
+
+_STATUS_STYLE = {"ok": "green", "stale": "bold red", "missing": "bold red", "unknown": "yellow"}
+
+
+def _search_path(settings: Any) -> list[Path]:
+    from hpcqueue.profiles import profile_search_path
+
+    return profile_search_path(settings.profile_dirs)
+
+
+def _count_points(directory: Path) -> int | None:
+    """Rows of ``points.csv`` without parsing it (``list`` reads only metadata)."""
+    try:
+        with open(directory / "points.csv", "rb") as handle:
+            return max(0, sum(1 for line in handle if line.strip()) - 1)
+    except OSError:
+        return None
+
+
+@profiles_app.command("list")
+def list_profiles(
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option(help="Only profiles of this model (id or alias).")] = None,
+    hardware: Annotated[str | None, typer.Option(help="Only profiles of this hardware class.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Profiles on the search path (first match of a name wins), with where each one comes from."""
+    from hpcqueue.profiles import list_profiles as find_all
+    from hpcqueue.profiles.store import model_matches
+
+    try:
+        settings = resolve_settings(config)
+        dirs = _search_path(settings)
+        entries = find_all(dirs)
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    rows = [
+        {
+            "name": e.name,
+            "model": e.meta.model,
+            "hardware": e.meta.hardware,
+            "system": e.meta.system,
+            "source": e.meta.source,
+            "method": e.meta.method,
+            "created": e.meta.created,
+            "points": _count_points(e.directory),
+            "path": str(e.directory),
+        }
+        for e in entries
+        if (model is None or model_matches(e.meta, model))
+        and (hardware is None or e.meta.hardware == hardware)
+    ]
+    if as_json:
+        print_json({"search_path": [str(d) for d in dirs], "profiles": rows})
+        return
+    if not rows:
+        out.print(f"no profiles found; searched {', '.join(str(d) for d in dirs)}")
+        return
+    table = Table("name", "model", "hardware", "system", "source", "method", "created", "points", "path")
+    for row in rows:
+        add_row(table, *["-" if row[k] is None else str(row[k]) for k in row])
+    out.print(table)
+
+
+@profiles_app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="Profile name (see: hpcqueue profiles list).")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A profile's metadata and measured points (means and 95 % CI half-widths)."""
+    from hpcqueue.profiles import find_profile
+
+    try:
+        settings = resolve_settings(config)
+        profile = find_profile(name, _search_path(settings))
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    meta = profile.meta.to_dict()
+    points = json.loads(profile.points.to_json(orient="records"))
+    if as_json:
+        print_json({"name": profile.name, "path": str(profile.path), "meta": meta, "points": points})
+        return
+    out.print(f"profile [bold]{profile.name}[/] ({profile.path})")
+    info = Table("key", "value", show_header=False)
+    for key in (
+        "model",
+        "model_aliases",
+        "hardware",
+        "system",
+        "source",
+        "method",
+        "created",
+        "meters",
+        "fingerprint",
+        "software",
+        "idle_power_w",
+        "idle_subtracted",
+        "idle_subtraction",
+        "kv_cache",
+        "batch_size_semantics",
+        "notes",
+    ):
+        value = meta.get(key)
+        text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+        add_row(info, key, "-" if value is None else text)
+    out.print(info)
+    table = Table(
+        "sweep", "input tokens", "output tokens", "batch", "trials", "runtime (s)", "energy (J)", "J/token"
+    )
+    for point in points:
+        tokens = (point["input_tokens"] + point["output_tokens"]) * point["batch_size"]
+        add_row(
+            table,
+            point["sweep"],
+            str(point["input_tokens"]),
+            str(point["output_tokens"]),
+            str(point["batch_size"]),
+            str(point["trials"]),
+            _mean_ci(point["runtime_s_mean"], point["runtime_s_ci95"]),
+            _mean_ci(point["energy_j_mean"], point["energy_j_ci95"]),
+            f"{point['energy_j_mean'] / tokens:.3f}",
+        )
+    out.print(table)
+
+
+def _mean_ci(mean: float, ci: float | None) -> str:
+    digits = 3 if abs(mean) < 10 else 1
+    return f"{mean:,.{digits}f}" + ("" if ci is None else f" ± {ci:,.{digits}f}")
+
+
+@profiles_app.command("plot")
+def plot(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Profiles to draw. Default: every profile (of --model, when given)."),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory to write the PNG files into.")
+    ] = Path("."),
+    model: Annotated[str | None, typer.Option(help="Without NAMES: only profiles of this model.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plot runtime, throughput and energy per token against input and output tokens.
+
+    Writes input-sweep.png and output-sweep.png (three panels each, log-2 token axis), one line per
+    profile, error bars from the profiles' 95 % CIs, and prints their paths.
+    """
+    from hpcqueue.profiles import find_profile, list_profiles, load_profile
+    from hpcqueue.profiles.plots import plot_profiles
+    from hpcqueue.profiles.store import model_matches
+
+    try:
+        settings = resolve_settings(config)
+        dirs = _search_path(settings)
+        if names:
+            profiles = [find_profile(name, dirs) for name in names]
+        else:
+            profiles = [
+                load_profile(e.directory)
+                for e in list_profiles(dirs)
+                if model is None or model_matches(e.meta, model)
+            ]
+        paths = plot_profiles(profiles, output)
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    if as_json:
+        print_json({"profiles": [p.name for p in profiles], "files": [str(p) for p in paths]})
+        return
+    for path in paths:
+        out.print(str(path), soft_wrap=True)
+
+
+@profiles_app.command("evaluate")
+def evaluate(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Profiles to evaluate. Default: every profile on the search path."),
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """How good are the cost models? Leave-one-bucket-out cross-validation of each profile.
+
+    Each measured point is predicted by the model refitted on the other points of its batch size, and
+    likewise by two baselines: the linear form a0·n_in + a1·n_out + a2·n_in·n_out and a constant J/token.
+    Shows the mean absolute percentage error (MAPE) of energy and runtime per request, and whether the
+    energy MAPE meets the 10 % target. With --json, fractions instead of percentages. See docs/cost-models.md.
+    """
+    from hpcqueue.planner.evaluate import ENERGY_MAPE_TARGET, evaluate_profiles
+    from hpcqueue.profiles import find_profile, list_profiles, load_profile
+
+    try:
+        settings = resolve_settings(config)
+        dirs = _search_path(settings)
+        if names:
+            profiles = [find_profile(name, dirs) for name in names]
+        else:
+            profiles = [load_profile(e.directory) for e in list_profiles(dirs)]
+        results = evaluate_profiles(profiles)
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    if as_json:
+        print_json({"energy_mape_target": ENERGY_MAPE_TARGET, "profiles": results})
+        return
+    if not results:
+        out.print(f"no profiles found; searched {', '.join(str(d) for d in dirs)}")
+        return
+    table = Table(
+        "profile",
+        "points",
+        "energy MAPE\nours",
+        "linear",
+        "per token",
+        "runtime MAPE\nours",
+        "linear",
+        "per token",
+        "energy ≤10 %\n(ours)",
+        f"target\n≤{100 * ENERGY_MAPE_TARGET:.0f} %",
+    )
+    for r in results:
+        met = r["meets_energy_target"]
+        add_row(
+            table,
+            r["profile"],
+            f"{r['evaluated']}/{r['points']}",
+            _percent(r["ours"]["energy_mape"]),
+            _percent(r["linear"]["energy_mape"]),
+            _percent(r["per_token"]["energy_mape"]),
+            _percent(r["ours"]["runtime_mape"]),
+            _percent(r["linear"]["runtime_mape"]),
+            _percent(r["per_token"]["runtime_mape"]),
+            _percent(r["ours"]["energy_within_10"]),
+            "-" if met is None else (Text("yes", style="green") if met else Text("no", style="bold red")),
+        )
+    out.print(table)
+    judged = [r for r in results if r["meets_energy_target"] is not None]
+    met = sum(r["meets_energy_target"] for r in judged)
+    out.print(
+        f"energy MAPE ≤ {100 * ENERGY_MAPE_TARGET:.0f} % on {met} of {len(judged)} profile(s); points: "
+        "evaluated/measured (a point is skipped when the other points cannot fit the model)",
+        soft_wrap=True,
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:,.1f} %"
+
+
+@profiles_app.command("check")
+def check(
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    wait_s: Annotated[
+        float,
+        typer.Option(
+            "--wait-s",
+            help="Seconds to wait for each Slurm target's fingerprint job (queueing included).",
+            min=1,
+        ),
+    ] = 600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Whether each target's profile still describes the target's hardware: ok, stale, missing or unknown.
+
+    A Slurm target's hardware is read by a short job on its partition. Exits with 1 when a profile is stale
+    or missing, and names the command that measures it again.
+    """
+    from hpcqueue.profiles.staleness import check_targets
+
+    try:
+        settings = resolve_settings(config)
+        model = model or settings.model
+        checks = check_targets(settings, model=model, wait_s=wait_s)
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    failing = [c for c in checks if c.status in ("stale", "missing")]
+    if as_json:
+        print_json({"model": model, "checks": [c.to_dict() for c in checks]})
+    else:
+        table = Table("target", "hardware", "profile", "status", "differences")
+        for c in checks:
+            add_row(
+                table,
+                c.target,
+                c.hardware,
+                c.profile or "-",
+                f"[{_STATUS_STYLE[c.status]}]{c.status}[/]",
+                "\n".join(c.differences) or "-",
+            )
+            out.print(f"profiles of model [bold]{model}[/]")
+        out.print(table)
+        for c in checks:
+            if c.status != "ok":
+                verb = {"missing": "measure one", "stale": "measure it again"}.get(
+                    c.status, "measure one here"
+                )
+                out.print(f"{c.target} ({c.status}): {verb} with: {c.refresh}", markup=False, soft_wrap=True)
+    if failing:
+        raise typer.Exit(1)
+
+
+@import_app.command("wilkins2024")
+def import_wilkins2024(
+    data_dir: Annotated[
+        Path, typer.Argument(help="Directory holding all-input-stats.csv and all-output-stats.csv.")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Profile directory to write into. Default: the user's profiles."),
+    ] = None,
+    created: Annotated[
+        str | None, typer.Option(help="The 'created' date to record (YYYY-MM-DD). Default: today.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Profiles from the published measurements of Wilkins, Keshav and Mortier (2024), one per system
+    and model, and one per system with its models pooled."""
+    from hpcqueue.profiles import save_profile
+    from hpcqueue.profiles.store import user_profiles_dir
+    from hpcqueue.profiles.wilkins2024 import derive
+
+    root = output if output is not None else user_profiles_dir()
+    try:
+        written = [(p, save_profile(p, root)) for p in derive(data_dir, created=created)]
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    rows = [
+        {
+            "name": p.name,
+            "model": p.meta.model,
+            "hardware": p.meta.hardware,
+            "system": p.meta.system,
+            "points": len(p.points),
+            "path": str(path),
+        }
+        for p, path in written
+    ]
+    if as_json:
+        print_json({"output": str(root), "profiles": rows})
+        return
+    table = Table("name", "model", "hardware", "system", "points", "path")
+    for row in rows:
+        add_row(table, *[str(row[k]) for k in row])
+    out.print(table)
+    out.print(f"{len(rows)} profile(s) written to {root}")
+
+
+def profile(
+    target: Annotated[str, typer.Argument(help="Target to measure (a [targets.NAME] of the config).")],
+    model: ModelOpt = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A small grid with few trials: minutes instead of hours.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the sweep to finish, then print the profile.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Profile directory to write into. Default: the user's profiles."),
+    ] = None,
+    config: ConfigOpt = None,
+    meter: Annotated[
+        str | None,
+        typer.Option(
+            help="Energy meter (auto, rapl, nvml, pyjoules, powermetrics, zeus, estimate, a+b); "
+            "a named meter that cannot work is an error, never a silent fallback."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure a model's runtime and energy on a target over input and output token counts (a profile).
+
+    Runs as a job on the target (a Slurm job on its partition, or a local process), so the profile
+    describes the hardware the planner will send work to.
+    """
+    try:
+        settings = resolve_settings(config, model=model)
+        chosen = settings.target(target)
+        if meter is not None:
+            chosen = chosen.model_copy(update={"meter": meter})
+            if chosen.executor == "local":  # check here, before any work: the meter must work on this node
+                from hpcqueue.meters import get_meter
+
+                get_meter(meter, hardware=chosen.hardware, nominal_power_w=chosen.nominal_power_w)
+        from hpcqueue.profiles.jobs import profile_target
+        from hpcqueue.profiles.store import user_profiles_dir
+
+        run = profile_target(
+            chosen,
+            model=settings.model,
+            quick=quick,
+            out_dir=output if output is not None else user_profiles_dir(),
+            cache_dir=settings.cache_dir,
+            wait=wait,
+            batch_root=settings.batch_root,
+        )
+        info: dict[str, Any] = {
+            "target": target,
+            "model": settings.model,
+            "name": run.name,
+            "job_id": str(run.job_id),
+            "executor": run.executor,
+            "out_dir": str(run.out_dir),
+        }
+        if wait:
+            info["path"] = str(run.wait())
+    except HpcqueueError as exc:
+        fail(exc)
+        return
+    if as_json:
+        print_json(info)
+        return
+    if wait:
+        out.print(f"profile [bold]{info['name']}[/] written to {info['path']}")
+        if output is None:
+            out.print(f"see it with: hpcqueue profiles show {info['name']}")
+        else:
+            out.print(
+                f"the planner finds it once {output} is in the config's profile_dirs "
+                "or in $HPCQUEUE_PROFILE_PATH"
+            )
+    else:
+        out.print(
+            f"profiling {settings.model} on target {target}: job {info['job_id']} ({info['executor']}); "
+            f"the profile {info['name']} will be written to {info['out_dir']}"
+        )

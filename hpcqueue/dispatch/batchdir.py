@@ -1,0 +1,415 @@
+"""The batch-directory protocol: every file name, the task lock, the batch id, creating and reading a batch.
+
+This is the one contract between the driver, which writes a batch directory and reads it back
+(``submission``, ``dispatch.status``, ``ledger.collect``, ``report.results``), and the workers on the nodes,
+which read their task directories and write outputs and metrics into them (``worker.runner``). No other module
+spells a file name of a batch directory. The layout is documented in ``docs/internals.md``.
+
+A batch directory is created whole or not at all: it is assembled under a temporary name in the batch root
+and renamed into place, so a crash while planning never leaves half a batch that a later submission would
+mistake for a real one. Batch directories hold prompts and outputs, so they are owner-only (0700 directories,
+0600 files) whatever the umask; a batch root or batch left readable by others is tightened on first use.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import getpass
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from hpcqueue import __version__
+from hpcqueue.errors import BatchNotFoundError, TaskLocked
+from hpcqueue.fileio import (
+    PRIVATE_FILE_MODE,
+    atomic_write_json,
+    is_private,
+    make_private_dir,
+    private_umask,
+    read_jsonl,
+    tighten,
+)
+from hpcqueue.ingest import Rejected, write_rejects
+
+log = logging.getLogger(__name__)
+
+TaskState = Literal["pending", "running", "completed", "failed"]
+
+# The batch directory.
+MANIFEST = "batch.json"
+PLAN = "plan.parquet"
+REJECTS = "rejects.jsonl"
+JOBS = "jobs.json"
+LOGS = "logs"
+TASKS = "tasks"
+# A task directory, tasks/<NNNNNN>/: what the driver writes, then what the worker writes, in order.
+TASK_SPEC = "task.json"
+INPUT = "input.jsonl"
+LOCK = "lock"
+PARTIAL = "partial.jsonl"
+OUTPUT = "output.jsonl"
+METRICS = "metrics.json"  # written last, atomically: the task is done when it exists
+
+# Settings that change what a batch computes. Anything else (where the ledger lives, where batches are kept,
+# the cache directory) must not change the batch id, or moving a ledger would re-run finished work.
+_ID_SETTINGS = (
+    "model",
+    "policy",
+    "lambda_",
+    "deadline_s",
+    "max_new_tokens",
+    "max_new_tokens_limit",
+    "max_line_bytes",
+    "task_size",
+    "batch_size",
+)
+
+
+def batch_id_for(
+    input_sha256: str,
+    settings: Mapping[str, Any],
+    targets: Mapping[str, Mapping[str, Any]],
+    model_fingerprint: str,
+    *,
+    skip_invalid: bool,
+) -> str:
+    """A stable id from the input's bytes and every setting that changes the result.
+
+    The same file submitted again with the same settings gets the same id (and resumes the batch);
+    a different model, policy, token default or target list gets a new one.
+    """
+    identity = {
+        "input_sha256": input_sha256,
+        "settings": {key: settings.get(key) for key in _ID_SETTINGS},
+        "targets": {name: dict(sorted(t.items())) for name, t in sorted(targets.items())},
+        "model_fingerprint": model_fingerprint,
+        "skip_invalid": skip_invalid,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    return f"hq-{digest[:16]}"
+
+
+def task_dir_name(task_index: int) -> str:
+    return f"{task_index:06d}"
+
+
+def attempt_metrics_name(attempt: int) -> str:
+    """Where a failed attempt's metrics.json is kept when the task runs again (never read as its state)."""
+    return f"metrics.attempt-{attempt}.json"
+
+
+@dataclass(frozen=True)
+class BatchDir:
+    """A batch directory on disk and the questions asked of it."""
+
+    path: Path
+
+    @property
+    def batch_id(self) -> str:
+        return self.path.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / LOGS
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.path / TASKS
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.path / REJECTS
+
+    def task_dir(self, task_index: int) -> Path:
+        return self.tasks_dir / task_dir_name(task_index)
+
+    def task_dirs_on_disk(self) -> set[int]:
+        """Indices of the ``tasks/<NNNNNN>/`` directories present (whatever the manifest says)."""
+        if not self.tasks_dir.is_dir():
+            return set()
+        return {int(p.name) for p in self.tasks_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+
+    def manifest(self) -> dict[str, Any]:
+        with open(self.manifest_path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def plan(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        return pd.read_parquet(self.path / PLAN, columns=list(columns) if columns else None)
+
+    def task_indices(self) -> list[int]:
+        return [task["task_index"] for task in self.manifest()["tasks"]]
+
+    def task_state(self, task_index: int) -> TaskState:
+        """``completed``/``failed`` once the worker wrote metrics.json, ``running`` while a worker holds the
+        task's lock, else ``pending``."""
+        task_dir = self.task_dir(task_index)
+        metrics = task_dir / METRICS
+        if metrics.exists():
+            state = json.loads(metrics.read_text(encoding="utf-8")).get("state")
+            return "completed" if state == "completed" else "failed"
+        return "running" if is_locked(task_dir / LOCK) else "pending"
+
+    def task_states(self) -> dict[int, TaskState]:
+        return {index: self.task_state(index) for index in self.task_indices()}
+
+    def metrics(self, task_index: int) -> dict[str, Any] | None:
+        path = self.task_dir(task_index) / METRICS
+        if not path.exists():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def archive_attempt(self, task_index: int) -> None:
+        """Keep a failed attempt's metrics.json for the record, under a name the task state does not read,
+        so the task counts as not run and a new attempt can write its own."""
+        metrics = self.task_dir(task_index) / METRICS
+        if not metrics.exists():
+            return
+        attempt = 1
+        while (metrics.parent / attempt_metrics_name(attempt)).exists():
+            attempt += 1
+        os.replace(metrics, metrics.parent / attempt_metrics_name(attempt))
+
+    def outputs(self, task_index: int) -> Iterator[dict[str, Any]]:
+        path = self.task_dir(task_index) / OUTPUT
+        if path.exists():
+            yield from read_jsonl(path)
+
+    def finished_lines(self, task_index: int) -> int:
+        """Requests with an output so far (final output, else the partial file of a running task)."""
+        task_dir = self.task_dir(task_index)
+        for name in (OUTPUT, PARTIAL):
+            path = task_dir / name
+            if path.exists():
+                return sum(1 for _ in read_jsonl(path))
+        return 0
+
+    def jobs(self) -> list[dict[str, Any]]:
+        path = self.path / JOBS
+        if not path.exists():
+            return []
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def add_jobs(self, jobs: Sequence[Mapping[str, Any]]) -> None:
+        self.write_jobs([*self.jobs(), *jobs])
+
+    def write_jobs(self, jobs: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the job records (``hpcqueue cancel`` marks the ones it cancelled)."""
+        with private_umask():
+            atomic_write_json(self.path / JOBS, list(jobs))
+
+    def latest_jobs(self) -> dict[int, dict[str, Any]]:
+        """The most recent job record of each task (a retry's job replaces the failed attempt's)."""
+        latest: dict[int, dict[str, Any]] = {}
+        for record in self.jobs():
+            for index in record.get("task_indices") or []:
+                latest[int(index)] = record
+        return latest
+
+    def log_tail(self, task_index: int, lines: int = 30) -> str | None:
+        """The last lines of the stderr log of the job that last ran the task (None when there is none).
+
+        submitit writes ``logs/<target>/<job id>_<task>_log.err`` for local jobs and
+        ``logs/<target>/<job id>/<job id>_<task>_log.err`` for Slurm jobs (the folder is ``%j``).
+        """
+        record = self.latest_jobs().get(task_index)
+        if record is None:
+            return None
+        folder = self.logs_dir / str(record.get("target"))
+        job_id = str(record["job_id"])
+        for path in [
+            *sorted(folder.glob(f"{job_id}/*_log.err")),
+            *sorted(folder.glob(f"{job_id}_*_log.err")),
+        ]:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            return "\n".join(text.splitlines()[-lines:])
+        return None
+
+
+@contextmanager
+def hold_task_lock(task_dir: Path) -> Iterator[None]:
+    """Hold the task's fcntl lock while running it; raises ``TaskLocked`` when another process holds it.
+
+    The kernel drops the lock when the holder dies, so a lock held means a live worker (``is_locked``). The
+    file says which host and process hold it, for someone reading the directory by hand.
+    """
+    fd = os.open(task_dir / LOCK, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise TaskLocked(str(task_dir)) from exc
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def is_locked(lock_path: Path) -> bool:
+    """True while another process holds the worker's fcntl lock on ``lock_path``."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def batch_root(path: str | os.PathLike[str], *, create: bool = False) -> Path:
+    """The batch root (created owner-only with ``create``); one left open to other users by an older
+    hpcqueue or a loose umask is tightened with everything under it, with a one-line notice."""
+    root = Path(path)
+    if not root.exists():
+        return make_private_dir(root) if create else root
+    _make_private(root, "the batch root")
+    return root
+
+
+def _make_private(path: Path, what: str) -> None:
+    if is_private(path):
+        return
+    changed = tighten(path, recursive=True)
+    if changed:
+        log.warning(
+            "%s %s was open to other users and holds prompts and outputs: made it owner-only "
+            "(%d files and directories)",
+            what,
+            path,
+            changed,
+        )
+
+
+def open_batch(root: Path, batch_id: str) -> BatchDir:
+    root = batch_root(root)
+    batch = BatchDir(root / batch_id)
+    if not batch.manifest_path.exists():
+        known = sorted(b.batch_id for b in list_batches(root))
+        hint = f"batches under {root}: {', '.join(known[-5:])}" if known else f"no batches under {root}"
+        raise BatchNotFoundError(
+            f"no batch {batch_id!r} ({hint}); set batch_root / HPCQUEUE_BATCH_ROOT if it lives elsewhere"
+        )
+    _make_private(batch.path, "the batch directory")
+    return batch
+
+
+def list_batches(root: Path) -> list[BatchDir]:
+    """Every batch under the batch root, by id."""
+    root = batch_root(root)
+    return [BatchDir(p.parent) for p in sorted(root.glob(f"hq-*/{MANIFEST}"))]
+
+
+def latest_batch(root: Path) -> BatchDir:
+    """The most recently created batch, for commands whose BATCH argument was left out."""
+    candidates = list_batches(root)
+    if not candidates:
+        raise BatchNotFoundError(f"no batches under {root}; submit one with `hpcqueue submit FILE`")
+    latest = max(candidates, key=lambda b: b.manifest_path.stat().st_mtime)
+    _make_private(latest.path, "the batch directory")
+    return latest
+
+
+def create_batch(
+    root: Path,
+    batch_id: str,
+    *,
+    manifest: Mapping[str, Any],
+    plan: pd.DataFrame,
+    task_specs: Sequence[Mapping[str, Any]],
+    raw_lines: pd.Series,
+    rejected: Sequence[Rejected] = (),
+) -> BatchDir:
+    """Write a complete batch directory under a temporary name, then rename it into place.
+
+    ``plan`` has one row per valid request (``line``, ``task_index`` …) aligned with ``raw_lines``, the
+    requests' JSON text; each task's ``input.jsonl`` gets its rows in planned order. Everything is written
+    owner-only.
+    """
+    root = batch_root(root, create=True)
+    final = root / batch_id
+    staging = root / f".{batch_id}.staging-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        with private_umask():
+            (staging / TASKS).mkdir(parents=True)
+            (staging / LOGS).mkdir()
+            plan.reset_index(drop=True).to_parquet(staging / PLAN, index=False)
+            _write_task_inputs(staging, plan, raw_lines, task_specs)
+            if rejected:
+                write_rejects(staging / REJECTS, list(rejected))
+            atomic_write_json(staging / MANIFEST, dict(manifest))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        os.rename(staging, final)  # atomic; fails if ``final`` already exists and is not empty
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (final / MANIFEST).exists():
+            raise
+        # A concurrent submission of the same input and settings won the race: same id, same content.
+    return BatchDir(final)
+
+
+def _write_task_inputs(
+    root: Path, plan: pd.DataFrame, raw_lines: pd.Series, task_specs: Sequence[Mapping[str, Any]]
+) -> None:
+    lines = plan["line"].to_numpy()
+    raws = raw_lines.to_numpy()
+    order = plan.reset_index(drop=True).groupby("task_index", sort=True).indices
+    for spec in task_specs:
+        index = int(spec["task_index"])
+        task_dir = root / TASKS / task_dir_name(index)
+        task_dir.mkdir()
+        rows = order.get(index, [])
+        with open(task_dir / INPUT, "w", encoding="utf-8") as handle:
+            handle.writelines(f'{{"line":{int(lines[i])},"request":{raws[i]}}}\n' for i in rows)
+        atomic_write_json(task_dir / TASK_SPEC, dict(spec))
+
+
+def submitter_identity() -> dict[str, Any]:
+    """Who and where: recorded with every batch so admins can group the ledger by user."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {
+        "user": user,
+        "host": socket.gethostname(),
+        "created_at": time.time(),
+        "hpcqueue_version": __version__,
+    }

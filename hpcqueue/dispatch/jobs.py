@@ -1,0 +1,218 @@
+"""A batch's tasks → jobs: one job array per target, the collect job after them, and cancelling them.
+
+Jobs are submitted through :mod:`hpcqueue.dispatch.executor`. What they run is given by the caller (the
+orchestrator passes the worker's ``TaskRunner`` and the ledger's collect job), so this module decides how work
+is placed on the cluster, not what the work is.
+
+Local targets run through submitit's local executor: ``array_parallelism`` worker processes, each running its
+share of the tasks in order (so a two-core machine is not asked to load the model eight times at once, and a
+worker reuses its loaded model across tasks). Slurm targets get one job array per target per submission, one
+array element per task, throttled by ``array_parallelism``, split into several arrays when the cluster's
+``MaxArraySize`` is smaller than the number of tasks. After the arrays, a small **collect job** that depends
+on all of them (``afterany``) reads the results into the ledger, so the ledger fills while the user is away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcqueue.config import Target
+from hpcqueue.dispatch.batchdir import BatchDir
+from hpcqueue.dispatch.executor import executor_parameters, submit, submit_array
+
+#: The collect job reads files and writes the ledger: small and short.
+COLLECT_JOB_TIMEOUT_MIN = 30
+COLLECT_JOB_MEM_GB = 2.0
+
+RunTasks = Callable[[list[str]], Any]
+"""What an array element runs: called with the task directories of its tasks (the worker's ``TaskRunner()``)."""
+CollectJob = Callable[[str, "str | None"], Any]
+"""What the collect job runs: called with the batch directory and the ledger URL."""
+
+
+def collect_job_parameters(
+    partition: str, array_job_ids: Sequence[str], *, account: str | None = None, qos: str | None = None
+) -> dict[str, Any]:
+    """submitit parameters of the collect job: after every array of the submission, whatever their outcome."""
+    params: dict[str, Any] = {
+        "name": "hpcqueue-collect",
+        "timeout_min": COLLECT_JOB_TIMEOUT_MIN,
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": 1,
+        "mem_gb": COLLECT_JOB_MEM_GB,
+        "slurm_partition": partition,
+        "slurm_additional_parameters": {"dependency": "afterany:" + ":".join(array_job_ids)},
+    }
+    if account:
+        params["slurm_account"] = account
+    if qos:
+        params["slurm_qos"] = qos
+    return params
+
+
+def split_for_max_array_size(groups: Sequence[Sequence[int]], max_array_size: int) -> list[list[list[int]]]:
+    """Cut the elements of one target's job array into arrays that Slurm accepts.
+
+    Array indices run 0..n−1, and Slurm refuses an index ≥ ``MaxArraySize``, so each array holds at most
+    ``max_array_size`` elements.
+    """
+    if max_array_size < 1:
+        raise ValueError(f"MaxArraySize must be at least 1, not {max_array_size}")
+    return [list(map(list, groups[i : i + max_array_size])) for i in range(0, len(groups), max_array_size)]
+
+
+@dataclass
+class SubmittedJobs:
+    """Jobs submitted for one batch: records for the batch directory and the ledger.
+
+    Progress is read from the batch directory and Slurm accounting (``hpcqueue.dispatch.status``), never from
+    submitit's job objects, so any later process can follow the batch.
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    sbatch_calls: int = 0
+    collect_job_id: str | None = None
+
+
+def _local_slots(task_indices: Sequence[int], parallelism: int) -> list[list[int]]:
+    """Deal tasks round-robin onto at most ``parallelism`` worker processes (tasks are already length-sorted,
+    so round-robin keeps the slots' work balanced)."""
+    slots = [list(task_indices[i::parallelism]) for i in range(min(parallelism, len(task_indices)))]
+    return [slot for slot in slots if slot]
+
+
+def submit_tasks(
+    batch: BatchDir,
+    targets: Mapping[str, Target],
+    tasks: Mapping[int, str],
+    *,
+    run: RunTasks,
+    collect: CollectJob | None = None,
+    db_url: str | None = None,
+    max_array_size: int | None = None,
+) -> SubmittedJobs:
+    """Submit ``tasks`` ({task_index: target name}) of ``batch`` to run ``run``; record the jobs in the batch
+    directory.
+
+    When Slurm arrays were submitted and ``collect`` is given, a collect job running ``collect`` follows them
+    (``db_url`` is the ledger it writes; it must be reachable from the compute nodes).
+    """
+    by_target: dict[str, list[int]] = {}
+    for index, name in sorted(tasks.items()):
+        by_target.setdefault(name, []).append(index)
+
+    submitted = SubmittedJobs()
+    array_ids: list[str] = []
+    for name, indices in by_target.items():
+        target = targets[name]
+        if target.executor == "local":
+            arrays = [_local_slots(indices, target.array_parallelism)]
+        else:
+            if max_array_size is None:
+                from hpcqueue.dispatch.slurm import max_array_size as read_max_array_size
+
+                max_array_size = read_max_array_size()
+            arrays = split_for_max_array_size([[index] for index in indices], max_array_size)
+        for groups in arrays:
+            tasks_in_job = max(len(group) for group in groups)
+            jobs = submit_array(
+                run,
+                [([str(batch.task_dir(index)) for index in group],) for group in groups],
+                folder=batch.logs_dir / name / ("%j" if target.executor == "slurm" else ""),
+                cluster=target.executor,
+                parameters=executor_parameters(target, tasks_in_job=tasks_in_job),
+                what=f"{len(groups)} task(s) to target {name!r}",
+                hint=_slurm_hint(target) if target.executor == "slurm" else "",
+                private=True,
+            )
+            submitted_at = time.time()
+            if target.executor == "slurm":
+                submitted.sbatch_calls += 1
+                array_ids.append(str(jobs[0].job_id).split("_")[0])
+            for job, group in zip(jobs, groups, strict=True):
+                submitted.records.append(
+                    {
+                        "job_id": str(job.job_id),
+                        "executor": target.executor,
+                        "target": name,
+                        "task_indices": group,
+                        "submitted_at": submitted_at,
+                    }
+                )
+    if array_ids and collect is not None:
+        submitted.collect_job_id = _submit_collect_job(batch, targets, by_target, array_ids, collect, db_url)
+        submitted.sbatch_calls += 1
+        submitted.records.append(
+            {
+                "job_id": submitted.collect_job_id,
+                "executor": "slurm",
+                "target": None,
+                "task_indices": [],
+                "kind": "collect",
+                "submitted_at": time.time(),
+            }
+        )
+    batch.add_jobs(submitted.records)
+    return submitted
+
+
+def _submit_collect_job(
+    batch: BatchDir,
+    targets: Mapping[str, Target],
+    by_target: Mapping[str, list[int]],
+    array_ids: list[str],
+    collect: CollectJob,
+    db_url: str | None,
+) -> str:
+    # The collect job runs on the partition of the first Slurm target of this submission: a partition the
+    # user may use, and one whose nodes see the batch directory.
+    first = next(targets[name] for name in by_target if targets[name].executor == "slurm")
+    assert first.partition is not None  # a slurm target always has one (config validation)
+    job = submit(
+        collect,
+        str(batch.path),
+        db_url,
+        folder=batch.logs_dir / "collect" / "%j",
+        cluster="slurm",
+        parameters=collect_job_parameters(first.partition, array_ids, account=first.account, qos=first.qos),
+        what=f"the collect job after arrays {', '.join(array_ids)}",
+        private=True,
+    )
+    return str(job.job_id)
+
+
+def _slurm_hint(target: Target) -> str:
+    return (
+        f"; check that partition {target.partition!r} exists (`sinfo -p {target.partition}`), that sbatch "
+        "works from this machine, and the target's gres/account/qos settings"
+    )
+
+
+def cancel_jobs(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Cancel the given job records (Slurm jobs with one scancel call, local workers by signal).
+
+    Returns the ids cancelled. Jobs that already ended are ignored.
+    """
+    import os
+    import signal
+
+    cancelled: list[str] = []
+    slurm_ids = sorted({str(r["job_id"]).split("_")[0] for r in records if r["executor"] == "slurm"})
+    if slurm_ids:
+        from hpcqueue.dispatch.slurm import scancel
+
+        scancel(slurm_ids)
+        cancelled += slurm_ids
+    for record in records:
+        if record["executor"] != "local":
+            continue
+        try:
+            os.kill(int(record["job_id"]), signal.SIGINT)  # what submitit's LocalJob.cancel sends
+        except (ProcessLookupError, PermissionError, ValueError):
+            continue
+        cancelled.append(str(record["job_id"]))
+    return cancelled

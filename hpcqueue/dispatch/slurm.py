@@ -1,0 +1,485 @@
+"""The thin layer over Slurm's own commands: ``sacct``, ``scontrol`` and ``scancel``.
+
+Parsing is done by pure functions (``parse_sacct``, ``slurm_seconds``, ``parse_time``...) so that the formats
+Slurm prints can be tested without a cluster. The functions that run a command take a ``runner`` with the
+signature of ``subprocess.run``; tests pass a fake one that returns recorded Slurm output.
+
+Being gentle with the scheduler is the rule here: job states are read with one ``sacct`` call for all jobs
+(never one call per job or per array task), and ``SacctPoller`` spaces those calls out while nothing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from hpcqueue.durations import parse_duration
+from hpcqueue.errors import SlurmError
+
+logger = logging.getLogger(__name__)
+
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+"""Anything called like ``subprocess.run(args, capture_output=True, text=True, check=False, ...)``."""
+
+SACCT_FIELDS = ("JobID", "State", "Partition", "NodeList", "Start", "End", "Elapsed", "ExitCode")
+"""The columns ``parse_sacct`` reads, in this order (``sacct --format=...``)."""
+
+FAILED_STATES = frozenset(
+    {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+)
+"""Terminal states in which the job did not complete its work."""
+
+TERMINAL_STATES = frozenset({"COMPLETED"}) | FAILED_STATES
+"""States after which a job will not run again (unless someone requeues it by hand)."""
+
+COMMAND_TIMEOUT_S = 60.0
+"""How long one Slurm command may take before it counts as failed (a hung slurmctld or slurmdbd)."""
+
+DEFAULT_MAX_ARRAY_SIZE = 1001
+"""Slurm's default ``MaxArraySize``."""
+
+# "123", "123_4", "123_[5-9]", "123_[1,3-5:2%2]", "123+0" (heterogeneous job component).
+_JOB_ID_RE = re.compile(r"^(?P<base>\d+)(?:_(?:(?P<task>\d+)|\[(?P<ranges>[^\]]*)\]))?(?:\+\d+)?$")
+_CONFIG_LINE_RE = re.compile(r"^(?P<key>[^\s=]+)\s+=(?P<value>.*)$")
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job (or one array task) as ``sacct`` reports it, with Slurm's text turned into Python values.
+
+    ``job_id`` is the id as sacct prints it: ``"123"``, ``"123_4"`` for an array task, or ``"123_[5-9]"`` for
+    the not-yet-started remainder of an array straight out of ``parse_sacct`` (``sacct()`` expands those into
+    one ``JobState`` per task). Times are epoch seconds, durations seconds.
+    """
+
+    job_id: str
+    array_job_id: str | None
+    array_task_id: int | None
+    state: str
+    partition: str | None
+    node: str | None
+    start: float | None
+    end: float | None
+    elapsed_s: float | None
+    exit_code: str | None
+
+    @property
+    def finished(self) -> bool:
+        """True when the job has reached a terminal state (see ``TERMINAL_STATES``)."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        """True when Slurm reports the job COMPLETED (its script exited with 0)."""
+        return self.state == "COMPLETED"
+
+
+# ---------------------------------------------------------------------------------------------- pure parsing
+
+
+def normalise_state(text: str) -> str:
+    """``"CANCELLED by 0"`` → ``"CANCELLED"``, ``"cancelled+"`` → ``"CANCELLED"``: first word, upper case.
+
+    sacct appends who cancelled a job, and truncates with ``+`` in fixed-width output; callers compare states
+    against ``TERMINAL_STATES`` so both must go.
+    """
+    words = text.split()
+    return words[0].rstrip("+").upper() if words else "UNKNOWN"
+
+
+def slurm_seconds(text: str | None) -> float | None:
+    """A duration as Slurm prints it (``Elapsed``, ``MaxTime``) in seconds; None for ``UNLIMITED``, ``INVALID``,
+    ``Partition_Limit``, empty or anything else that is not a duration. A bare number is minutes, as in
+    ``sbatch --time``; every form is read by :func:`hpcqueue.durations.parse_duration`.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        return parse_duration(text, bare_unit="min")
+    except ValueError:
+        return None
+
+
+def parse_time(text: str | None) -> float | None:
+    """sacct's ``2026-11-21T22:30:01`` (local time) → epoch seconds; None for Unknown/None/empty.
+
+    Our commands run with ``SLURM_TIME_FORMAT=standard`` so this is the only format to expect.
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if not text or text in ("Unknown", "None", "N/A"):
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def expand_array_indices(ranges: str) -> list[int]:
+    """The inside of ``123_[...]`` → task ids: ``"1-3,7"`` → [1, 2, 3, 7]; ``"0-6:2%2"`` → [0, 2, 4, 6].
+
+    ``%N`` (the limit on running tasks) is dropped; ``:S`` is a step.
+    """
+    ranges = ranges.split("%", 1)[0]
+    indices: list[int] = []
+    for part in filter(None, ranges.split(",")):
+        span, _, step = part.partition(":")
+        low, _, high = span.partition("-")
+        indices.extend(range(int(low), int(high or low) + 1, int(step or 1)))
+    return indices
+
+
+def split_job_id(job_id: str) -> tuple[str, int | None, list[int] | None]:
+    """A sacct job id → (base id, array task id, remainder task ids).
+
+    ``"123"`` → ("123", None, None); ``"123_4"`` → ("123", 4, None);
+    ``"123_[5-7]"`` → ("123", None, [5, 6, 7]).
+    Raises ValueError for text that is not a job id.
+    """
+    match = _JOB_ID_RE.match(job_id.strip())
+    if match is None:
+        raise ValueError(f"not a Slurm job id: {job_id!r}")
+    if match["task"] is not None:
+        return match["base"], int(match["task"]), None
+    if match["ranges"] is not None:
+        return match["base"], None, expand_array_indices(match["ranges"])
+    return match["base"], None, None
+
+
+def parse_sacct(text: str) -> list[JobState]:
+    """Rows of ``sacct -X -P -n --format=JobID,State,Partition,NodeList,Start,End,Elapsed,ExitCode``.
+
+    One ``JobState`` per line, in sacct's order; array remainders (``123_[5-9]``) are kept as one row (see
+    ``expand_remainders``). Step lines (``123.batch``) and lines that are not job rows are skipped.
+    """
+    states: list[JobState] = []
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < len(SACCT_FIELDS):
+            continue
+        job_id, state, partition, node, start, end, elapsed, exit_code = (f.strip() for f in fields[:8])
+        if "." in job_id:
+            continue
+        try:
+            base, task, remainder = split_job_id(job_id)
+        except ValueError:
+            logger.warning("skipping a sacct line with a job id hpcqueue does not understand: %r", line)
+            continue
+        is_array = task is not None or remainder is not None
+        states.append(
+            JobState(
+                job_id=job_id,
+                array_job_id=base if is_array else None,
+                array_task_id=task,
+                state=normalise_state(state),
+                partition=partition or None,
+                node=None if node in ("", "None assigned", "(null)") else node,
+                start=parse_time(start),
+                end=parse_time(end),
+                elapsed_s=slurm_seconds(elapsed),
+                exit_code=exit_code or None,
+            )
+        )
+    return states
+
+
+def expand_remainders(rows: Iterable[JobState]) -> dict[str, JobState]:
+    """Key parsed sacct rows by job id, one entry per array task.
+
+    A remainder row ``123_[5-9]`` becomes ``123_5`` ... ``123_9`` with the row's state (PENDING while they
+    wait). A task listed on its own line always wins over a remainder that also covers it: sacct can keep a
+    stale remainder record (``123_[4-6] CANCELLED``) next to ``123_4 RUNNING``. When a job appears twice
+    (a requeued job listed with ``--duplicates``), the later line is the later record and wins.
+    """
+    explicit: dict[str, JobState] = {}
+    from_ranges: dict[str, JobState] = {}
+    for row in rows:
+        if row.array_job_id is not None and row.array_task_id is None:
+            _, _, indices = split_job_id(row.job_id)
+            for index in indices or []:
+                task_id = f"{row.array_job_id}_{index}"
+                from_ranges[task_id] = replace(row, job_id=task_id, array_task_id=index)
+        else:
+            explicit[row.job_id] = row
+    return {**from_ranges, **explicit}
+
+
+def parse_key_values(text: str) -> dict[str, str]:
+    """``scontrol show config`` lines (``Key   = Value``) or ``scontrol ... -o`` words (``Key=Value``) → dict.
+
+    Only the first occurrence of a key is kept (later sections of ``show config`` repeat some names).
+    """
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        config_line = _CONFIG_LINE_RE.match(line)
+        if config_line:
+            values.setdefault(config_line["key"], config_line["value"].strip())
+            continue
+        for word in line.split():
+            key, sep, value = word.partition("=")
+            if sep and key:
+                values.setdefault(key, value)
+    return values
+
+
+def base_job_id(job_id: str) -> str:
+    """``"123_4"`` → ``"123"``: sacct is asked about whole arrays, as it omits pending tasks asked by id."""
+    return re.split(r"[_+.]", job_id.strip(), maxsplit=1)[0]
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _run(args: Sequence[str], runner: Runner, *, what_to_check: str) -> str:
+    """Run one Slurm command; its stdout, or a SlurmError that names the command, its stderr and the fix."""
+    command = " ".join(args)
+    env = {**os.environ, "SLURM_TIME_FORMAT": "standard"}
+    try:
+        done = runner(
+            list(args), capture_output=True, text=True, check=False, timeout=COMMAND_TIMEOUT_S, env=env
+        )
+    except FileNotFoundError as exc:
+        raise SlurmError(
+            f"`{args[0]}` was not found on PATH: hpcqueue needs the Slurm client commands. "
+            'Run on a Slurm login node (or `module load slurm`), or use a target with executor = "local".'
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SlurmError(
+            f"`{command}` did not answer within {COMMAND_TIMEOUT_S:.0f} s; {what_to_check}"
+        ) from exc
+    if done.returncode != 0:
+        # scontrol prints some errors ("Partition x not found") on stdout
+        said = (done.stderr or "").strip() or (done.stdout or "").strip() or "(it printed nothing)"
+        raise SlurmError(f"`{command}` failed with exit code {done.returncode}: {said}\n{what_to_check}")
+    return done.stdout or ""
+
+
+def sacct(job_ids: Sequence[str], *, runner: Runner = subprocess.run) -> dict[str, JobState]:
+    """The current state of the given jobs, from ONE ``sacct`` call, keyed by job id (``"123"``, ``"123_4"``).
+
+    Ids may be plain jobs, array tasks (``"123_4"``) or whole arrays (``"123"``: every task of the array is
+    returned). Tasks that have not started yet are returned one by one (``"123_5"`` PENDING). A job that
+    sacct does not know (yet: accounting lags submission slightly) is absent from the result.
+    Raises SlurmError when sacct fails, for example when slurmdbd is down.
+    """
+    wanted = {job_id.strip() for job_id in job_ids if job_id.strip()}
+    if not wanted:
+        return {}
+    bases = sorted({base_job_id(job_id) for job_id in wanted}, key=lambda b: (len(b), b))
+    args = ["sacct", "-X", "-P", "-n", f"--format={','.join(SACCT_FIELDS)}", f"--jobs={','.join(bases)}"]
+    output = _run(
+        args,
+        runner,
+        what_to_check="Check that job accounting works: `sacct -X` should list recent jobs "
+        "(AccountingStorageType in `scontrol show config`; is slurmdbd running?).",
+    )
+    by_id = expand_remainders(parse_sacct(output))
+    return {
+        job_id: state
+        for job_id, state in by_id.items()
+        if job_id in wanted or (state.array_job_id is not None and state.array_job_id in wanted)
+    }
+
+
+def scontrol_config(*, runner: Runner = subprocess.run) -> dict[str, str]:
+    """``scontrol show config`` as a dict (``{"MaxArraySize": "1001", "SLURM_VERSION": "22.05.8", ...}``)."""
+    output = _run(
+        ["scontrol", "show", "config"],
+        runner,
+        what_to_check="Check that slurmctld is reachable: `scontrol ping` should say UP.",
+    )
+    return parse_key_values(output)
+
+
+def max_array_size(*, runner: Runner = subprocess.run) -> int:
+    """The cluster's ``MaxArraySize``: task ids must be below it, so an array has at most this many tasks.
+
+    Slurm's default (1001) when the key is missing. 0 means the site has disabled job arrays.
+    """
+    value = scontrol_config(runner=runner).get("MaxArraySize")
+    try:
+        return int(value) if value is not None else DEFAULT_MAX_ARRAY_SIZE
+    except ValueError as exc:
+        raise SlurmError(f"`scontrol show config` printed MaxArraySize = {value!r}, not a number") from exc
+
+
+def partition_names(*, runner: Runner = subprocess.run) -> list[str]:
+    """Names of the partitions this cluster has (``scontrol show partition -o``), in Slurm's order."""
+    output = _run(
+        ["scontrol", "show", "partition", "-o"],
+        runner,
+        what_to_check="Check that slurmctld is reachable: `scontrol ping` should say UP.",
+    )
+    return [
+        parse_key_values(line)["PartitionName"] for line in output.splitlines() if "PartitionName=" in line
+    ]
+
+
+def partition_info(name: str, *, runner: Runner = subprocess.run) -> dict[str, str]:
+    """``scontrol show partition NAME -o`` as a dict (``MaxTime``, ``Nodes``, ``TRES``, ``State``...).
+
+    An unknown partition raises SlurmError listing the partitions that exist.
+    """
+    try:
+        output = _run(
+            ["scontrol", "show", "partition", name, "-o"],
+            runner,
+            what_to_check="Check that slurmctld is reachable: `scontrol ping` should say UP.",
+        )
+    except SlurmError as exc:
+        if "not found" not in str(exc):
+            raise
+        try:
+            known = ", ".join(partition_names(runner=runner)) or "(none)"
+        except SlurmError:
+            known = "(could not list them: run `sinfo -s`)"
+        raise SlurmError(
+            f"Slurm has no partition {name!r}. Partitions on this cluster: {known}. "
+            "Fix the target's `partition` in the cluster config."
+        ) from exc
+    info = parse_key_values(output)
+    if info.get("PartitionName") != name:
+        raise SlurmError(
+            f"`scontrol show partition {name} -o` printed no partition record: {output.strip()!r}"
+        )
+    return info
+
+
+def partition_time_limit_min(name: str, *, runner: Runner = subprocess.run) -> int | None:
+    """The partition's ``MaxTime`` in whole minutes; None when it is UNLIMITED."""
+    value = partition_info(name, runner=runner).get("MaxTime", "UNLIMITED")
+    seconds = slurm_seconds(value)
+    return None if seconds is None else int(seconds // 60)
+
+
+def scancel(job_ids: Sequence[str], *, runner: Runner = subprocess.run) -> None:
+    """Cancel jobs, array tasks or whole arrays with one ``scancel`` call; nothing to do for an empty list.
+
+    Cancelling a job that already ended is not an error (scancel only warns).
+    """
+    ids = [job_id.strip() for job_id in job_ids if job_id.strip()]
+    if not ids:
+        return
+    _run(
+        ["scancel", *ids],
+        runner,
+        what_to_check="Check the job ids with `squeue --me`; only the job's owner or an admin may cancel it.",
+    )
+
+
+def slurm_available() -> tuple[bool, str]:
+    """(True, "") when ``sbatch`` and ``sacct`` are on PATH, else (False, a sentence saying what is missing).
+
+    Cheap (no command is run), so callers can ask before offering Slurm targets.
+    """
+    missing = [command for command in ("sbatch", "sacct") if shutil.which(command) is None]
+    if not missing:
+        return True, ""
+    return False, (
+        f"{' and '.join(missing)} not found on PATH: this machine has no Slurm client commands "
+        "(run on a login node of the cluster, `module load slurm`, or use the local executor)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- polling
+
+
+class SacctPoller:
+    """Reads job states for many jobs while being gentle with slurmdbd.
+
+    At most one sacct call per interval: the interval starts at ``min_interval_s`` and grows by ``backoff``
+    (up to ``max_interval_s``) after every call in which no state changed; any change resets it. Jobs already
+    seen in a terminal state are not asked about again. ``states(..., force=True)`` calls sacct now, for all
+    the given ids. A failed sacct call is logged as a warning and the last known states are returned, so a
+    slurmdbd hiccup does not stop whoever is waiting on the jobs.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_interval_s: float = 5.0,
+        max_interval_s: float = 60.0,
+        backoff: float = 1.5,
+        runner: Runner = subprocess.run,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.min_interval_s = min_interval_s
+        self.max_interval_s = max_interval_s
+        self.backoff = backoff
+        self.interval_s = min_interval_s
+        self.num_calls = 0
+        self._runner = runner
+        self._clock = clock
+        self._last_call: float | None = None
+        self._known: dict[str, JobState] = {}
+        self._asked: set[str] = set()
+        #: The error of the last sacct call, None when it answered: callers must not read absence as news.
+        self.last_error: SlurmError | None = None
+
+    def states(self, job_ids: Sequence[str], force: bool = False) -> dict[str, JobState]:
+        """The last known state of each job (and of each task of each array id) among ``job_ids``."""
+        wanted = {job_id.strip() for job_id in job_ids if job_id.strip()}
+        to_ask = wanted if force else {job_id for job_id in wanted if not self._settled(job_id)}
+        if to_ask and (force or self._due(new_ids=bool(to_ask - self._asked))):
+            self._poll(to_ask)
+        return self._select(wanted)
+
+    def _due(self, *, new_ids: bool) -> bool:
+        if self._last_call is None:
+            return True
+        # ids never asked about only wait for the minimum interval, not the backed-off one
+        interval = self.min_interval_s if new_ids else self.interval_s
+        return self._clock() - self._last_call >= interval
+
+    def _poll(self, job_ids: set[str]) -> None:
+        self._last_call = self._clock()
+        self.num_calls += 1
+        self._asked |= job_ids
+        try:
+            fresh = sacct(sorted(job_ids), runner=self._runner)
+        except SlurmError as exc:
+            logger.warning("sacct call #%d failed; job states may be out of date: %s", self.num_calls, exc)
+            self.last_error = exc
+            self.interval_s = min(self.interval_s * self.backoff, self.max_interval_s)
+            return
+        self.last_error = None
+        changed = any(
+            (previous := self._known.get(job_id)) is None or previous.state != state.state
+            for job_id, state in fresh.items()
+        )
+        # The fresh answer replaces what was known about the asked ids: an incomplete record seen earlier
+        # (an array listed as one job) must not linger next to its tasks.
+        stale = [k for k, s in self._known.items() if k in job_ids or s.array_job_id in job_ids]
+        for key in stale:
+            del self._known[key]
+        self._known.update(fresh)
+        if changed:
+            self.interval_s = self.min_interval_s
+        else:
+            self.interval_s = min(self.interval_s * self.backoff, self.max_interval_s)
+
+    def _members(self, job_id: str) -> list[JobState]:
+        if job_id in self._known:
+            return [self._known[job_id]]
+        return [s for s in self._known.values() if s.array_job_id == job_id]
+
+    def _settled(self, job_id: str) -> bool:
+        # Right after a job ends, accounting may briefly hold an incomplete record (no partition, an array
+        # not yet split into its tasks): such a record is not final, so the job is asked about again.
+        members = self._members(job_id)
+        return bool(members) and all(s.finished and s.partition for s in members)
+
+    def _select(self, wanted: set[str]) -> dict[str, JobState]:
+        return {
+            job_id: state
+            for job_id, state in self._known.items()
+            if job_id in wanted or (state.array_job_id is not None and state.array_job_id in wanted)
+        }

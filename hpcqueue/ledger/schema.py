@@ -1,0 +1,199 @@
+"""The ledger's schema: its tables as SQLAlchemy classes, one ``*Row`` class per table (batches, tasks,
+requests and energy measurements).
+
+The ``Row`` suffix keeps them apart from the things they record: ``hpcqueue.ingest.Request`` is a request as
+read from the input, ``RequestRow`` its row in the ledger; ``hpcqueue.meters.Measurement`` a reading,
+``MeasurementRow`` its rows.
+
+The schema is portable (SQLite and PostgreSQL): strings, integers, floats and timezone-aware UTC
+timestamps only. ``migrations/versions/0001_initial.py`` creates exactly these tables; a test compares
+the two, so a change here needs a new migration.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+TASK_STATES = ("planned", "submitted", "running", "completed", "failed", "cancelled")
+REQUEST_STATUSES = ("pending", "succeeded", "failed", "rejected")
+MEASUREMENT_SCOPES = ("task", "model_load", "generation_batch")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT keys on PostgreSQL (a site-wide ledger outgrows 2**31 request rows); SQLite only
+# auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigIntKey = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL keeps the zone (``timestamp with time zone``); SQLite has no zone type, so values are
+    stored as naive UTC text and given ``tzinfo=UTC`` again when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: ledger timestamps must be timezone-aware (UTC)")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), float: Float(), str: Text()}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class BatchRow(Base):
+    """One submission of an input file: who, where, what model and policy, and its batch directory."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime]
+    user: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    input_path: Mapped[str]
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    input_format: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str]
+    policy: Mapped[str] = mapped_column(String(255))
+    settings_json: Mapped[str]
+    batch_dir: Mapped[str]
+    n_requests: Mapped[int]
+    n_rejected: Mapped[int]
+
+
+class TaskRow(Base):
+    """One array task (or local job): a chunk of a batch's requests run by one worker on one target."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "task_index"),
+        CheckConstraint(_in("state", TASK_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(128), ForeignKey("batches.id", ondelete="CASCADE"))
+    task_index: Mapped[int]
+    target: Mapped[str] = mapped_column(String(128))
+    executor: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    slurm_job_id: Mapped[str | None] = mapped_column(String(64))
+    slurm_array_task_id: Mapped[int | None]
+    node: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    submitted_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    n_requests: Mapped[int]
+    n_succeeded: Mapped[int | None]
+    n_failed: Mapped[int | None]
+    predicted_energy_j: Mapped[float | None]
+    predicted_runtime_s: Mapped[float | None]
+    energy_j: Mapped[float | None]
+    energy_method: Mapped[str | None] = mapped_column(String(16))
+    meter: Mapped[str | None] = mapped_column(String(64))
+    attribution_rule: Mapped[str | None]
+    error: Mapped[str | None]
+    log_tail: Mapped[str | None]
+    collected_at: Mapped[datetime | None]
+
+
+class RequestRow(Base):
+    """One input line: its plan (target, task, prediction) and, once collected, its outcome and energy."""
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "line"),
+        Index(None, "target"),
+        Index(None, "batch_id", "task_index"),
+        CheckConstraint(_in("status", REQUEST_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(128), ForeignKey("batches.id", ondelete="CASCADE"))
+    line: Mapped[int]
+    request_id: Mapped[str | None]
+    task_index: Mapped[int | None]
+    target: Mapped[str | None] = mapped_column(String(128))
+    model: Mapped[str]
+    status: Mapped[str] = mapped_column(String(16))
+    input_tokens: Mapped[int | None]
+    output_tokens: Mapped[int | None]
+    max_new_tokens: Mapped[int | None]
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    energy_j: Mapped[float | None]
+    energy_method: Mapped[str | None] = mapped_column(String(16))
+    energy_meter: Mapped[str | None] = mapped_column(String(64))
+    attribution_rule: Mapped[str | None]
+    predicted_energy_j: Mapped[float | None]
+    predicted_runtime_s: Mapped[float | None]
+    extrapolated: Mapped[bool | None]
+
+
+class MeasurementRow(Base):
+    """One meter reading: the joules of one domain (cpu, dram, gpu:0 ...) over one metered interval."""
+
+    __tablename__ = "measurements"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "task_index", "scope", "seq", "domain"),
+        CheckConstraint(_in("scope", MEASUREMENT_SCOPES), name="scope"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(128), ForeignKey("batches.id", ondelete="CASCADE"))
+    task_index: Mapped[int]
+    scope: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int]
+    domain: Mapped[str] = mapped_column(String(32))
+    energy_j: Mapped[float]
+    duration_s: Mapped[float | None]
+    method: Mapped[str] = mapped_column(String(16))
+    meter: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime | None]
+    details_json: Mapped[str | None]

@@ -1,0 +1,394 @@
+"""The worker: runs on the compute node, turns task directories into outputs and metrics.
+
+``run_tasks`` is what submitit runs (one call per array element or local job). For each task directory it
+takes the task's lock, resumes from ``partial.jsonl`` when an earlier run was cut short, generates with
+``engine.Engine`` (loaded once per process and model), meters the task, the model load and every generation
+batch, splits the energy over requests (``attribution``: ``token-share-v1``), and writes ``output.jsonl`` then
+``metrics.json`` atomically. The task is done when ``metrics.json`` exists; formats are in docs/internals.md.
+
+Workers only write files (owner-only, whatever the umask): the collect step reads them into the ledger.
+
+Run a task by hand (for debugging) with ``python -m hpcqueue.worker TASK_DIR...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpcqueue.dispatch.batchdir import INPUT, METRICS, OUTPUT, PARTIAL, TASK_SPEC, hold_task_lock
+from hpcqueue.errors import ModelError, StopRequested, TaskLocked
+from hpcqueue.fileio import atomic_write_json, atomic_write_jsonl, private_umask, read_jsonl
+from hpcqueue.worker.attribution import ATTRIBUTION_RULE, ATTRIBUTION_RULE_TEXT, attribute_rest, share
+
+if TYPE_CHECKING:
+    from hpcqueue.meters.base import Measurement, Meter
+    from hpcqueue.worker.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+#: Input lines can be long chats; the driver already enforced the user's limit on the original line.
+_TASK_LINE_BYTES = 1 << 30
+_TRACEBACK_LINES = 30
+
+# One engine per process, reused by the following tasks when they name the same model files and device.
+_ENGINES: dict[tuple[str, str, str], Engine] = {}
+
+
+@dataclass
+class _Run:
+    """What one attempt at a task has gathered so far."""
+
+    spec: dict[str, Any]
+    started_at: float
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    seq: dict[str, int] = field(default_factory=dict)
+    new_records: list[dict[str, Any]] = field(default_factory=list)
+    batch_energy_j: float = 0.0
+
+    def add_measurement(self, scope: str, measurement: Measurement) -> None:
+        seq = self.seq.get(scope, 0)
+        self.seq[scope] = seq + 1
+        self.measurements.append({"scope": scope, "seq": seq, **measurement.to_dict()})
+
+
+_stop = threading.Event()
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    log.warning(
+        "SIGTERM: stopping after the current generation batch; finished outputs stay in partial.jsonl"
+    )
+    _stop.set()
+
+
+def run_tasks(task_dirs: list[str]) -> list[dict[str, Any]]:
+    """Run task directories in order; return one summary per task.
+
+    A finished task (``metrics.json`` exists) is skipped; a task locked by another live worker is reported
+    ``locked`` and left alone; a task that cannot run at all gets a ``failed`` metrics.json and the worker
+    goes on with the next one. Summaries: ``{"task_dir", "state", "n_requests", "n_failed", "energy_j",
+    "error"}`` with state ``completed``, ``failed``, ``skipped`` or ``locked``.
+
+    SIGTERM (what ``scancel`` sends before it kills) stops the worker after the generation batch it is in,
+    instead of letting it burn energy until Slurm's kill timeout; the process then exits with status 143.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _request_stop)
+    try:
+        summaries = []
+        with private_umask():  # outputs hold what the users asked and got: owner-only
+            for task_dir in task_dirs:
+                if _stop.is_set():
+                    raise StopRequested()
+                summaries.append(run_task(Path(task_dir)))
+        return summaries
+    except StopRequested:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_task(task_dir: Path) -> dict[str, Any]:
+    """Run one task directory (see ``run_tasks``)."""
+    summary: dict[str, Any] = {
+        "task_dir": str(task_dir),
+        "state": "skipped",
+        "n_requests": None,
+        "n_failed": None,
+        "energy_j": None,
+        "error": None,
+    }
+    if (task_dir / METRICS).exists():
+        return summary
+    try:
+        with hold_task_lock(task_dir):
+            if (task_dir / METRICS).exists():  # finished by another worker since the check above
+                return summary
+            metrics = _run_locked(task_dir)
+    except TaskLocked:
+        log.info("task %s is locked by another worker; leaving it", task_dir)
+        summary["state"] = "locked"
+        return summary
+    summary.update(
+        state=metrics["state"],
+        n_requests=metrics.get("n_requests"),
+        n_failed=metrics.get("n_failed"),
+        energy_j=metrics.get("energy_j"),
+        error=(metrics.get("error") or {}).get("message"),
+    )
+    return summary
+
+
+
+
+def _run_locked(task_dir: Path) -> dict[str, Any]:
+    run = _Run(spec={}, started_at=time.time())
+    task_meter: Meter | None = None
+    try:
+        run.spec = _read_spec(task_dir)
+        task_meter = _meter_factory(run.spec)()
+        task_meter.start()
+        metrics = _execute(task_dir, run, task_meter)
+    except Exception as exc:
+        log.exception("task %s failed", task_dir)
+        metrics = _base_metrics(run)
+        if task_meter is not None and task_meter.running:
+            measurement = task_meter.stop()
+            run.add_measurement("task", measurement)
+            metrics.update(
+                energy_j=measurement.total_energy_j, energy_method=measurement.method, meter=measurement.meter
+            )
+        metrics.update(
+            state="failed",
+            ended_at=time.time(),
+            error={
+                "type": type(exc).__name__,
+                "message": str(exc) or type(exc).__name__,
+                "traceback": "".join(traceback.format_exc().splitlines(keepends=True)[-_TRACEBACK_LINES:]),
+            },
+        )
+    atomic_write_json(task_dir / METRICS, metrics)
+    return metrics
+
+
+def _read_spec(task_dir: Path) -> dict[str, Any]:
+    path = task_dir / TASK_SPEC
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path} is missing: this is not a task directory of a batch") from exc
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the batch directory is damaged") from exc
+    missing = [key for key in ("model", "input_format", "hardware") if key not in spec]
+    if missing:
+        raise ValueError(f"{path} lacks key(s) {', '.join(missing)}; the batch directory is damaged")
+    return dict(spec)
+
+
+def _meter_factory(spec: dict[str, Any]) -> Any:
+    from hpcqueue.meters import get_meter
+
+    name = str(spec.get("meter") or "auto")
+    hardware = str(spec["hardware"])
+    nominal_power_w = spec.get("nominal_power_w")
+
+    def make_meter() -> Meter:
+        return get_meter(name, hardware=hardware, nominal_power_w=nominal_power_w)
+
+    return make_meter
+
+
+def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
+    from hpcqueue.ingest import ReadOptions, load_task_input
+
+    spec = run.spec
+    options = ReadOptions(
+        max_line_bytes=_TASK_LINE_BYTES,
+        default_max_new_tokens=int(spec.get("default_max_new_tokens", 64)),
+        max_new_tokens_limit=int(spec.get("max_new_tokens_limit", 32768)),
+        skip_invalid=False,
+    )
+    requests = load_task_input(task_dir / INPUT, spec["input_format"], options)
+    kept = _resume(task_dir / PARTIAL)
+    wanted = {r.line for r in requests}
+    kept = {line: record for line, record in kept.items() if line in wanted}
+    todo = [r for r in requests if r.line not in kept]
+    if kept:
+        log.info("task %s: resuming, %d of %d requests already done", task_dir, len(kept), len(requests))
+
+    make_meter = _meter_factory(spec)
+    if todo:
+        engine = _engine_for(spec, run, make_meter)
+        with open(task_dir / PARTIAL, "a", encoding="utf-8") as partial:
+
+            def on_batch(records: list[dict[str, Any]], measurement: Measurement | None) -> None:
+                if measurement is not None:
+                    run.add_measurement("generation_batch", measurement)
+                    run.batch_energy_j += measurement.total_energy_j
+                    share(records, measurement.total_energy_j)
+                else:
+                    for record in records:
+                        record["energy_j"] = 0.0
+                run.new_records += records
+                partial.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                partial.flush()
+                os.fsync(partial.fileno())
+                if _stop.is_set():
+                    raise StopRequested()
+
+            engine.generate(todo, on_batch=on_batch, make_meter=make_meter)
+
+    records = {**kept, **{r["line"]: r for r in run.new_records}}
+    missing = [r.line for r in requests if r.line not in records]
+    if missing:
+        raise RuntimeError(f"the engine returned no output for line(s) {missing[:10]}")
+    ordered = [records[r.line] for r in sorted(requests, key=lambda r: r.line)]
+    # The records carry their energy, so the task meter stops just before output.jsonl is written: the
+    # write itself (small next to generation) is left out of the measurement.
+    task_measurement = task_meter.stop()
+    run.add_measurement("task", task_measurement)
+    attribute_rest(run.new_records, task_measurement.total_energy_j, run.batch_energy_j)
+    atomic_write_jsonl(task_dir / OUTPUT, ordered)
+
+    metrics = _base_metrics(run)
+    carried_energy_j = sum(float(r.get("energy_j") or 0.0) for r in kept.values())
+    methods = {m["method"] for m in run.measurements}
+    metrics.update(
+        state="completed",
+        ended_at=time.time(),
+        n_requests=len(ordered),
+        n_succeeded=sum(1 for r in ordered if r.get("error") is None),
+        n_failed=sum(1 for r in ordered if r.get("error") is not None),
+        n_resumed=len(kept),
+        input_tokens=sum(int(r.get("input_tokens") or 0) for r in ordered),
+        output_tokens=sum(int(r.get("output_tokens") or 0) for r in ordered),
+        energy_j=task_measurement.total_energy_j + carried_energy_j,
+        energy_method="estimated" if "estimated" in methods else "measured",
+        meter=task_measurement.meter,
+    )
+    return metrics
+
+
+def _engine_for(spec: dict[str, Any], run: _Run, make_meter: Any) -> Engine:
+    """The process's engine for this task's model, loading (and metering) it when not loaded yet."""
+    from hpcqueue.models import ModelRef, model_fingerprint, resolve_model
+    from hpcqueue.worker.engine import DEFAULT_MAX_BATCH_TOKENS, Engine
+
+    model_path = spec.get("model_path")
+    if model_path and (Path(model_path) / "config.json").is_file():
+        path = Path(model_path)
+        ref = ModelRef(name=str(spec["model"]), path=path, fingerprint=model_fingerprint(path))
+    else:
+        if model_path:
+            log.warning(
+                "model_path %s is not readable on %s; resolving %r here",
+                model_path,
+                socket.gethostname(),
+                spec["model"],
+            )
+        cache_dir = os.environ.get("HPCQUEUE_CACHE_DIR")
+        ref = resolve_model(str(spec["model"]), cache_dir=Path(cache_dir) if cache_dir else None)
+    device = str(spec.get("device") or "auto")
+    dtype = str(spec.get("dtype") or "auto")
+    key = (str(ref.path), device, dtype)
+    engine = _ENGINES.get(key)
+    if engine is None:
+        meter = make_meter()
+        meter.start()
+        try:
+            engine = Engine(ref, device=device, dtype=dtype)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"cannot load model {ref.name!r} from {ref.path}: {exc}") from exc
+        finally:
+            run.add_measurement("model_load", meter.stop())
+        _ENGINES.clear()  # one model in memory at a time
+        _ENGINES[key] = engine
+    # Batching settings belong to the task, not to the cached engine.
+    engine.batch_size = int(spec.get("batch_size") or 16)
+    engine.max_batch_tokens = int(spec.get("max_batch_tokens") or DEFAULT_MAX_BATCH_TOKENS)
+    return engine
+
+
+def _resume(partial_path: Path) -> dict[int, dict[str, Any]]:
+    """Records of an interrupted attempt, by line; a torn last line is cut off so appends stay valid."""
+    if not partial_path.exists():
+        return {}
+    data = partial_path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(partial_path, "r+b") as handle:
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+    records: dict[int, dict[str, Any]] = {}
+    for record in read_jsonl(partial_path):
+        records.setdefault(int(record["line"]), record)
+    return records
+
+
+
+
+
+def _base_metrics(run: _Run) -> dict[str, Any]:
+    spec = run.spec
+    env = os.environ
+    return {
+        "batch_id": spec.get("batch_id"),
+        "task_index": spec.get("task_index"),
+        "target": spec.get("target"),
+        "state": None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job_id": env.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
+        "started_at": run.started_at,
+        "ended_at": None,
+        "n_requests": spec.get("n_requests"),
+        "n_succeeded": 0,
+        "n_failed": 0,
+        "n_resumed": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "model": spec.get("model"),
+        "model_path": spec.get("model_path"),
+        "hardware": spec.get("hardware"),
+        "batch_size": spec.get("batch_size"),
+        "energy_j": None,
+        "energy_method": None,
+        "meter": None,
+        "attribution_rule": ATTRIBUTION_RULE,
+        "attribution_rule_text": ATTRIBUTION_RULE_TEXT,
+        "measurements": run.measurements,
+        "error": None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hpcqueue.worker TASK_DIR...``: run task directories by hand, print the summaries."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or any(a in ("-h", "--help") for a in args):
+        print("usage: python -m hpcqueue.worker TASK_DIR [TASK_DIR...]")
+        return 0 if args else 2
+    summaries = run_tasks(args)
+    print(json.dumps(summaries, indent=2))
+    return 1 if any(s["state"] == "failed" for s in summaries) else 0
+
+
+class TaskRunner:
+    """The callable that submitit runs: ``TaskRunner()(task_dirs)``.
+
+    It is checkpointable (see ``submitit.helpers.Checkpointable``): when Slurm signals a time-out or a
+    pre-emption, submitit asks ``checkpoint()`` for the resubmission and requeues the job with the same task
+    directories. The requeued worker resumes each task after the last generation batch in ``partial.jsonl``,
+    so finished outputs are kept and none is produced twice.
+    """
+
+    def __call__(self, task_dirs: Sequence[str]) -> list[dict[str, Any]]:
+        return run_tasks(list(task_dirs))
+
+    def checkpoint(self, task_dirs: Sequence[str]) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        log.warning(
+            "time limit or pre-emption: requeueing %d task(s); they resume from partial.jsonl", len(task_dirs)
+        )
+        return DelayedSubmission(TaskRunner(), list(task_dirs))

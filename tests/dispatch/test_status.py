@@ -1,0 +1,243 @@
+"""Task status from the batch directory and the jobs (Slurm's answers faked: this is the outside world)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from hpcqueue.dispatch.batchdir import BatchDir, create_batch
+from hpcqueue.dispatch.slurm import JobState
+from hpcqueue.dispatch.status import ACCOUNTING_GRACE_S, task_views
+from hpcqueue.ledger import BatchInfo, Ledger
+from hpcqueue.ledger.collect import refresh
+
+
+class FakePoller:
+    """Stands in for sacct: returns the given states for the ids asked about."""
+
+    def __init__(self, states: dict[str, JobState], error: Exception | None = None) -> None:
+        self.states_by_id = states
+        self.asked: list[list[str]] = []
+        self.last_error = error
+
+    def states(self, job_ids: list[str], force: bool = False) -> dict[str, JobState]:
+        self.asked.append(list(job_ids))
+        return {i: s for i, s in self.states_by_id.items() if i in job_ids}
+
+
+def _state(job_id: str, state: str, node: str | None = "lp01") -> JobState:
+    base, _, index = job_id.partition("_")
+    return JobState(
+        job_id,
+        base if index else None,
+        int(index) if index else None,
+        state,
+        "lowpower",
+        node,
+        1000.0,
+        1010.0 if state != "RUNNING" else None,
+        10.0,
+        "0:0",
+    )
+
+
+def _batch(tmp_path: Path, n_tasks: int = 6) -> BatchDir:
+    plan = pd.DataFrame(
+        {
+            "line": list(range(1, n_tasks + 1)),
+            "task_index": list(range(n_tasks)),
+            "id": [f"r{i}" for i in range(n_tasks)],
+        }
+    )
+    specs = [{"task_index": i, "target": "lowpower", "n_requests": 1} for i in range(n_tasks)]
+    manifest = {"batch_id": "hq-status", "tasks": specs}
+    return create_batch(
+        tmp_path,
+        "hq-status",
+        manifest=manifest,
+        plan=plan,
+        task_specs=specs,
+        raw_lines=pd.Series(['{"prompt":"x"}'] * n_tasks),
+    )
+
+
+def _jobs(batch: BatchDir, records: list[dict]) -> None:
+    (batch.path / "jobs.json").write_text(json.dumps(records))
+
+
+def test_statuses_combine_files_and_slurm_accounting(tmp_path: Path) -> None:
+    batch = _batch(tmp_path)
+    now = time.time()
+    _jobs(
+        batch,
+        [
+            {
+                "job_id": f"77_{i}",
+                "executor": "slurm",
+                "target": "lowpower",
+                "task_indices": [i],
+                "submitted_at": now,
+            }
+            for i in range(5)
+        ]
+        + [
+            {
+                "job_id": "78_0",
+                "executor": "slurm",
+                "target": "lowpower",
+                "task_indices": [4],
+                "submitted_at": now - ACCOUNTING_GRACE_S - 1,
+            }
+        ],
+    )
+    (batch.task_dir(0) / "metrics.json").write_text('{"state": "completed"}')
+    poller = FakePoller(
+        {
+            "77_1": _state("77_1", "RUNNING"),
+            "77_2": _state("77_2", "PENDING", None),
+            "77_3": _state("77_3", "CANCELLED"),
+        }
+    )
+    views = task_views(batch, poller=poller)
+    assert {i: v.status for i, v in views.items()} == {
+        0: "completed",  # the worker's metrics.json settles it: Slurm is not asked
+        1: "running",
+        2: "queued",
+        3: "lost",  # the job ended before the task did
+        4: "lost",  # the retry's job has been missing from accounting for too long
+        5: "pending",  # never submitted
+    }
+    assert poller.asked == [["77_1", "77_2", "77_3", "78_0"]]  # one batched question
+    assert views[3].slurm_state == "CANCELLED" and views[3].node == "lp01"
+
+
+def test_a_job_just_submitted_is_queued_and_a_cancelled_one_cancelled(tmp_path: Path) -> None:
+    batch = _batch(tmp_path, 2)
+    _jobs(
+        batch,
+        [
+            {
+                "job_id": "90_0",
+                "executor": "slurm",
+                "target": "lowpower",
+                "task_indices": [0],
+                "submitted_at": time.time(),
+            },
+            {
+                "job_id": "90_1",
+                "executor": "slurm",
+                "target": "lowpower",
+                "task_indices": [1],
+                "submitted_at": time.time(),
+                "cancelled": True,
+            },
+        ],
+    )
+    views = task_views(batch, poller=FakePoller({}))
+    assert views[0].status == "queued" and views[1].status == "cancelled"
+
+
+def test_local_worker_that_died_leaves_its_task_lost(tmp_path: Path) -> None:
+    batch = _batch(tmp_path, 1)
+    _jobs(
+        batch,
+        [
+            {
+                "job_id": "999999999",
+                "executor": "local",
+                "target": "local",
+                "task_indices": [0],
+                "submitted_at": time.time(),
+            }
+        ],
+    )
+    assert task_views(batch)[0].status == "lost"
+
+
+def test_refresh_records_lost_tasks_with_state_and_log_tail(tmp_path: Path) -> None:
+    batch = _batch(tmp_path, 2)
+    _jobs(
+        batch,
+        [
+            {
+                "job_id": f"77_{i}",
+                "executor": "slurm",
+                "target": "lowpower",
+                "task_indices": [i],
+                "submitted_at": time.time(),
+            }
+            for i in range(2)
+        ],
+    )
+    log_dir = batch.logs_dir / "lowpower" / "77_1"
+    log_dir.mkdir(parents=True)
+    (log_dir / "77_1_0_log.err").write_text("loading model\nslurmstepd: *** JOB 77 CANCELLED ***\n")
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    info = BatchInfo(
+        id="hq-status",
+        created_at=time.time(),
+        user="u",
+        host="h",
+        input_path="p",
+        input_sha256="0" * 64,
+        input_format="simple",
+        model="m",
+        policy="threshold",
+        settings_json="{}",
+        batch_dir=str(batch.path),
+    )
+    tasks = pd.DataFrame(
+        {
+            "task_index": [0, 1],
+            "target": ["lowpower"] * 2,
+            "executor": ["slurm"] * 2,
+            "n_requests": [1, 1],
+            "predicted_energy_j": [1.0, 1.0],
+            "predicted_runtime_s": [1.0, 1.0],
+        }
+    )
+    requests = batch.plan().assign(
+        target="lowpower",
+        input_tokens=3,
+        max_new_tokens=4,
+        predicted_energy_j=1.0,
+        predicted_runtime_s=1.0,
+        extrapolated=False,
+    )
+    ledger.record_batch(info, tasks, requests)
+    poller = FakePoller({"77_0": _state("77_0", "RUNNING"), "77_1": _state("77_1", "CANCELLED")})
+    refresh(batch, ledger, poller=poller)
+    with ledger.connect() as conn:
+        rows = {
+            r.task_index: r
+            for r in conn.exec_driver_sql(
+                "SELECT task_index, state, slurm_job_id, slurm_array_task_id, node, error, log_tail "
+                "FROM tasks"
+            )
+        }
+    assert rows[0].state == "running" and rows[0].slurm_job_id == "77" and rows[0].slurm_array_task_id == 0
+    assert rows[1].state == "failed" and "CANCELLED" in rows[1].error and "retry" in rows[1].error
+    assert "JOB 77 CANCELLED" in rows[1].log_tail and rows[1].node == "lp01"
+
+
+def test_when_accounting_is_down_nothing_is_taken_for_lost(tmp_path: Path) -> None:
+    from hpcqueue.dispatch.slurm import SlurmError
+
+    batch = _batch(tmp_path, 1)
+    _jobs(
+        batch,
+        [
+            {
+                "job_id": "78_0",
+                "executor": "slurm",
+                "target": "lowpower",
+                "task_indices": [0],
+                "submitted_at": time.time() - ACCOUNTING_GRACE_S - 1,
+            }
+        ],
+    )
+    views = task_views(batch, poller=FakePoller({}, error=SlurmError("sacct: slurmdbd not responding")))
+    assert views[0].status == "queued"  # unknown, so not resubmitted by retry

@@ -1,0 +1,326 @@
+"""The worker end to end on hand-made task directories, with the real demo model and the estimate meter."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcqueue.models import DEMO_MODEL, ModelRef, resolve_model
+from hpcqueue.worker import run_tasks
+from hpcqueue.worker.attribution import ATTRIBUTION_RULE
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def demo(hq_cache: Path) -> ModelRef:
+    return resolve_model(DEMO_MODEL, cache_dir=hq_cache)
+
+
+def make_task(
+    task_dir: Path,
+    requests: list[dict[str, Any]],
+    demo: ModelRef,
+    *,
+    batch_size: int = 4,
+    task_index: int = 0,
+    **spec: Any,
+) -> Path:
+    task_dir.mkdir(parents=True)
+    task = {
+        "batch_id": "hq-test",
+        "task_index": task_index,
+        "target": "local",
+        "model": DEMO_MODEL,
+        "model_path": str(demo.path),
+        "input_format": "simple",
+        "batch_size": batch_size,
+        "meter": "estimate",
+        "hardware": "cpu-generic",
+        "nominal_power_w": None,
+        "default_max_new_tokens": 8,
+        "max_new_tokens_limit": 4096,
+        "n_requests": len(requests),
+        **spec,
+    }
+    (task_dir / "task.json").write_text(json.dumps(task))
+    with open(task_dir / "input.jsonl", "w") as handle:
+        for line, request in enumerate(requests, start=3):  # input lines need not start at 1
+            handle.write(json.dumps({"line": line, "request": request}) + "\n")
+    return task_dir
+
+
+def prompts(n: int, max_new_tokens: int = 8) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"q{i}",
+            "prompt": f"Prompt {i}: " + "the quiet node " * (1 + i % 4),
+            "max_new_tokens": max_new_tokens,
+        }
+        for i in range(n)
+    ]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_task_end_to_end(tmp_path: Path, demo: ModelRef, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4240")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    requests = [
+        *prompts(9),
+        {"id": "chat", "messages": [{"role": "user", "content": "Why does the queue wait?"}]},
+        {"id": "too-long", "prompt": "the queue " * 20, "max_new_tokens": 4096},
+    ]
+    task = make_task(tmp_path / "000000", requests, demo, batch_size=4)
+
+    (summary,) = run_tasks([str(task)])
+
+    assert summary["state"] == "completed"
+    outputs = read_jsonl(task / "output.jsonl")
+    assert [o["line"] for o in outputs] == list(range(3, 3 + len(requests)))
+    assert [o["id"] for o in outputs] == [r["id"] for r in requests]
+    assert all(o["error"] is None and o["finish_reason"] in ("stop", "length") for o in outputs[:-1])
+    assert outputs[9]["output_tokens"] == 8  # the default from task.json applies
+    assert outputs[-1]["error"]["code"] == "context_length_exceeded"
+
+    metrics = json.loads((task / "metrics.json").read_text())
+    assert metrics["state"] == "completed" and metrics["error"] is None
+    assert (metrics["batch_id"], metrics["task_index"], metrics["target"]) == ("hq-test", 0, "local")
+    assert (metrics["slurm_job_id"], metrics["slurm_array_job_id"], metrics["slurm_array_task_id"]) == (
+        "4242",
+        "4240",
+        "2",
+    )
+    assert metrics["pid"] == os.getpid()
+    assert metrics["n_requests"] == 11 and metrics["n_succeeded"] == 10 and metrics["n_failed"] == 1
+    assert metrics["input_tokens"] == sum(o["input_tokens"] for o in outputs)
+    assert metrics["output_tokens"] == sum(o["output_tokens"] for o in outputs)
+    assert metrics["energy_method"] == "estimated" and metrics["meter"] == "estimate"
+    assert metrics["attribution_rule"] == ATTRIBUTION_RULE and metrics["attribution_rule"].startswith(
+        "token-share-v1"
+    )
+    assert metrics["started_at"] <= metrics["ended_at"]
+
+    scopes = [m["scope"] for m in metrics["measurements"]]
+    assert scopes.count("task") == 1
+    assert scopes.count("generation_batch") == 3  # 10 runnable requests in batches of 4
+    task_j = next(m for m in metrics["measurements"] if m["scope"] == "task")["energy_j"]
+    assert metrics["energy_j"] == pytest.approx(sum(task_j.values()))
+    # the requests of a task add up to the task's energy, and bigger requests carry more of it
+    assert sum(o["energy_j"] for o in outputs) == pytest.approx(metrics["energy_j"], rel=1e-9)
+    assert all(o["energy_j"] > 0 for o in outputs)
+
+    # a finished task is not run again
+    before = (task / "output.jsonl").read_bytes()
+    (again,) = run_tasks([str(task)])
+    assert again["state"] == "skipped"
+    assert (task / "output.jsonl").read_bytes() == before
+
+
+def test_batch_energy_goes_to_the_batch_requests_by_tokens(tmp_path: Path, demo: ModelRef) -> None:
+    task = make_task(tmp_path / "000000", prompts(4, max_new_tokens=6), demo, batch_size=4)
+    run_tasks([str(task)])
+    outputs = read_jsonl(task / "output.jsonl")
+    metrics = json.loads((task / "metrics.json").read_text())
+    tokens = [o["input_tokens"] + o["output_tokens"] for o in outputs]
+    # one batch: every request gets the same share per token of the whole task energy
+    per_token = [o["energy_j"] / t for o, t in zip(outputs, tokens, strict=True)]
+    assert max(per_token) == pytest.approx(min(per_token), rel=1e-9)
+    assert sum(o["energy_j"] for o in outputs) == pytest.approx(metrics["energy_j"], rel=1e-9)
+
+
+def test_model_is_loaded_once_per_worker_process(tmp_path: Path, demo: ModelRef) -> None:
+    first = make_task(tmp_path / "000000", prompts(2), demo, task_index=0)
+    second = make_task(tmp_path / "000001", prompts(2), demo, task_index=1)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcqueue.worker", str(first), str(second)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summaries = json.loads(proc.stdout)
+    assert [s["state"] for s in summaries] == ["completed", "completed"]
+    scopes = [
+        [m["scope"] for m in json.loads((task / "metrics.json").read_text())["measurements"]]
+        for task in (first, second)
+    ]
+    assert scopes[0].count("model_load") == 1
+    assert scopes[1].count("model_load") == 0
+
+
+def test_locked_task_is_left_to_its_worker(tmp_path: Path, demo: ModelRef) -> None:
+    task = make_task(tmp_path / "000000", prompts(2), demo)
+    with open(task / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (summary,) = run_tasks([str(task)])
+        assert summary["state"] == "locked"
+        assert not (task / "metrics.json").exists()
+        assert not (task / "output.jsonl").exists()
+    (summary,) = run_tasks([str(task)])
+    assert summary["state"] == "completed"
+
+
+def test_resume_keeps_finished_lines(tmp_path: Path, demo: ModelRef) -> None:
+    task = make_task(tmp_path / "000000", prompts(6), demo)
+    earlier = [
+        {
+            "line": line,
+            "id": f"q{line - 3}",
+            "text": "written by an earlier attempt",
+            "input_tokens": 7,
+            "output_tokens": 8,
+            "finish_reason": "length",
+            "error": None,
+            "started_at": 1.0,
+            "ended_at": 2.0,
+            "energy_j": 1.5,
+        }
+        for line in (3, 5)
+    ]
+    with open(task / "partial.jsonl", "w") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in earlier)
+        handle.write('{"line": 4, "id": "q1", "te')  # torn by a crash mid-append
+
+    (summary,) = run_tasks([str(task)])
+
+    assert summary["state"] == "completed"
+    outputs = read_jsonl(task / "output.jsonl")
+    assert [o["line"] for o in outputs] == [3, 4, 5, 6, 7, 8]
+    assert outputs[0] == earlier[0] and outputs[2] == earlier[1]  # kept as they were, energy included
+    assert all(o["text"] != "written by an earlier attempt" for o in outputs if o["line"] not in (3, 5))
+    metrics = json.loads((task / "metrics.json").read_text())
+    assert metrics["n_resumed"] == 2 and metrics["n_requests"] == 6
+    assert sum(o["energy_j"] for o in outputs) == pytest.approx(metrics["energy_j"], rel=1e-9)
+    task_j = sum(next(m for m in metrics["measurements"] if m["scope"] == "task")["energy_j"].values())
+    assert metrics["energy_j"] == pytest.approx(task_j + 3.0)
+    # the torn line was dropped and the new records appended after the kept ones
+    partial = read_jsonl(task / "partial.jsonl")
+    assert sorted(r["line"] for r in partial) == [3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize(
+    ("signum", "exit_code"),
+    [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 128 + signal.SIGTERM)],
+    ids=["SIGKILL", "SIGTERM"],
+)
+def test_killed_worker_leaves_no_output_and_the_rerun_resumes(
+    tmp_path: Path, demo: ModelRef, signum: int, exit_code: int
+) -> None:
+    """SIGKILL (a crash) and SIGTERM (scancel: the worker stops after its current generation batch) both
+    leave the task unfinished with its finished batches kept; the rerun resumes after them."""
+    task = make_task(tmp_path / "000000", prompts(60, max_new_tokens=48), demo, batch_size=1)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcqueue.worker", str(task)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    partial = task / "partial.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if partial.exists() and partial.read_text().count("\n") >= 2:
+                break
+            assert proc.poll() is None, "the worker finished before it could be interrupted"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == exit_code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    done_before = read_jsonl(partial)
+    assert 2 <= len(done_before) < 60
+    # nothing final appears before the task completes
+    assert not (task / "output.jsonl").exists()
+    assert not (task / "metrics.json").exists()
+    assert not [p for p in task.iterdir() if p.name.startswith(".")]
+
+    (summary,) = run_tasks([str(task)])
+
+    assert summary["state"] == "completed"
+    outputs = {o["line"]: o for o in read_jsonl(task / "output.jsonl")}
+    assert sorted(outputs) == list(range(3, 63))
+    for record in done_before:
+        assert outputs[record["line"]] == record
+    assert json.loads((task / "metrics.json").read_text())["n_resumed"] == len(done_before)
+
+
+def test_broken_task_fails_and_the_worker_goes_on(tmp_path: Path, demo: ModelRef) -> None:
+    broken = make_task(tmp_path / "000000", prompts(2), demo, task_index=0)
+    with open(broken / "input.jsonl", "a") as handle:
+        handle.write("{this is not json\n")
+    missing_model = make_task(
+        tmp_path / "000001",
+        prompts(2),
+        demo,
+        task_index=1,
+        model="hpcqueue-tests/no-such-model",
+        model_path=None,
+    )
+    good = make_task(tmp_path / "000002", prompts(2), demo, task_index=2)
+
+    summaries = run_tasks([str(broken), str(missing_model), str(good)])
+
+    assert [s["state"] for s in summaries] == ["failed", "failed", "completed"]
+    first = json.loads((broken / "metrics.json").read_text())
+    assert first["state"] == "failed"
+    assert "damaged task input record" in first["error"]["message"]
+    assert first["error"]["type"] == "InputError"
+    assert "Traceback" in first["error"]["traceback"]
+    assert not (broken / "output.jsonl").exists()
+    second = json.loads((missing_model / "metrics.json").read_text())
+    assert "hf download hpcqueue-tests/no-such-model" in second["error"]["message"]
+    assert second["energy_method"] == "estimated"  # energy spent before failing is still reported
+
+
+def test_preempted_worker_is_requeued_and_resumes(tmp_path: Path, demo: ModelRef) -> None:
+    """A time-out/pre-emption signal (USR2) makes submitit checkpoint TaskRunner and requeue it; the requeued
+    worker keeps the generation batches already in partial.jsonl and runs only the rest."""
+    import submitit
+
+    from hpcqueue.worker import TaskRunner
+
+    task_dir = make_task(tmp_path / "task", prompts(48, max_new_tokens=48), demo, batch_size=4)
+    executor = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(TaskRunner(), [str(task_dir)])
+    partial = task_dir / "partial.jsonl"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and len(read_jsonl(partial)) >= 8):
+        assert time.monotonic() < deadline, "the worker never wrote a generation batch"
+        assert not (task_dir / "metrics.json").exists(), "the task finished before it could be pre-empted"
+        time.sleep(0.05)
+    # What Slurm's --signal does before a time limit or a pre-emption: USR2 to the job's processes (submitit's
+    # local controller would not forward it, so it goes to the worker directly).
+    controller = int(job.job_id)
+    workers = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    assert workers, "no worker process under the local controller"
+    for pid in workers:
+        os.kill(int(pid), signal.SIGUSR2)
+    job.result()  # the requeued worker finishes the task
+
+    metrics = json.loads((task_dir / "metrics.json").read_text())
+    outputs = read_jsonl(task_dir / "output.jsonl")
+    assert metrics["state"] == "completed"
+    assert metrics["n_resumed"] >= 8  # kept from the interrupted attempt, not generated again
+    assert len(outputs) == 48 and len({o["line"] for o in outputs}) == 48
+    log_text = "".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.err"))
+    assert "requeueing" in log_text or "Requeued" in log_text
