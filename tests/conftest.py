@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures faking the outside world's energy hardware (no RAPL, no GPU, ...) live with the other fakes.
+pytest_plugins = ["tests.fakes.machine"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLES = REPO / "examples"
