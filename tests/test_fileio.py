@@ -56,3 +56,37 @@ def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path: Path) -> No
         assert private.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_private_umask_makes_what_libraries_create_owner_only(tmp_path: Path) -> None:
+    from hpcqueue.fileio import private_umask
+
+    old = os.umask(0o022)
+    try:
+        with private_umask():
+            (tmp_path / "made-by-a-library").write_text("x")  # a plain open(), as pandas or submitit do
+            (tmp_path / "dir").mkdir()
+        (tmp_path / "after").write_text("x")
+        assert os.umask(0o022) == 0o022  # the umask is given back
+    finally:
+        os.umask(old)
+    assert (tmp_path / "made-by-a-library").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "dir").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "after").stat().st_mode & 0o777 == 0o644
+
+
+def test_tighten_removes_group_and_other_bits_and_counts_what_changed(tmp_path: Path) -> None:
+    from hpcqueue.fileio import is_private, make_private_dir, tighten
+
+    root = make_private_dir(tmp_path / "a" / "b")
+    assert root.stat().st_mode & 0o777 == 0o700 and is_private(root)
+    (root / "f").write_text("x")
+    (root / "f").chmod(0o664)
+    (root / "sub").mkdir()
+    (root / "sub").chmod(0o775)
+    root.chmod(0o755)
+    assert not is_private(root)
+    assert tighten(root) == 1 and is_private(root) and not is_private(root / "f")
+    assert tighten(root, recursive=True) == 2
+    assert (root / "f").stat().st_mode & 0o777 == 0o600 and (root / "sub").stat().st_mode & 0o777 == 0o700
+    assert tighten(root, recursive=True) == 0

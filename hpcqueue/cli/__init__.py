@@ -1,6 +1,6 @@
 """The ``hpcqueue`` command: one typer app, one module per command group.
 
-``batch`` (submit, status, collect, retry, cancel, results), ``plan`` (plan, simulate), ``ledger`` (ledger …),
+``batch`` (submit, status, collect, retry, cancel, results), ``planning`` (plan, simulate), ``ledger`` (ledger …),
 ``profiles`` (profiles …, profile) and ``meters`` (doctor); ``common`` holds the options, consoles and the one
 place where errors become exit codes. Commands parse, call the library and render; no logic lives here.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from hpcqueue.cli import batch, meters, plan, profiles
+from hpcqueue.cli import batch, meters, planning, profiles
 from hpcqueue.cli.ledger import ledger_app
 
 app = typer.Typer(
@@ -22,8 +22,8 @@ app = typer.Typer(
 for command in (batch.submit, batch.status, batch.collect, batch.retry, batch.cancel, batch.results):
     app.command()(command)
 app.add_typer(ledger_app, name="ledger")
-app.command()(plan.plan)
-app.command()(plan.simulate)
+app.command()(planning.plan)
+app.command()(planning.simulate)
 app.add_typer(profiles.profiles_app, name="profiles")
 app.command()(profiles.profile)
 app.command()(meters.doctor)

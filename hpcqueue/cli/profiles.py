@@ -424,7 +424,7 @@ def profile(
                 from hpcqueue.meters import get_meter
 
                 get_meter(meter, hardware=chosen.hardware, nominal_power_w=chosen.nominal_power_w)
-        from hpcqueue.profiles.jobs import profile_target
+        from hpcqueue.profiles.runs import profile_target
         from hpcqueue.profiles.store import user_profiles_dir
 
         run = profile_target(

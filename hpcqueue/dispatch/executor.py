@@ -1,7 +1,7 @@
 """The one way hpcqueue hands work to submitit: a target's executor parameters, and submitting with them.
 
 Every job hpcqueue starts goes through here — batch tasks and their collect job (``dispatch.jobs``), profile
-sweeps (``profiles.jobs``) and fingerprint checks (``profiles.staleness``) — so a target means the same
+sweeps (``profiles.runs``) and fingerprint checks (``profiles.staleness``) — so a target means the same
 ``sbatch`` options everywhere, submitit's plain exceptions become one :class:`DispatchError` (or the caller's
 subclass) naming what could not be submitted, and work on prompts is submitted owner-only (``private``).
 

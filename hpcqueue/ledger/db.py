@@ -8,6 +8,8 @@ nodes never open the database; see docs/ledger.md for why.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from hpcqueue.errors import BatchNotFoundError, LedgerError
+from hpcqueue.fileio import PRIVATE_FILE_MODE, is_private, make_private_dir, tighten
 from hpcqueue.ledger import queries
 from hpcqueue.ledger.rows import (
     REQUEST_COLUMNS,
@@ -48,6 +51,8 @@ from hpcqueue.ledger.schema import BatchRow, MeasurementRow, RequestRow, TaskRow
 if TYPE_CHECKING:
     import pandas as pd
 
+log = logging.getLogger(__name__)
+
 #: The newest migration in ``migrations/versions``; a test keeps the two in step. Opening a ledger whose
 #: ``alembic_version`` already says this skips loading Alembic altogether.
 SCHEMA_REVISION = "0001"
@@ -59,7 +64,7 @@ _INSERT_CHUNK_ROWS = 20_000
 
 def default_db_url() -> str:
     """The SQLite ledger used when neither ``db_url`` nor ``HPCQUEUE_DB_URL`` names another database."""
-    return f"sqlite:///{Path(platformdirs.user_data_dir('hpcqueue')) / 'ledger.sqlite'}"
+    return f"sqlite:///{data_dir() / 'ledger.sqlite'}"
 
 
 def mask_url(url: str | URL) -> str:
@@ -110,7 +115,7 @@ class Ledger:
         if is_sqlite and parsed.database and parsed.database != ":memory:":
             path = Path(parsed.database).expanduser()
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_file(path)
             except OSError as exc:
                 raise LedgerError(
                     f"cannot create the directory {path.parent} for the ledger {self.masked_url}: {exc}; "
@@ -486,6 +491,39 @@ class Ledger:
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
+
+
+def data_dir() -> Path:
+    """hpcqueue's own data directory (the default ledger and batch root live in it)."""
+    return Path(platformdirs.user_data_dir("hpcqueue"))
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Make the SQLite ledger owner-only before SQLite opens it: the file 0600 (SQLite gives its journal the
+    same mode), created in a 0700 directory when hpcqueue creates the directory, and hpcqueue's own data
+    directory 0700. A ledger an older hpcqueue left readable by others is tightened, with a one-line notice.
+    A directory the user chose for the ledger keeps its own mode: the file is what is made private."""
+    if not path.parent.exists():
+        make_private_dir(path.parent)
+    elif path.parent.resolve() == data_dir().resolve() and not is_private(path.parent):
+        tighten(path.parent)
+        log.warning("made hpcqueue's data directory %s owner-only: it holds the ledger and batches", path.parent)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+        return  # an empty file is a new database to SQLite
+    except FileExistsError:
+        pass
+    loose = [p for p in _sqlite_files(path) if not is_private(p)]
+    if loose and sum(tighten(p) for p in loose):
+        log.warning(
+            "the ledger %s was open to other users: made it owner-only (0600)",
+            path,
+        )
+
+
+def _sqlite_files(path: Path) -> list[Path]:
+    """The database file and the journal files SQLite keeps next to it."""
+    return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -22,7 +22,7 @@ from hpcqueue.ledger.rows import BatchInfo
 from hpcqueue.ledger.schema import BatchRow, MeasurementRow, RequestRow, TaskRow
 
 
-class Ledger(Protocol):
+class LedgerReader(Protocol):
     """What a query needs of :class:`hpcqueue.ledger.db.Ledger`: read transactions, and a URL to name."""
 
     masked_url: str
@@ -64,7 +64,7 @@ def _status_count(status: str) -> Any:
     return func.coalesce(func.sum(case((RequestRow.status == status, 1), else_=0)), 0)
 
 
-def get_batch(ledger: Ledger, batch_id: str) -> BatchInfo | None:
+def get_batch(ledger: LedgerReader, batch_id: str) -> BatchInfo | None:
     """The recorded batch with this id, or None."""
     with ledger.connect() as conn:
         row = conn.execute(select(BatchRow).where(BatchRow.id == batch_id)).mappings().first()
@@ -73,7 +73,7 @@ def get_batch(ledger: Ledger, batch_id: str) -> BatchInfo | None:
     return BatchInfo(**{field: row[field] for field in BatchInfo.__dataclass_fields__})
 
 
-def table_counts(ledger: Ledger) -> dict[str, int]:
+def table_counts(ledger: LedgerReader) -> dict[str, int]:
     """Row count of each ledger table (batches, tasks, requests, measurements)."""
     with ledger.connect() as conn:
         return {
@@ -82,7 +82,7 @@ def table_counts(ledger: Ledger) -> dict[str, int]:
         }
 
 
-def batch_report(ledger: Ledger, batch_id: str) -> dict[str, Any]:
+def batch_report(ledger: LedgerReader, batch_id: str) -> dict[str, Any]:
     """Everything ``hpcqueue status`` shows about one batch.
 
     Keys: ``batch_id``, ``requests`` (all lines, = succeeded + failed + rejected + pending), ``succeeded``,
@@ -143,7 +143,7 @@ def batch_report(ledger: Ledger, batch_id: str) -> dict[str, Any]:
     return report
 
 
-def summary(ledger: Ledger, by: SummaryKey = "target", *, since: datetime | None = None) -> pd.DataFrame:
+def summary(ledger: LedgerReader, by: SummaryKey = "target", *, since: datetime | None = None) -> pd.DataFrame:
     """Totals over all recorded batches, one row per ``by`` value (target, model, day or user).
 
     ``day`` is the UTC date a batch was created; ``since`` keeps batches created at or after it. Columns:
@@ -223,7 +223,7 @@ def summary(ledger: Ledger, by: SummaryKey = "target", *, since: datetime | None
     return table.reset_index()[[by, *SUMMARY_COLUMNS]]
 
 
-def list_batches(ledger: Ledger, limit: int = 20) -> pd.DataFrame:
+def list_batches(ledger: LedgerReader, limit: int = 20) -> pd.DataFrame:
     """The ``limit`` newest batches: id, when, who, model, policy, sizes, task progress and energy."""
     task_totals = (
         select(

@@ -19,7 +19,7 @@ The method follows Wilkins, Keshav and Mortier (2024), with these changes:
   metered on its own.
 
 ``run_sweep`` runs on this machine; ``sweep_job`` is what a profiling job runs on a target's node
-(:mod:`hpcqueue.profiles.jobs` submits it).
+(:mod:`hpcqueue.profiles.runs` submits it).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ NEUTRAL_TEXT = (
     "agreed to publish a summary for residents before the end of the month."
 )
 #: Scheduler time limits of a profiling job when the caller gives none (minutes).
-#: Time limits of a profiling job (``hpcqueue.profiles.jobs``): a full grid, and ``--quick``.
+#: Time limits of a profiling job (``hpcqueue.profiles.runs``): a full grid, and ``--quick``.
 FULL_TIMEOUT_MIN = 24 * 60
 QUICK_TIMEOUT_MIN = 60
 
@@ -737,7 +737,7 @@ def sweep_job(
     cache_dir: str | None,
     out_dir: str,
 ) -> str:
-    """What the profiling job runs (``hpcqueue.profiles.jobs.profile_target`` submits it): resolve the model
+    """What the profiling job runs (``hpcqueue.profiles.runs.profile_target`` submits it): resolve the model
     on the node, sweep, save; returns the profile directory."""
     from hpcqueue.models import ModelRef, model_fingerprint, resolve_model
 
