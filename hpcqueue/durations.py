@@ -1,10 +1,10 @@
 """Durations: the one parser, for values users write and values Slurm prints.
 
 ``parse_duration`` reads every form either side uses: unit suffixes (``"90m"``, ``"8h"``, ``"1d"``,
-``"1h30m"``, ``"45s"``), Slurm's clock forms (``D-HH:MM:SS``, ``D-HH:MM``, ``D-HH``, ``HH:MM:SS``, ``MM:SS``, with
-optional fractional seconds as sacct prints CPU times) and a bare number. A bare number is the one thing the two
-sides disagree on — seconds in a user's ``deadline``, minutes in ``sbatch --time`` and Slurm's ``MaxTime`` — so
-every caller says which it means with ``bare_unit``.
+``"1h30m"``, ``"45s"``), Slurm's clock forms (``D-HH:MM:SS``, ``D-HH:MM``, ``D-HH``, ``HH:MM:SS``, ``MM:SS``,
+with optional fractional seconds as sacct prints CPU times) and a bare number. A bare number is the one thing
+the two sides disagree on — seconds in a user's ``deadline``, minutes in ``sbatch --time`` and Slurm's
+``MaxTime`` — so every caller says which it means with ``bare_unit``.
 """
 
 from __future__ import annotations

@@ -119,7 +119,6 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     return Prepared(settings, requests, table, rejected, model, plan, batch_id, skip_invalid)
 
 
-
 @dataclass
 class SubmitOutcome:
     batch: batchdir.BatchDir
@@ -177,9 +176,7 @@ def _manifest(prepared: Prepared, identity: Mapping[str, Any]) -> dict[str, Any]
         "skip_invalid": prepared.skip_invalid,
         "n_requests": len(prepared.table),
         "n_rejected": len(prepared.rejected),
-        "tasks": [
-            json_safe(task._asdict()) for task in plan.tasks.itertuples(index=False)
-        ],
+        "tasks": [json_safe(task._asdict()) for task in plan.tasks.itertuples(index=False)],
     }
 
 
@@ -353,8 +350,8 @@ def wait(
     """Wait until every task has finished, collecting each into the ledger as it finishes.
 
     Returns the final task views (``hpcqueue.dispatch.status.TaskView``). Slurm is asked through a
-    rate-limited poller (one sacct call for all jobs, backing off while nothing changes). A task whose job ended before
-    the task did is *lost*; ``hpcqueue retry`` runs it again.
+    rate-limited poller (one sacct call for all jobs, backing off while nothing changes). A task whose job
+    ended before the task did is *lost*; ``hpcqueue retry`` runs it again.
     """
     from hpcqueue.dispatch.slurm import SacctPoller
     from hpcqueue.ledger.collect import refresh

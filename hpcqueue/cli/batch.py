@@ -50,12 +50,6 @@ def _batch(settings: Any, batch_id: str | None) -> Any:
     return open_batch(settings.batch_root, batch_id) if batch_id else latest_batch(settings.batch_root)
 
 
-
-
-
-
-
-
 def submit(
     prompts: Annotated[
         Path, typer.Argument(help="JSONL file of requests (simple records or OpenAI Batch lines).")
@@ -255,12 +249,6 @@ def _task_counts(views: dict[int, Any]) -> dict[str, int]:
     return counts
 
 
-
-
-
-
-
-
 def _render_report(report: dict[str, Any]) -> None:
     out.print(
         f"batch [bold]{report['batch_id']}[/]: {report['succeeded']} succeeded, {report['failed']} failed, "
@@ -332,9 +320,7 @@ def status(
             num(row.get("energy_j")),
         )
     out.print(table)
-    out.print(
-        f"energy so far: {num(info['energy_j'])} J ({info['energy_method'] or 'nothing measured yet'})"
-    )
+    out.print(f"energy so far: {num(info['energy_j'])} J ({info['energy_method'] or 'nothing measured yet'})")
     problems = info["problems"]
     for task in problems[:10]:
         out.print(

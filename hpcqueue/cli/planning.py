@@ -35,7 +35,6 @@ from hpcqueue.errors import HpcqueueError, PlanningError
 NEGLIGIBLE_SAVING = 0.01
 
 
-
 def plan(
     prompts: Annotated[Path, typer.Argument(help="JSONL file of requests, as for submit.")],
     config: ConfigOpt = None,
@@ -121,7 +120,9 @@ def simulate(
     from hpcqueue.profiles.store import profile_search_path
 
     try:
-        settings = resolve_settings(config, policy=policy, model=model, **{"lambda": lam, "deadline": deadline})
+        settings = resolve_settings(
+            config, policy=policy, model=model, **{"lambda": lam, "deadline": deadline}
+        )
         frame = load_trace(trace, input_column=input_column, output_column=output_column)
         targets = list(settings.targets.values())
         notes: list[str] = []

@@ -28,7 +28,8 @@ COLLECT_JOB_TIMEOUT_MIN = 30
 COLLECT_JOB_MEM_GB = 2.0
 
 RunTasks = Callable[[list[str]], Any]
-"""What an array element runs: called with the task directories of its tasks (the worker's ``TaskRunner()``)."""
+"""What an array element runs: called with the task directories of its tasks (the worker's
+``TaskRunner()``)."""
 CollectJob = Callable[[str, "str | None"], Any]
 """What the collect job runs: called with the batch directory and the ledger URL."""
 

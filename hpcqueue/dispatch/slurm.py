@@ -95,9 +95,9 @@ def normalise_state(text: str) -> str:
 
 
 def slurm_seconds(text: str | None) -> float | None:
-    """A duration as Slurm prints it (``Elapsed``, ``MaxTime``) in seconds; None for ``UNLIMITED``, ``INVALID``,
-    ``Partition_Limit``, empty or anything else that is not a duration. A bare number is minutes, as in
-    ``sbatch --time``; every form is read by :func:`hpcqueue.durations.parse_duration`.
+    """A duration as Slurm prints it (``Elapsed``, ``MaxTime``) in seconds; None for ``UNLIMITED``,
+    ``INVALID``, ``Partition_Limit``, empty or anything else that is not a duration. A bare number is minutes,
+    as in ``sbatch --time``; every form is read by :func:`hpcqueue.durations.parse_duration`.
     """
     if text is None or not text.strip():
         return None

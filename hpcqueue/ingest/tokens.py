@@ -1,9 +1,9 @@
 """Input tokens: what text each request feeds the model, and how many tokens that is.
 
-The driver counts with the model's light tokenizer (:class:`hpcqueue.models.Tokenizer`, no torch) and the worker
-builds its input ids from the same :func:`request_text`, so planned and generated token counts agree. A request
-whose prompt plus token limit does not fit the model's context is invalid input, found here before anything is
-submitted.
+The driver counts with the model's light tokenizer (:class:`hpcqueue.models.Tokenizer`, no torch) and the
+worker builds its input ids from the same :func:`request_text`, so planned and generated token counts agree. A
+request whose prompt plus token limit does not fit the model's context is invalid input, found here before
+anything is submitted.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ finished exactly when that file exists. ``collect_batch`` reads each such file, 
 ``output.jsonl``, and records them with :meth:`Ledger.collect_task`, one transaction per task. It is the only
 writer of task results: workers never open the database. Running it again changes nothing.
 
-``refresh`` is what every look at a batch does (``status``, ``wait``, ``submit`` resuming): collect, then record
-each unfinished task's job, node and state from :mod:`hpcqueue.dispatch.status`. ``collect_job`` is what the
-collect job runs on a compute node after a batch's arrays.
+``refresh`` is what every look at a batch does (``status``, ``wait``, ``submit`` resuming): collect, then
+record each unfinished task's job, node and state from :mod:`hpcqueue.dispatch.status`. ``collect_job`` is
+what the collect job runs on a compute node after a batch's arrays.
 """
 
 from __future__ import annotations

@@ -61,7 +61,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _INSERT_CHUNK_ROWS = 20_000
 
 
-
 def default_db_url() -> str:
     """The SQLite ledger used when neither ``db_url`` nor ``HPCQUEUE_DB_URL`` names another database."""
     return f"sqlite:///{data_dir() / 'ledger.sqlite'}"
@@ -73,8 +72,6 @@ def mask_url(url: str | URL) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
-
-
 
 
 @dataclass(frozen=True)
@@ -314,7 +311,11 @@ class Ledger:
                 part = indices[start : start + 10_000]
                 result = conn.execute(
                     update(TaskRow)
-                    .where(TaskRow.batch_id == batch_id, TaskRow.task_index.in_(part), TaskRow.state != "completed")
+                    .where(
+                        TaskRow.batch_id == batch_id,
+                        TaskRow.task_index.in_(part),
+                        TaskRow.state != "completed",
+                    )
                     .values(**values)
                 )
                 changed += result.rowcount
@@ -507,7 +508,9 @@ def _private_sqlite_file(path: Path) -> None:
         make_private_dir(path.parent)
     elif path.parent.resolve() == data_dir().resolve() and not is_private(path.parent):
         tighten(path.parent)
-        log.warning("made hpcqueue's data directory %s owner-only: it holds the ledger and batches", path.parent)
+        log.warning(
+            "made hpcqueue's data directory %s owner-only: it holds the ledger and batches", path.parent
+        )
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
         return  # an empty file is a new database to SQLite

@@ -29,6 +29,7 @@ class LedgerReader(Protocol):
 
     def connect(self) -> AbstractContextManager[Connection]: ...
 
+
 SummaryKey = Literal["target", "model", "day", "user"]
 SUMMARY_COLUMNS = (
     "batches",
@@ -111,7 +112,12 @@ def batch_report(ledger: LedgerReader, batch_id: str) -> dict[str, Any]:
             .group_by(RequestRow.target)
         ).all()
         task_energy = conn.execute(
-            select(TaskRow.target, TaskRow.energy_method, TaskRow.meter, func.sum(TaskRow.energy_j).label("energy_j"))
+            select(
+                TaskRow.target,
+                TaskRow.energy_method,
+                TaskRow.meter,
+                func.sum(TaskRow.energy_j).label("energy_j"),
+            )
             .where(TaskRow.batch_id == batch_id, TaskRow.energy_j.is_not(None))
             .group_by(TaskRow.target, TaskRow.energy_method, TaskRow.meter)
         ).all()
@@ -143,7 +149,9 @@ def batch_report(ledger: LedgerReader, batch_id: str) -> dict[str, Any]:
     return report
 
 
-def summary(ledger: LedgerReader, by: SummaryKey = "target", *, since: datetime | None = None) -> pd.DataFrame:
+def summary(
+    ledger: LedgerReader, by: SummaryKey = "target", *, since: datetime | None = None
+) -> pd.DataFrame:
     """Totals over all recorded batches, one row per ``by`` value (target, model, day or user).
 
     ``day`` is the UTC date a batch was created; ``since`` keeps batches created at or after it. Columns:
@@ -189,7 +197,13 @@ def summary(ledger: LedgerReader, by: SummaryKey = "target", *, since: datetime 
         )
         energy = pd.DataFrame(
             conn.execute(
-                select(TaskRow.batch_id, TaskRow.target, TaskRow.energy_method, TaskRow.meter, func.sum(TaskRow.energy_j))
+                select(
+                    TaskRow.batch_id,
+                    TaskRow.target,
+                    TaskRow.energy_method,
+                    TaskRow.meter,
+                    func.sum(TaskRow.energy_j),
+                )
                 .join(BatchRow, BatchRow.id == TaskRow.batch_id)
                 .where(TaskRow.energy_j.is_not(None), *batch_filter)
                 .group_by(TaskRow.batch_id, TaskRow.target, TaskRow.energy_method, TaskRow.meter)

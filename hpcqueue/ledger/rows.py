@@ -2,7 +2,8 @@
 
 Pure functions of their inputs (no database access except ``bulk_insert``, which only executes): ``Ledger``
 (:mod:`hpcqueue.ledger.db`) calls them inside its transactions. Values are converted to plain Python (no numpy
-scalars, NaN as NULL, epoch seconds as timezone-aware UTC datetimes), which every DB-API driver binds natively.
+scalars, NaN as NULL, epoch seconds as timezone-aware UTC datetimes), which every DB-API driver binds
+natively.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ REQUEST_COLUMNS = (
     "predicted_runtime_s",
     "extrapolated",
 )
+
 
 def utc_from_epoch(value: float | int | datetime | None) -> datetime | None:
     """An epoch-seconds float (as in metrics.json and output records) as a timezone-aware UTC datetime."""
@@ -123,9 +125,7 @@ def output_params(
     }
 
 
-def measurement_rows(
-    batch_id: str, task_index: int, measurements: Iterable[Mapping[str, Any]]
-) -> list[dict]:
+def measurement_rows(batch_id: str, task_index: int, measurements: Iterable[Mapping[str, Any]]) -> list[dict]:
     rows: list[dict[str, Any]] = []
     for item in measurements:
         energy = item.get("energy_j")

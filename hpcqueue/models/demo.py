@@ -1,7 +1,7 @@
 """The offline demo model: a byte-level BPE tokenizer and a tiny random Llama, built on first use.
 
-Deterministic and offline, so hpcqueue runs real tokenisation, real batched generation and real metering on any
-machine. Building it is the only thing in ``models`` that imports torch and transformers.
+Deterministic and offline, so hpcqueue runs real tokenisation, real batched generation and real metering on
+any machine. Building it is the only thing in ``models`` that imports torch and transformers.
 """
 
 from __future__ import annotations

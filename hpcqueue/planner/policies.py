@@ -236,7 +236,7 @@ def compare(
     if unknown:
         report["warnings"].append(
             f"no profile for target(s) {', '.join(unknown)}: their energy and runtime are unknown, so the "
-            "totals and savings are too. Measure one (hpcqueue profile TARGET) or set profile = \"<name>\" "
+            'totals and savings are too. Measure one (hpcqueue profile TARGET) or set profile = "<name>" '
             "in the target's table"
         )
     if deadline_s is not None and report["meets_deadline"] is False:
@@ -292,7 +292,6 @@ def _capacity(table: CostTable, deadline_s: float | None) -> FloatArray:
     if deadline_s is None:
         return np.full(len(table.names), np.inf)
     return table.slots.astype(float) * deadline_s
-
 
 
 def _weighted_sum(counts: IntArray, values: FloatArray) -> FloatArray:

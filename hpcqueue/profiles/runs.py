@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 _LOG_TAIL_LINES = 30
 
 
-
 @dataclass
 class ProfileRun:
     """A profiling job: submitted through submitit to a target, saving profile ``name`` under ``out_dir``."""
@@ -89,8 +88,6 @@ def _log_tail(job: Any) -> str:
     return "\n".join(texts) or "(the job wrote no log)"
 
 
-
-
 def profile_target(
     target: Target,
     *,
@@ -107,12 +104,12 @@ def profile_target(
     under ``out_dir``.
 
     A local target runs through submitit's local executor. A Slurm target gets the target's submitit
-    parameters (``dispatch.executor.executor_parameters``) and a whole node (``slurm_exclusive``), as the paper
-    measured, so other jobs do not share the meters. ``config`` replaces the grid (default: the full grid,
-    or ``SweepConfig.quick`` with ``quick``). The target's meter, nominal power, device and dtype always
+    parameters (``dispatch.executor.executor_parameters``) and a whole node (``slurm_exclusive``), as the
+    paper measured, so other jobs do not share the meters. ``config`` replaces the grid (default: the full
+    grid, or ``SweepConfig.quick`` with ``quick``). The target's meter, nominal power, device and dtype always
     apply. The time limit is ``timeout_min``, else 24 h (1 h quick) or the target's own limit if longer,
-    capped at the partition's ``MaxTime``. submitit's logs go under ``batch_root/profiles/``. With
-    ``wait`` the call returns after the job ended and raises ``ProfileRunError`` if it failed.
+    capped at the partition's ``MaxTime``. submitit's logs go under ``batch_root/profiles/``. With ``wait``
+    the call returns after the job ended and raises ``ProfileRunError`` if it failed.
     """
     from hpcqueue.dispatch.executor import executor_parameters, submit
     from hpcqueue.meters.hardware import get_hardware
@@ -203,5 +200,3 @@ def _cap_to_partition(limit_min: int, target: Target) -> int:
         )
         return cap
     return limit_min
-
-

@@ -129,7 +129,8 @@ class ProfileMeta(BaseModel):
 
 
 def _describe(error: Mapping[str, Any], where: str) -> str:
-    """pydantic's first complaint about a meta.json as a sentence naming the file, the key and what is valid."""
+    """pydantic's first complaint about a meta.json as a sentence naming the file, the key and what is
+    valid."""
     key = str(error["loc"][0]) if error["loc"] else "(top level)"
     value = error.get("input")
     if error["type"] in ("missing", "string_too_short") or (

@@ -136,7 +136,8 @@ class Engine:
         return self.light.context_length
 
     def encode(self, request: Request) -> list[int]:
-        """Input token ids of a request, from the text the driver counted (``hpcqueue.ingest.request_text``)."""
+        """Input token ids of a request, from the text the driver counted
+        (``hpcqueue.ingest.request_text``)."""
         text, add_special = request_text(self.light, request)
         return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 

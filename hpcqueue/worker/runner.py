@@ -135,8 +135,6 @@ def run_task(task_dir: Path) -> dict[str, Any]:
     return summary
 
 
-
-
 def _run_locked(task_dir: Path) -> dict[str, Any]:
     run = _Run(spec={}, started_at=time.time())
     task_meter: Meter | None = None
@@ -322,9 +320,6 @@ def _resume(partial_path: Path) -> dict[int, dict[str, Any]]:
     for record in read_jsonl(partial_path):
         records.setdefault(int(record["line"]), record)
     return records
-
-
-
 
 
 def _base_metrics(run: _Run) -> dict[str, Any]:
