@@ -57,7 +57,11 @@ def test_the_import_contracts_are_kept() -> None:
         # A lower stage importing a higher one (and with it a cycle: the CLI imports the ledger).
         ("hpcqueue/ledger/rows.py", "from hpcqueue.cli import app", "hpcqueue.ledger.rows -> hpcqueue.cli"),
         # Within one layer's siblings: the ledger and the planner must not know each other.
-        ("hpcqueue/planner/plan.py", "import hpcqueue.ledger.db", "hpcqueue.planner.plan -> hpcqueue.ledger.db"),
+        (
+            "hpcqueue/planner/plan.py",
+            "import hpcqueue.ledger.db",
+            "hpcqueue.planner.plan -> hpcqueue.ledger.db",
+        ),
         # Even a lazy import inside a function counts.
         ("hpcqueue/errors.py", "def _f():\n    import hpcqueue.config", "hpcqueue.errors -> hpcqueue.config"),
         # torch in a stage that runs no model.
@@ -65,7 +69,9 @@ def test_the_import_contracts_are_kept() -> None:
     ],
     ids=["lower-imports-higher", "siblings", "lazy", "torch"],
 )
-def test_a_planted_violation_breaks_the_contract(module: str, planted: str, broken: str, tmp_path: Path) -> None:
+def test_a_planted_violation_breaks_the_contract(
+    module: str, planted: str, broken: str, tmp_path: Path
+) -> None:
     root = _copy_of_the_package(tmp_path)
     assert _lint_imports(root).returncode == 0  # the copy itself is clean
     with open(root / module, "a", encoding="utf-8") as handle:
