@@ -31,19 +31,6 @@ from hpcqueue.ingest import (
     rejected_id,
 )
 
-PLAN_COLUMNS = [
-    "line",
-    "id",
-    "kind",
-    "target",
-    "task_index",
-    "input_tokens",
-    "max_new_tokens",
-    "predicted_energy_j",
-    "predicted_runtime_s",
-    "extrapolated",
-]
-
 
 @dataclass
 class Prepared:
@@ -182,7 +169,7 @@ def _manifest(prepared: Prepared, identity: Mapping[str, Any]) -> dict[str, Any]
 
 def _plan_frame(prepared: Prepared) -> pd.DataFrame:
     frame = pd.concat([prepared.table, prepared.plan.assignments], axis=1)
-    return frame[PLAN_COLUMNS]
+    return frame[list(batchdir.PLAN_COLUMNS)]
 
 
 def create_or_open(prepared: Prepared, ledger: Any) -> tuple[batchdir.BatchDir, bool]:

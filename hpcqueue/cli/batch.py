@@ -20,7 +20,10 @@ from hpcqueue.cli.common import (
     DeadlineOpt,
     JsonOpt,
     LambdaOpt,
+    MaxNewTokensOpt,
     PolicyOpt,
+    ShowErrorsOpt,
+    TaskSizeOpt,
     add_row,
     err,
     fail,
@@ -29,6 +32,7 @@ from hpcqueue.cli.common import (
     out,
     print_json,
     resolve_settings,
+    with_meter,
 )
 from hpcqueue.errors import HpcqueueError
 
@@ -62,10 +66,8 @@ def submit(
     policy: PolicyOpt = None,
     lam: LambdaOpt = None,
     deadline: DeadlineOpt = None,
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)
-    ] = None,
-    task_size: Annotated[int | None, typer.Option(help="Requests per task (array element).", min=1)] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    task_size: TaskSizeOpt = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Prompts per generation batch in a worker.", min=1)
     ] = None,
@@ -87,7 +89,7 @@ def submit(
         bool, typer.Option("--dry-run", help="Validate and plan; submit and write nothing.")
     ] = False,
     as_json: JsonOpt = False,
-    show_errors: Annotated[int, typer.Option(help="How many input errors to list.", min=1)] = 20,
+    show_errors: ShowErrorsOpt = 20,
 ) -> None:
     """Validate PROMPTS, plan where each request runs, and submit the batch."""
     from hpcqueue import submission
@@ -132,12 +134,7 @@ def submit(
 
 def _with_meter(settings: Any, meter: str) -> Any:
     """Every target measured with ``meter``; local targets are checked now, before anything is submitted."""
-    from hpcqueue.meters import get_meter
-
-    targets = {name: t.model_copy(update={"meter": meter}) for name, t in settings.targets.items()}
-    for target in targets.values():
-        if target.executor == "local":
-            get_meter(meter, hardware=target.hardware, nominal_power_w=target.nominal_power_w)
+    targets = {name: with_meter(t, meter) for name, t in settings.targets.items()}
     return settings.model_copy(update={"targets": targets})
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -40,6 +40,11 @@ BatchArg = Annotated[str | None, typer.Argument(help="Batch id (hq-…). Default
 ModelOpt = Annotated[
     str | None, typer.Option("--model", help="Model id, alias or local path. Default: the config's model.")
 ]
+MaxNewTokensOpt = Annotated[
+    int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)
+]
+TaskSizeOpt = Annotated[int | None, typer.Option(help="Requests per task (array element).", min=1)]
+ShowErrorsOpt = Annotated[int, typer.Option(help="How many input errors to list.", min=1)]
 PolicyOpt = Annotated[
     str | None,
     typer.Option(
@@ -83,7 +88,7 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
-def fail(exc: HpcqueueError, show_errors: int = 20) -> None:
+def fail(exc: HpcqueueError, show_errors: int = 20) -> NoReturn:
     """The one place where library errors become messages and exit codes."""
     err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
     if isinstance(exc, InputError) and exc.issues:
@@ -93,6 +98,17 @@ def fail(exc: HpcqueueError, show_errors: int = 20) -> None:
         if len(errors) > show_errors:
             err.print(f"  … and {len(errors) - show_errors} more (--show-errors N shows more)", markup=False)
     raise typer.Exit(exc.exit_code)
+
+
+def with_meter(target: Any, meter: str) -> Any:
+    """``target`` measured with ``meter`` (the ``--meter`` option). A local target's meter is checked here,
+    before any work: a named meter that cannot work on this node is an error now, not a failed job later."""
+    from hpcqueue.meters import get_meter
+
+    target = target.model_copy(update={"meter": meter})
+    if target.executor == "local":
+        get_meter(meter, hardware=target.hardware, nominal_power_w=target.nominal_power_w)
+    return target
 
 
 def add_row(table: Table, *cells: Any) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -27,61 +29,59 @@ ledger_app = typer.Typer(
 )
 
 
+FormatOpt = Annotated[Literal["table", "csv", "json"], typer.Option("--format", help="Output format.")]
+
+
 @ledger_app.command("summary")
 def ledger_summary(
     by: Annotated[
         Literal["target", "model", "day", "user"], typer.Option(help="Group rows by this.")
     ] = "target",
-    fmt: Annotated[
-        Literal["table", "csv", "json"], typer.Option("--format", help="Output format.")
-    ] = "table",
+    fmt: FormatOpt = "table",
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
     """Requests, tokens and energy in the ledger, grouped by target, model, day or user."""
-    try:
-        settings = resolve_settings(config, db_url=db_url)
-        frame = open_ledger(settings).summary(by)
-    except HpcqueueError as exc:
-        fail(exc)
+    frame = _query(config, db_url, lambda ledger: ledger.summary(by))
+    if _printed_as_data(frame, fmt):
         return
-    if fmt == "csv":
-        sys.stdout.write(frame.to_csv(index=False))
-    elif fmt == "json":
-        print_json(json.loads(frame.to_json(orient="records")))
-    else:
-        _render_frame(_summary_for_humans(frame), title=f"ledger by {by}")
+    _render_frame(_summary_for_humans(frame), title=f"ledger by {by}")
 
 
 @ledger_app.command("batches")
 def ledger_batches(
     limit: Annotated[int, typer.Option(help="How many recent batches.", min=1)] = 20,
-    fmt: Annotated[
-        Literal["table", "csv", "json"], typer.Option("--format", help="Output format.")
-    ] = "table",
+    fmt: FormatOpt = "table",
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
     """The most recent batches in the ledger."""
+    frame = _query(config, db_url, lambda ledger: ledger.list_batches(limit))
+    if _printed_as_data(frame, fmt, date_format="iso"):
+        return
+    if not frame.empty:
+        frame = frame.drop(columns=["host", "input_path"], errors="ignore")
+        frame["created_at"] = frame["created_at"].map(
+            lambda t: f"{t:%Y-%m-%d %H:%M}" if t is not None else "-"
+        )
+    _render_frame(frame.rename(columns={"n_requests": "requests", "n_rejected": "rejected"}), title="batches")
+
+
+def _query(config: Path | None, db_url: str | None, query: Callable[[Any], Any]) -> Any:
+    """The frame ``query`` reads from the ledger the settings name (a failure ends the command)."""
     try:
-        settings = resolve_settings(config, db_url=db_url)
-        frame = open_ledger(settings).list_batches(limit)
+        return query(open_ledger(resolve_settings(config, db_url=db_url)))
     except HpcqueueError as exc:
         fail(exc)
-        return
+
+
+def _printed_as_data(frame: Any, fmt: str, *, date_format: str = "epoch") -> bool:
+    """CSV or JSON records on stdout (True), or nothing (False: the caller renders a table)."""
     if fmt == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     elif fmt == "json":
-        print_json(json.loads(frame.to_json(orient="records", date_format="iso")))
-    else:
-        if not frame.empty:
-            frame = frame.drop(columns=["host", "input_path"], errors="ignore")
-            frame["created_at"] = frame["created_at"].map(
-                lambda t: f"{t:%Y-%m-%d %H:%M}" if t is not None else "-"
-            )
-        _render_frame(
-            frame.rename(columns={"n_requests": "requests", "n_rejected": "rejected"}), title="batches"
-        )
+        print_json(json.loads(frame.to_json(orient="records", date_format=date_format)))
+    return fmt != "table"
 
 
 _SUMMARY_HEADERS = {

@@ -20,8 +20,11 @@ from hpcqueue.cli.common import (
     DeadlineOpt,
     JsonOpt,
     LambdaOpt,
+    MaxNewTokensOpt,
     ModelOpt,
     PolicyOpt,
+    ShowErrorsOpt,
+    TaskSizeOpt,
     add_row,
     err,
     fail,
@@ -42,15 +45,13 @@ def plan(
     lam: LambdaOpt = None,
     deadline: DeadlineOpt = None,
     model: ModelOpt = None,
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)
-    ] = None,
-    task_size: Annotated[int | None, typer.Option(help="Requests per task (array element).", min=1)] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    task_size: TaskSizeOpt = None,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Plan the valid lines and report the invalid ones.")
     ] = False,
     as_json: JsonOpt = False,
-    show_errors: Annotated[int, typer.Option(help="How many input errors to list.", min=1)] = 20,
+    show_errors: ShowErrorsOpt = 20,
 ) -> None:
     """Show the plan `submit` would use for PROMPTS, compared with every other policy. Submits nothing."""
     from hpcqueue import submission

@@ -24,6 +24,7 @@ from hpcqueue.cli.common import (
     out,
     print_json,
     resolve_settings,
+    with_meter,
 )
 from hpcqueue.errors import HpcqueueError
 
@@ -419,11 +420,7 @@ def profile(
         settings = resolve_settings(config, model=model)
         chosen = settings.target(target)
         if meter is not None:
-            chosen = chosen.model_copy(update={"meter": meter})
-            if chosen.executor == "local":  # check here, before any work: the meter must work on this node
-                from hpcqueue.meters import get_meter
-
-                get_meter(meter, hardware=chosen.hardware, nominal_power_w=chosen.nominal_power_w)
+            chosen = with_meter(chosen, meter)
         from hpcqueue.profiles.runs import profile_target
         from hpcqueue.profiles.store import user_profiles_dir
 

@@ -55,6 +55,19 @@ REJECTS = "rejects.jsonl"
 JOBS = "jobs.json"
 LOGS = "logs"
 TASKS = "tasks"
+#: The columns of plan.parquet: one row per valid request, where the planner put it and what it predicted.
+PLAN_COLUMNS = (
+    "line",
+    "id",
+    "kind",
+    "target",
+    "task_index",
+    "input_tokens",
+    "max_new_tokens",
+    "predicted_energy_j",
+    "predicted_runtime_s",
+    "extrapolated",
+)
 # A task directory, tasks/<NNNNNN>/: what the driver writes, then what the worker writes, in order.
 TASK_SPEC = "task.json"
 INPUT = "input.jsonl"

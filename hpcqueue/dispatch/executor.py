@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,60 +63,45 @@ def executor_parameters(target: Target, *, tasks_in_job: int = 1) -> dict[str, A
     return params
 
 
-def submit(
-    fn: Callable[..., Any],
-    *args: Any,
-    folder: str | Path,
-    cluster: Cluster,
-    parameters: dict[str, Any],
-    what: str,
-    hint: str = "",
-    error: type[HpcqueueError] = DispatchError,
-    private: bool = False,
-) -> Any:
-    """Submit ``fn(*args)`` as one job; returns submitit's job.
+@dataclass(frozen=True)
+class JobSpec:
+    """Where and how a job runs, and what to say when it cannot be submitted.
 
-    ``what`` names the job in the error ("the collect job after arrays 12, 13"); ``hint`` says what to check.
-    With ``private`` everything the submission creates (pickles, logs, the job's own files) is owner-only.
+    ``what`` names the job in the error ("the collect job after arrays 12, 13"); ``hint`` says what to check;
+    ``error`` is the exception raised (a ``DispatchError`` unless the caller has its own). With ``private``
+    everything the submission creates (submitit's pickles and logs, the job's own files) is owner-only.
     """
-    with _submitting(folder, cluster, parameters, what, hint, error, private) as executor:
+
+    folder: str | Path
+    cluster: Cluster
+    parameters: dict[str, Any]
+    what: str
+    hint: str = ""
+    error: type[HpcqueueError] = DispatchError
+    private: bool = False
+
+
+def submit(fn: Callable[..., Any], *args: Any, job: JobSpec) -> Any:
+    """Submit ``fn(*args)`` as one job; returns submitit's job."""
+    with _executor(job) as executor:
         return executor.submit(fn, *args)
 
 
-def submit_array(
-    fn: Callable[..., Any],
-    args: Sequence[Sequence[Any]],
-    *,
-    folder: str | Path,
-    cluster: Cluster,
-    parameters: dict[str, Any],
-    what: str,
-    hint: str = "",
-    error: type[HpcqueueError] = DispatchError,
-    private: bool = False,
-) -> list[Any]:
+def submit_array(fn: Callable[..., Any], args: Sequence[Sequence[Any]], *, job: JobSpec) -> list[Any]:
     """Submit ``fn(*a)`` for each ``a`` in ``args`` as one job array (one ``sbatch`` call on Slurm, job ids
     ``<array>_<i>``; one process per element locally); returns submitit's jobs in the order of ``args``."""
-    with _submitting(folder, cluster, parameters, what, hint, error, private) as executor:
+    with _executor(job) as executor:
         return list(executor.map_array(fn, *zip(*args, strict=True)))
 
 
 @contextlib.contextmanager
-def _submitting(
-    folder: str | Path,
-    cluster: Cluster,
-    parameters: dict[str, Any],
-    what: str,
-    hint: str,
-    error: type[HpcqueueError],
-    private: bool,
-) -> Iterator[Any]:
+def _executor(job: JobSpec) -> Iterator[Any]:
     import submitit  # imported here: only commands that submit need it
 
     try:
-        with private_umask() if private else contextlib.nullcontext():
-            executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-            executor.update_parameters(**parameters)
+        with private_umask() if job.private else contextlib.nullcontext():
+            executor = submitit.AutoExecutor(folder=job.folder, cluster=job.cluster)
+            executor.update_parameters(**job.parameters)
             yield executor
     except Exception as exc:  # submitit raises plain exceptions (sbatch output, missing binaries)
-        raise error(f"could not submit {what}: {exc}{hint}") from exc
+        raise job.error(f"could not submit {job.what}: {exc}{job.hint}") from exc

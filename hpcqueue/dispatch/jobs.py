@@ -21,7 +21,7 @@ from typing import Any
 
 from hpcqueue.config import Target
 from hpcqueue.dispatch.batchdir import BatchDir
-from hpcqueue.dispatch.executor import executor_parameters, submit, submit_array
+from hpcqueue.dispatch.executor import JobSpec, executor_parameters, submit, submit_array
 
 #: The collect job reads files and writes the ledger: small and short.
 COLLECT_JOB_TIMEOUT_MIN = 30
@@ -123,12 +123,14 @@ def submit_tasks(
             jobs = submit_array(
                 run,
                 [([str(batch.task_dir(index)) for index in group],) for group in groups],
-                folder=batch.logs_dir / name / ("%j" if target.executor == "slurm" else ""),
-                cluster=target.executor,
-                parameters=executor_parameters(target, tasks_in_job=tasks_in_job),
-                what=f"{len(groups)} task(s) to target {name!r}",
-                hint=_slurm_hint(target) if target.executor == "slurm" else "",
-                private=True,
+                job=JobSpec(
+                    folder=batch.logs_dir / name / ("%j" if target.executor == "slurm" else ""),
+                    cluster=target.executor,
+                    parameters=executor_parameters(target, tasks_in_job=tasks_in_job),
+                    what=f"{len(groups)} task(s) to target {name!r}",
+                    hint=_slurm_hint(target) if target.executor == "slurm" else "",
+                    private=True,
+                ),
             )
             submitted_at = time.time()
             if target.executor == "slurm":
@@ -177,11 +179,15 @@ def _submit_collect_job(
         collect,
         str(batch.path),
         db_url,
-        folder=batch.logs_dir / "collect" / "%j",
-        cluster="slurm",
-        parameters=collect_job_parameters(first.partition, array_ids, account=first.account, qos=first.qos),
-        what=f"the collect job after arrays {', '.join(array_ids)}",
-        private=True,
+        job=JobSpec(
+            folder=batch.logs_dir / "collect" / "%j",
+            cluster="slurm",
+            parameters=collect_job_parameters(
+                first.partition, array_ids, account=first.account, qos=first.qos
+            ),
+            what=f"the collect job after arrays {', '.join(array_ids)}",
+            private=True,
+        ),
     )
     return str(job.job_id)
 

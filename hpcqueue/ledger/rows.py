@@ -18,6 +18,7 @@ import pandas as pd
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.engine import Connection
 
+from hpcqueue.dispatch.batchdir import PLAN_COLUMNS
 from hpcqueue.ledger.schema import RequestRow
 
 TASK_COLUMNS = (
@@ -28,17 +29,8 @@ TASK_COLUMNS = (
     "predicted_energy_j",
     "predicted_runtime_s",
 )
-REQUEST_COLUMNS = (
-    "line",
-    "id",
-    "target",
-    "task_index",
-    "input_tokens",
-    "max_new_tokens",
-    "predicted_energy_j",
-    "predicted_runtime_s",
-    "extrapolated",
-)
+#: What the ledger reads of a batch's plan (plan.parquet, less the request kind, which the worker records).
+REQUEST_COLUMNS = tuple(column for column in PLAN_COLUMNS if column != "kind")
 
 
 def utc_from_epoch(value: float | int | datetime | None) -> datetime | None:

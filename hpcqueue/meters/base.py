@@ -119,6 +119,8 @@ class Meter(ABC):
 
     name: ClassVar[str]
     method: ClassVar[Method]
+    #: Wall-clock start of the current interval; backends set it in ``_begin()`` from their (fakeable) clock.
+    _started_at: float = 0.0
 
     def __init__(self) -> None:
         self._running = False
@@ -159,4 +161,18 @@ class Meter(ABC):
 
     @abstractmethod
     def _end(self) -> Measurement:
-        """Read them again and build the interval's ``Measurement``."""
+        """Read them again and build the interval's ``Measurement`` (with ``_measurement``)."""
+
+    def _measurement(
+        self, energy_j: dict[str, float], duration_s: float, details: dict[str, Any]
+    ) -> Measurement:
+        """The interval's reading, labelled with this meter's name and method: a figure never loses where it
+        came from."""
+        return Measurement(
+            energy_j=energy_j,
+            duration_s=duration_s,
+            method=self.method,
+            meter=self.name,
+            started_at=self._started_at,
+            details=details,
+        )

@@ -80,12 +80,9 @@ class EstimateMeter(Meter):
         duration_s = max(0.0, self._monotonic() - self._t0)
         energy_j = self.nominal_power_w * cpu_time_s / self.cpus
         utilisation = cpu_time_s / (duration_s * self.cpus) if duration_s > 0 else 0.0
-        return Measurement(
-            energy_j={"cpu": energy_j},
-            duration_s=duration_s,
-            method=self.method,
-            meter=self.name,
-            started_at=self._started_at,
+        return self._measurement(
+            {"cpu": energy_j},
+            duration_s,
             details={
                 "nominal_power_w": self.nominal_power_w,
                 "cpus": self.cpus,

@@ -321,11 +321,8 @@ class NvmlMeter(Meter):
             details["sample_interval_s"] = self.sample_interval_s
             details["samples"] = len(self._sampler.samples)
             details["integration"] = "trapezoidal over nvmlDeviceGetPowerUsage (mW)"
-        return Measurement(
-            energy_j=dict(sorted(energy_j.items(), key=lambda kv: int(kv[0].split(":")[1]))),
-            duration_s=duration_s,
-            method=self.method,
-            meter=self.name,
-            started_at=self._started_at,
+        return self._measurement(
+            dict(sorted(energy_j.items(), key=lambda kv: int(kv[0].split(":")[1]))),
+            duration_s,
             details=details,
         )

@@ -252,12 +252,9 @@ class PowermetricsMeter(Meter):
             message = (stderr or b"").decode(errors="replace").strip() or "no sample was printed"
             raise MeterUnavailableError(f"meter 'powermetrics' returned no power sample: {message}")
         energy_j, covered_s = integrate_j(samples, duration_s)
-        return Measurement(
-            energy_j=energy_j,
-            duration_s=duration_s,
-            method=self.method,
-            meter=self.name,
-            started_at=self._started_at,
+        return self._measurement(
+            energy_j,
+            duration_s,
             details={
                 "source": "powermetrics cpu_power,gpu_power (mW, interval averages)",
                 "interval_ms": self.interval_ms,

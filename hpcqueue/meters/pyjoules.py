@@ -332,12 +332,9 @@ class PyJoulesMeter(Meter):
                 joules = value / 1e6  # powercap energy_uj is in microjoules
             domain = _our_domain(key)
             energy_j[domain] = energy_j.get(domain, 0.0) + joules
-        return Measurement(
-            energy_j=energy_j,
-            duration_s=duration_s,
-            method=self.method,
-            meter=self.name,
-            started_at=self._started_at,
+        return self._measurement(
+            energy_j,
+            duration_s,
             details={
                 "source": "pyJoules",
                 "pyjoules_domains": sorted(raw),

@@ -278,12 +278,9 @@ class RaplMeter(Meter):
         for zone, total_uj in zip(self.zones, self._total_uj, strict=True):
             energy_j[zone.domain] = energy_j.get(zone.domain, 0.0) + total_uj / 1e6
         packages = self.packages
-        return Measurement(
-            energy_j=energy_j,
-            duration_s=duration_s,
-            method=self.method,
-            meter=self.name,
-            started_at=self._started_at,
+        return self._measurement(
+            energy_j,
+            duration_s,
             details={
                 "source": "powercap energy_uj",
                 "packages": list(packages.packages),

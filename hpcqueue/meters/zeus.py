@@ -148,12 +148,9 @@ class ZeusMeter(Meter):
         gpu_energy = dict(getattr(result, "gpu_energy", {}) or {})
         if not gpu_energy:
             raise MeterUnavailableError("meter 'zeus' reported time only, no GPU energy")
-        return Measurement(
-            energy_j={self._domain_of.get(i, f"gpu:{i}"): float(j) for i, j in sorted(gpu_energy.items())},
-            duration_s=duration_s,
-            method=self.method,
-            meter=self.name,
-            started_at=self._started_at,
+        return self._measurement(
+            {self._domain_of.get(i, f"gpu:{i}"): float(j) for i, j in sorted(gpu_energy.items())},
+            duration_s,
             details={
                 "source": "zeus ZeusMonitor",
                 "zeus_gpu_indices": sorted(gpu_energy),

@@ -111,7 +111,7 @@ def profile_target(
     capped at the partition's ``MaxTime``. submitit's logs go under ``batch_root/profiles/``. With ``wait``
     the call returns after the job ended and raises ``ProfileRunError`` if it failed.
     """
-    from hpcqueue.dispatch.executor import executor_parameters, submit
+    from hpcqueue.dispatch.executor import JobSpec, executor_parameters, submit
     from hpcqueue.meters.hardware import get_hardware
     from hpcqueue.models import resolve_model
 
@@ -156,12 +156,14 @@ def profile_target(
         str(ref.path),
         str(cache_dir) if cache_dir else None,
         str(out_dir),
-        folder=folder,
-        cluster=target.executor,
-        parameters=params,
-        what=f"the profiling job to target {target.name!r}",
-        hint=hint,
-        error=ProfileRunError,
+        job=JobSpec(
+            folder=folder,
+            cluster=target.executor,
+            parameters=params,
+            what=f"the profiling job to target {target.name!r}",
+            hint=hint,
+            error=ProfileRunError,
+        ),
     )
     run = ProfileRun(
         job_id=str(job.job_id),

@@ -116,7 +116,7 @@ def remote_fingerprint(
     and runs ``hpcqueue.profiles.fingerprint.fingerprint``. Waits at most ``wait_s`` seconds (queueing
     included); a job still pending then is cancelled. Failures raise ``DispatchError`` saying why.
     """
-    from hpcqueue.dispatch.executor import executor_parameters, submit
+    from hpcqueue.dispatch.executor import JobSpec, executor_parameters, submit
     from hpcqueue.profiles import fingerprint as fingerprint_mod
 
     params = executor_parameters(target)
@@ -124,10 +124,12 @@ def remote_fingerprint(
     params.pop("slurm_array_parallelism", None)
     job = submit(
         fingerprint_mod.fingerprint,
-        folder=Path(folder) / "%j",
-        cluster=target.executor,
-        parameters=params,
-        what=f"the fingerprint job to target {target.name!r} (partition {target.partition!r})",
+        job=JobSpec(
+            folder=Path(folder) / "%j",
+            cluster=target.executor,
+            parameters=params,
+            what=f"the fingerprint job to target {target.name!r} (partition {target.partition!r})",
+        ),
     )
     deadline = time.monotonic() + wait_s
     while not job.done():
