@@ -56,6 +56,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/worker_batching.py
 	$(PY) bench/ledger_insert.py
 	$(PY) bench/meter_overhead.py
+	$(PY) bench/cost_models.py
 	$(PY) bench/simulate.py
 	$(PY) bench/optimal_gap.py
 	$(PY) bench/paper_section6.py --out $(CURDIR)/bench/out

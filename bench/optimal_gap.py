@@ -2,15 +2,17 @@
 
     python bench/optimal_gap.py                          # 100k requests, then the 1M timing rows
     python bench/optimal_gap.py --requests 20000 --seed 3 --no-million
+    python bench/optimal_gap.py --trace PATH             # resample another trace for the paper instances
 
 Instances:
 
-``paper``  Resamples the Azure LLM code trace (``../shared/data/azure-llm-2023``, ContextTokens and
-           GeneratedTokens) to N requests and predicts energy and runtime with the shipped profiles
-           ``llama-2-7b-chat.m1-pro.wilkins2024`` (low power, 4 concurrent slots) and
-           ``llama-2-7b-chat.swing-a100.wilkins2024`` (GPU, capacity not limiting). Cost is energy over the
-           mean cheapest energy (λ = 1). The deadline is set so the low-power target can do 25 %, 50 % or 75 %
-           of the work it would take if capacity were unlimited, so its capacity binds.
+``paper``  Resamples the Azure LLM code trace shipped in ``examples/traces/`` (ContextTokens and
+           GeneratedTokens; ``--trace`` for another file with those columns) to N requests and predicts
+           energy and runtime with the shipped profiles ``llama-2-7b-chat.m1-pro.wilkins2024`` (low power,
+           4 concurrent slots) and ``llama-2-7b-chat.swing-a100.wilkins2024`` (GPU, capacity not limiting).
+           Cost is energy over the mean cheapest energy (λ = 1). The deadline is set so the low-power target
+           can do 25 %, 50 % or 75 % of the work it would take if capacity were unlimited, so its capacity
+           binds.
 ``synth3`` Three targets with linear prefill/decode runtime models and constant power (a low-power node, a
            mid GPU, a big GPU), each the cheapest for some requests, log-normal token counts (many classes).
            The low-power and mid targets get 50 % / 75 % (or 25 % / 50 %) of the work they would take; the big
@@ -38,7 +40,7 @@ import numpy.typing as npt
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-AZURE = REPO.parent / "shared" / "data" / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
+AZURE = REPO / "examples" / "traces" / "AzureLLMInferenceTrace_code.csv"  # CC BY 4.0, shipped
 LOWPOWER = "llama-2-7b-chat.m1-pro.wilkins2024"
 GPU = "llama-2-7b-chat.swing-a100.wilkins2024"
 LOWPOWER_SLOTS = 4
@@ -65,8 +67,8 @@ def group(n_in: IntArray, n_out: IntArray) -> tuple[IntArray, IntArray, IntArray
     return uniq // 1_000_000, uniq % 1_000_000, counts.astype(np.int64)
 
 
-def azure_tokens(n: int, rng: np.random.Generator) -> tuple[IntArray, IntArray]:
-    trace = pd.read_csv(AZURE, usecols=["ContextTokens", "GeneratedTokens"])
+def azure_tokens(n: int, rng: np.random.Generator, path: Path = AZURE) -> tuple[IntArray, IntArray]:
+    trace = pd.read_csv(path, usecols=["ContextTokens", "GeneratedTokens"])
     rows = rng.integers(0, len(trace), size=n)
     return (
         trace["ContextTokens"].to_numpy(dtype=np.int64)[rows],
@@ -98,9 +100,9 @@ def argmin_need_s(cost: FloatArray, runtime_s: FloatArray, counts: IntArray) -> 
     return np.bincount(choice, weights=per, minlength=cost.shape[1]).astype(float)
 
 
-def paper_instances(n: int, seed: int) -> list[Instance]:
+def paper_instances(n: int, seed: int, trace: Path = AZURE) -> list[Instance]:
     rng = np.random.default_rng(seed)
-    n_in, n_out, counts = group(*azure_tokens(n, rng))
+    n_in, n_out, counts = group(*azure_tokens(n, rng, trace))
     energy, runtime = paper_costs(n_in, n_out)
     cost = normalised(energy, counts)
     need = argmin_need_s(cost, runtime, counts)
@@ -209,13 +211,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, default=120.0, help="MILP time limit per instance (s)")
     parser.add_argument("--no-million", action="store_true", help="skip the 1M-request timing rows")
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=AZURE,
+        help="trace resampled for the paper instances, with ContextTokens and GeneratedTokens columns "
+        "(default: the Azure code trace shipped in examples/traces/)",
+    )
     args = parser.parse_args()
+    if not args.trace.is_file():
+        parser.error(f"{args.trace}: trace not found")
 
     print(
         f"optimal-policy solver (cpus: {len(os.sched_getaffinity(0))}, python {sys.version.split()[0]}, "
         f"seed {args.seed}); * = not proven within 1e-6 (time limit)"
     )
-    rows = [run(inst, True, args.time_limit) for inst in paper_instances(args.requests, args.seed)]
+    rows = [
+        run(inst, True, args.time_limit) for inst in paper_instances(args.requests, args.seed, args.trace)
+    ]
     rows += [
         run(inst, True, args.time_limit)
         for inst in synth_instances(args.requests, args.seed, [(0.5, 0.75), (0.25, 0.5)])
@@ -230,7 +243,7 @@ def main() -> None:
     t0 = time.perf_counter()
     group(*synth_tokens(n, rng))
     group_s = time.perf_counter() - t0
-    million = [run(paper_instances(n, args.seed)[1], True, args.time_limit)]
+    million = [run(paper_instances(n, args.seed, args.trace)[1], True, args.time_limit)]
     million += [run(synth_instances(n, args.seed, [(0.5, 0.75)])[0], True, args.time_limit)]
     print_rows(million)
     print(f"grouping {n:,} synthetic requests into classes (np.unique on token pairs): {group_s:.2f} s")

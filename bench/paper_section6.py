@@ -3,11 +3,13 @@
     python bench/paper_section6.py                         # Azure code trace, full and prompts <= 128 tokens
     python bench/paper_section6.py --workload tokens.csv   # also a trace of your own (e.g. Alpaca's counts)
     python bench/paper_section6.py --no-azure --workload tokens.csv --out /tmp/figs
+    python bench/paper_section6.py --paper-data DIR        # the paper's raw data ($HPCQUEUE_PAPER_DATA)
 
 The paper routes each query of a hybrid M1-Pro + Swing (AMD + A100) cluster by a token threshold T and reports
 7.5 % less energy than Swing alone at T = 32 on Alpaca prompts (its Figs. 4-5). Alpaca is not used here (not
-available offline); the workloads are the Azure LLM code trace, its requests with short prompts, and any
-``--workload`` file readable by :func:`hpcqueue.planner.simulate.load_trace`. Two reproductions side by side:
+available offline); the workloads are the Azure LLM code trace shipped in ``examples/traces/`` (``--azure``
+for another copy), its requests with short prompts, and any ``--workload`` file readable by
+:func:`hpcqueue.planner.simulate.load_trace`. Two reproductions side by side:
 
 (a) **the paper's arithmetic**, exactly as its threshold scripts compute it: the pooled energy-per-token
     tables with the paper's row filter (:func:`hpcqueue.profiles.wilkins2024.paper_energy_per_token_table`),
@@ -28,6 +30,11 @@ are fractions of energy saved: ``vs A100`` against all on Swing (the paper's "wo
 ``vs best single`` against the cheaper of the two systems alone (what the tool must report). hpcqueue's own
 ``unaware`` policy is a round robin over both targets, a weaker baseline than the paper's.
 
+(a) needs the paper's raw measurements (``all-input-stats.csv``, ``all-output-stats.csv``), which have no
+redistribution licence and are not in the repository: pass their directory with ``--paper-data`` or set
+``HPCQUEUE_PAPER_DATA``. Without them the script says so and runs (b) alone, on the shipped profiles (derived
+summaries of the same measurements); the paper's columns of the summary tables then read ``-``.
+
 Prints markdown tables (copied into ``docs/paper-reproduction.md``) and writes
 ``paper-section6-<workload>-{paper-method,planner}.png`` into ``--out`` (default ``docs/img``).
 """
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -58,9 +66,9 @@ from hpcqueue.profiles.store import find_profile
 from hpcqueue.profiles.wilkins2024 import paper_energy_per_token_table, read_inference_rows
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-DEFAULT_PAPER_DATA = SHARED_DATA / "wilkins2024"
-DEFAULT_AZURE = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
+#: The paper's raw measurements are not in the repository (no redistribution licence): this names their copy.
+PAPER_DATA_VAR = "HPCQUEUE_PAPER_DATA"
+DEFAULT_AZURE = REPO / "examples" / "traces" / "AzureLLMInferenceTrace_code.csv"  # CC BY 4.0, shipped
 DEFAULT_OUT = REPO / "docs" / "img"
 
 IntArray = npt.NDArray[np.int64]
@@ -543,16 +551,17 @@ def best_cell(curve: Curve) -> str:
     return f"T = {threshold_label(curve, i)}: {pct(curve.saving_vs_best_single(i))} vs {single}"
 
 
-def saving_rows(label: str, paper_in: Curve, run: PlannerRun) -> list[str]:
-    """One row of the summary tables: the paper's arithmetic (input threshold) and the planner's policies."""
+def saving_rows(label: str, paper_in: Curve | None, run: PlannerRun) -> list[str]:
+    """One row of the summary tables: the paper's arithmetic (input threshold; ``-`` without the paper's
+    data) and the planner's policies."""
     report = run.report
     best = report["baselines"][report["best_single"]]["energy_j"]
     planner_in = run.curves["input"]
     return [
         label,
         f"{len(run.workload):,}",
-        pct(paper_in.saving_vs_a100(paper_in.at(PAPER_T))),
-        best_cell(paper_in),
+        pct(paper_in.saving_vs_a100(paper_in.at(PAPER_T))) if paper_in else pct(None),
+        best_cell(paper_in) if paper_in else pct(None),
         pct(planner_in.saving_vs_best_single(planner_in.at(PAPER_T))),
         best_cell(planner_in),
         pct(report["savings_vs_best_single"]),
@@ -650,10 +659,32 @@ def plot_curves(curves: dict[Dimension, Curve], title: str, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+NO_PAPER_DATA_NOTE = (
+    f"> note: the paper's raw measurements (Wilkins et al. 2024) are not in the repository (they have no "
+    f"redistribution licence), and neither --paper-data nor {PAPER_DATA_VAR} names a copy: the paper's "
+    f"arithmetic (a) is skipped and its columns read '-'. The planner (b) runs on the shipped profiles.\n"
+)
+
+
+def paper_data_dir(given: Path | None) -> Path | None:
+    """The directory of the paper's raw measurements, or None when none is given. A directory that is given
+    but lacks them is an error, not a silent skip."""
+    if given is None:
+        return None
+    missing = [
+        name for name in ("all-input-stats.csv", "all-output-stats.csv") if not (given / name).is_file()
+    ]
+    if missing:
+        raise InputError(
+            f"{given}: no {' or '.join(missing)}; --paper-data (or {PAPER_DATA_VAR}) must name the directory "
+            "of the paper's raw measurements"
+        )
+    return given
+
+
 def run(args: argparse.Namespace) -> int:
-    tables = {sweep: load_paper_tables(args.data, sweep) for sweep in DIMENSIONS}
+    data = paper_data_dir(args.data)
     targets = paper_targets(args.profiles)
-    models = cost_models(targets)
     workloads: list[NamedTrace] = []
     azure: pd.DataFrame | None = None
     if not args.no_azure:
@@ -664,25 +695,30 @@ def run(args: argparse.Namespace) -> int:
     workloads += [user_workload(p) for p in args.workload]
     if not workloads:
         raise InputError("no workload: drop --no-azure or give --workload PATH")
+    tables = {sweep: load_paper_tables(data, sweep) for sweep in DIMENSIONS} if data else None
+    models = cost_models(targets)
 
     print("# Hybrid M1-Pro + Swing A100: the paper's §6 on our workloads\n")
+    if tables is None:
+        print(NO_PAPER_DATA_NOTE)
     print(f"profiles (planner): {', '.join(str(t.profile) for t in targets)}; λ = 1\n")
-    print("## The paper's lookup tables (pooled models, the paper's row filter)\n")
-    print(paper_tables_markdown(tables))
-    if azure is not None:
+    if tables is not None:
+        print("## The paper's lookup tables (pooled models, the paper's row filter)\n")
+        print(paper_tables_markdown(tables))
+    if azure is not None and data is not None:
         print("## The paper's row filter against dropping only the warm-up call (M1-Pro and Swing)\n")
         samples = {
             "Azure": azure["input_tokens"].to_numpy(),
             f"prompts ≤ {args.short_max}": workloads[1].trace["input_tokens"].to_numpy(),
         }
-        print(filter_markdown(args.data, samples) + "\n")
+        print(filter_markdown(data, samples) + "\n")
     print("## Planner: predicted energy per request, M1-Pro / A100 (J), and the cheaper one\n")
     print(prediction_grid_markdown(models) + "\n")
 
     summary = []
     for named in workloads:
         prompt = named.trace["input_tokens"].to_numpy()
-        paper = {d: paper_method(prompt, tables[d], d) for d in DIMENSIONS}
+        paper = {d: paper_method(prompt, tables[d], d) for d in DIMENSIONS} if tables else {}
         planned = plan(named.trace, targets, models)
         stats = planned.report
         print(f"## {named.label}\n")
@@ -692,7 +728,7 @@ def run(args: argparse.Namespace) -> int:
             f"share of prompt tokens in prompts ≤ 32: "
             f"{100 * prompt[prompt <= PAPER_T].sum() / max(prompt.sum(), 1):.2f} %\n"
         )
-        for d in DIMENSIONS:
+        for d in paper:
             curve = paper[d]
             note = (
                 f"; {curve.clamped_requests:,} requests looked up at the nearest measured bucket"
@@ -711,8 +747,10 @@ def run(args: argparse.Namespace) -> int:
         for warning in stats["warnings"]:
             print(f"- warning: {warning}")
         print()
-        summary.append(saving_rows(named.label, paper["input"], planned))
+        summary.append(saving_rows(named.label, paper.get("input"), planned))
         for method, curves in (("paper-method", paper), ("planner", planned.curves)):
+            if not curves:
+                continue
             what = "the paper's arithmetic" if method == "paper-method" else "hpcqueue's planner"
             path = args.out / f"paper-section6-{named.slug}-{method}.png"
             plot_curves(curves, f"{named.label}: {what}", path)
@@ -734,7 +772,7 @@ def run(args: argparse.Namespace) -> int:
             label = "all" if cutoff is None else f"≤ {cutoff}"
             row = saving_rows(
                 label,
-                paper_method(subset["input_tokens"].to_numpy(), tables["input"]),
+                paper_method(subset["input_tokens"].to_numpy(), tables["input"]) if tables else None,
                 plan(subset, targets, models),
             )
             rows.append([row[0], f"{row[1]} ({100 * len(subset) / len(azure):.1f} %)", *row[2:]])
@@ -745,8 +783,21 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", type=Path, default=DEFAULT_PAPER_DATA, help="the paper's data directory")
-    parser.add_argument("--azure", type=Path, default=DEFAULT_AZURE, help="the Azure code trace (CSV)")
+    parser.add_argument(
+        "--paper-data",
+        "--data",
+        dest="data",
+        type=Path,
+        default=Path(os.environ[PAPER_DATA_VAR]) if os.environ.get(PAPER_DATA_VAR) else None,
+        help="directory of the paper's raw measurements (all-input-stats.csv, all-output-stats.csv; not in "
+        f"the repository) for the paper's arithmetic (default: ${PAPER_DATA_VAR}; without: planner only)",
+    )
+    parser.add_argument(
+        "--azure",
+        type=Path,
+        default=DEFAULT_AZURE,
+        help="the Azure code trace (CSV; default: the copy shipped in examples/traces/)",
+    )
     parser.add_argument("--no-azure", action="store_true", help="skip the Azure workloads")
     parser.add_argument(
         "--short-max", type=int, default=128, help="prompt tokens of the short Azure subset (default 128)"

@@ -1,11 +1,12 @@
 """Trace simulation at scale: `hpcqueue simulate` on a 1M-request trace, end to end and stage by stage.
 
-    python bench/simulate.py [--requests 1000000] [--cores 2] [--deadline 0] [--gpu-slots 1]
+    python bench/simulate.py [--requests 1000000] [--cores 2] [--deadline 0] [--gpu-slots 1] [--trace PATH]
 
-Builds a trace from the Azure LLM inference trace (``../shared/data/azure-llm-2023``): rows resampled with
-replacement and each token count multiplied by a log-normal factor (σ = 0.25), so the trace has the Azure
-distribution's shape but hundreds of thousands of distinct (prompt, output) pairs instead of 8k — the planner
-works per distinct pair, so this is the hard case. Then times, pinned to ``--cores`` CPUs:
+Builds a trace from the Azure LLM code trace shipped in ``examples/traces/`` (``--trace``: another file with
+``ContextTokens`` and ``GeneratedTokens`` columns): rows resampled with replacement and each token count
+multiplied by a log-normal factor (σ = 0.25), so the trace has the Azure distribution's shape but hundreds of
+thousands of distinct (prompt, output) pairs instead of 8k — the planner works per distinct pair, so this is
+the hard case. Then times, pinned to ``--cores`` CPUs:
 
 * the real command, ``hpcqueue simulate TRACE --config examples/paper.toml --json`` (interpreter start, CSV
   read, cost models, all five policies compared), best of three;
@@ -31,13 +32,14 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-AZURE = REPO.parent / "shared" / "data" / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
+AZURE = REPO / "examples" / "traces" / "AzureLLMInferenceTrace_code.csv"  # CC BY 4.0, shipped
 CONFIG = REPO / "examples" / "paper.toml"
 
 
-def generate(path: Path, n: int, seed: int = 0) -> int:
-    """Write an ``n``-request trace with the Azure trace's shape; returns its number of distinct pairs."""
-    source = pd.read_csv(AZURE, usecols=["ContextTokens", "GeneratedTokens"]).to_numpy()
+def generate(path: Path, n: int, seed: int = 0, source_trace: Path = AZURE) -> int:
+    """Write an ``n``-request trace with the shape of ``source_trace`` (the Azure trace); returns its number
+    of distinct pairs."""
+    source = pd.read_csv(source_trace, usecols=["ContextTokens", "GeneratedTokens"]).to_numpy()
     rng = np.random.default_rng(seed)
     rows = source[rng.integers(0, len(source), n)]
     jitter = rng.lognormal(0.0, 0.25, size=rows.shape)
@@ -59,7 +61,16 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=0.0, help="seconds; 0: no deadline")
     parser.add_argument("--gpu-slots", type=int, default=1, help="array_parallelism of the a100 target")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=AZURE,
+        help="trace to resample, with ContextTokens and GeneratedTokens columns (default: the Azure code "
+        "trace shipped in examples/traces/)",
+    )
     args = parser.parse_args()
+    if not args.trace.is_file():
+        parser.error(f"{args.trace}: trace not found")
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
     cores = len(os.sched_getaffinity(0))
@@ -70,7 +81,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.csv"
-        classes = generate(trace, args.requests)
+        classes = generate(trace, args.requests, source_trace=args.trace)
         print(f"trace: {args.requests:,} requests, {classes:,} distinct token pairs, {cores} cores")
 
         config = Path(tmp) / "paper.toml"

@@ -15,8 +15,15 @@ import pytest
 pytest_plugins = ["tests.fakes.machine"]
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLES = REPO / "examples"
+SHIPPED_PROFILES = REPO / "profiles"
+# The Azure LLM code trace (CC BY 4.0) ships with the repository; see examples/traces/README.md.
+AZURE_TRACE = EXAMPLES / "traces" / "AzureLLMInferenceTrace_code.csv"
+# The raw measurements of Wilkins et al. (2024) have no redistribution licence, so they are not in the
+# repository: tests that need them read the directory this variable names (see the paper_data fixture). Read
+# once at start-up, before any test's monkeypatch (hq_env) removes HPCQUEUE_* variables.
+PAPER_DATA_VAR = "HPCQUEUE_PAPER_DATA"
+PAPER_DATA_ENV = os.environ.get(PAPER_DATA_VAR, "")
 PG_URL = os.environ.get("HPCQUEUE_TEST_PG_URL")
 # PostgreSQL runs whenever a server is given (make test starts one), and always under CI, where a missing
 # server is a failure rather than a silent skip.
@@ -47,6 +54,27 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def paper_data() -> Path:
+    """The directory of the paper's raw measurements (``all-input-stats.csv``, ``all-output-stats.csv``),
+    named by ``HPCQUEUE_PAPER_DATA``. Without it the test is skipped with the reason, except under CI, where
+    a skip would hide a test that did not run: there it fails."""
+    reason = None
+    if not PAPER_DATA_ENV:
+        reason = f"{PAPER_DATA_VAR} is not set"
+    elif not (Path(PAPER_DATA_ENV) / "all-input-stats.csv").is_file():
+        reason = f"{PAPER_DATA_VAR}={PAPER_DATA_ENV} has no all-input-stats.csv"
+    if reason is None:
+        return Path(PAPER_DATA_ENV).resolve()
+    reason += (
+        ": the paper's raw measurements (Wilkins et al. 2024, no redistribution licence) are not in the "
+        f"repository; point {PAPER_DATA_VAR} at a copy to run this test"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, SHARED_DATA, run_cli
+from tests.conftest import AZURE_TRACE, EXAMPLES, run_cli
 
-AZURE = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
 PAPER = EXAMPLES / "paper.toml"
 REPORT_KEYS = {
     "policy",
@@ -28,7 +27,7 @@ REPORT_KEYS = {
 
 
 def test_simulate_the_azure_trace_as_json(hq_env: dict[str, str]) -> None:
-    result = run_cli(["simulate", str(AZURE), "--config", str(PAPER), "--json"], hq_env)
+    result = run_cli(["simulate", str(AZURE_TRACE), "--config", str(PAPER), "--json"], hq_env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) >= REPORT_KEYS
@@ -47,7 +46,7 @@ def test_simulate_the_azure_trace_as_json(hq_env: dict[str, str]) -> None:
 
 
 def test_simulate_with_policy_lambda_and_deadline(hq_env: dict[str, str]) -> None:
-    args = ["simulate", str(AZURE), "--config", str(PAPER), "--policy", "optimal", "--lambda", "0.5"]
+    args = ["simulate", str(AZURE_TRACE), "--config", str(PAPER), "--policy", "optimal", "--lambda", "0.5"]
     result = run_cli([*args, "--deadline", "400h", "--json"], hq_env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -64,7 +63,7 @@ def test_simulate_with_policy_lambda_and_deadline(hq_env: dict[str, str]) -> Non
 
 
 def test_simulate_explains_what_is_missing(hq_env: dict[str, str], tmp_path: Path) -> None:
-    no_profiles = run_cli(["simulate", str(AZURE)], hq_env)  # the default config: one local target
+    no_profiles = run_cli(["simulate", str(AZURE_TRACE)], hq_env)  # the default config: one local target
     assert no_profiles.returncode == 1
     assert "needs a cost model for every target" in no_profiles.stderr
     assert "--config examples/paper.toml" in no_profiles.stderr
@@ -76,12 +75,13 @@ def test_simulate_explains_what_is_missing(hq_env: dict[str, str], tmp_path: Pat
     assert f"{bad}:3: GeneratedTokens" in result.stderr
 
     late = run_cli(
-        ["simulate", str(AZURE), "--config", str(PAPER), "--policy", "optimal", "--deadline", "1h"], hq_env
+        ["simulate", str(AZURE_TRACE), "--config", str(PAPER), "--policy", "optimal", "--deadline", "1h"],
+        hq_env,
     )
     assert late.returncode == 1
     assert "deadline" in late.stderr
 
-    wrong = run_cli(["simulate", str(AZURE), "--config", str(PAPER), "--lambda", "2"], hq_env)
+    wrong = run_cli(["simulate", str(AZURE_TRACE), "--config", str(PAPER), "--lambda", "2"], hq_env)
     assert wrong.returncode == 2
 
 

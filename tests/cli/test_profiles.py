@@ -20,7 +20,6 @@ from hpcqueue.profiles.fingerprint import fingerprint
 from hpcqueue.profiles.store import shipped_profiles_dir
 from tests.conftest import REPO
 
-WILKINS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wilkins2024"
 M1 = "llama-2-7b-chat.m1-pro.wilkins2024"
 SWING = "llama-2-7b-chat.swing-a100.wilkins2024"
 
@@ -121,11 +120,13 @@ def test_plot_writes_two_pngs_and_prints_their_paths(env: dict[str, str], tmp_pa
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
 
 
-def test_import_wilkins2024_reproduces_the_shipped_profiles(env: dict[str, str], tmp_path: Path) -> None:
+def test_import_wilkins2024_reproduces_the_shipped_profiles(
+    env: dict[str, str], tmp_path: Path, paper_data: Path
+) -> None:
     shipped = {e.name: e for e in list_profiles([shipped_profiles_dir()])}
     created = shipped[M1].meta.created
     result = invoke(
-        "profiles", "import", "wilkins2024", WILKINS_DATA, "--output", tmp_path, "--created", created
+        "profiles", "import", "wilkins2024", paper_data, "--output", tmp_path, "--created", created
     )
     assert result.exit_code == 0, result.output
     written = sorted(p.parent.name for p in tmp_path.glob("*/meta.json"))
@@ -137,8 +138,8 @@ def test_import_wilkins2024_reproduces_the_shipped_profiles(env: dict[str, str],
     assert f"{len(written)} profile(s) written to {tmp_path}" in " ".join(result.output.split())
 
 
-def test_import_into_the_user_profile_dir_by_default(env: dict[str, str]) -> None:
-    result = invoke("profiles", "import", "wilkins2024", WILKINS_DATA, "--json")
+def test_import_into_the_user_profile_dir_by_default(env: dict[str, str], paper_data: Path) -> None:
+    result = invoke("profiles", "import", "wilkins2024", paper_data, "--json")
     assert result.exit_code == 0, result.output
     user_dir = Path(env["XDG_DATA_HOME"]) / "hpcqueue" / "profiles"
     assert json.loads(result.output)["output"] == str(user_dir)
@@ -231,15 +232,18 @@ def test_doctor_lists_the_meters(env: dict[str, str]) -> None:
         ["profiles", "show", M1],
         ["profiles", "check"],
         ["profiles", "plot", M1, "--output", "{tmp}"],
-        ["profiles", "import", "wilkins2024", str(WILKINS_DATA), "--output", "{tmp}"],
+        ["profiles", "import", "wilkins2024", "{paper_data}", "--output", "{tmp}"],  # needs the paper's data
         ["doctor"],
         ["profile", "--help"],
     ],
     ids=" ".join,
 )
 def test_commands_that_run_no_model_do_not_import_torch(
-    args: list[str], env: dict[str, str], tmp_path: Path
+    args: list[str], env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    if "{paper_data}" in args:  # only this case needs the paper's raw data (and skips without it)
+        paper_data: Path = request.getfixturevalue("paper_data")
+        args = [a.replace("{paper_data}", str(paper_data)) for a in args]
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     code = (
         "import sys\n"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +12,9 @@ from hpcqueue.errors import PlanningError
 from hpcqueue.planner.costs import CostModel
 from hpcqueue.profiles import Profile, ProfileMeta, find_profile, list_profiles
 from hpcqueue.profiles.store import POINT_COLUMNS
+from tests.conftest import SHIPPED_PROFILES
 
-SHIPPED = [Path(__file__).resolve().parents[2] / "profiles"]
+SHIPPED = [SHIPPED_PROFILES]
 PAPER = [e.name for e in list_profiles(SHIPPED) if e.name.endswith(".wilkins2024")]
 SWING = "llama-2-7b-chat.swing-a100.wilkins2024"
 
@@ -248,25 +247,17 @@ def test_non_positive_energy_is_refused_naming_the_point() -> None:
         CostModel.from_profile(Profile(meta=profile.meta, points=points))
 
 
-def test_a_million_requests_predict_fast() -> None:
+def test_float_counts_predict_the_same_as_integer_counts() -> None:
+    # How fast a million requests are predicted is measured by bench/cost_models.py, not asserted here.
     model = CostModel.from_profile(find_profile(SWING, SHIPPED))
     rng = np.random.default_rng(0)
-    n = rng.integers(1, 8000, 1_000_000)
-    m = rng.integers(1, 4000, 1_000_000)
-    model.predict(n[:10], m[:10])
-    best = min(_timed(lambda: model.predict(n, m)) for _ in range(3))
-    assert best < 0.2
+    n = rng.integers(1, 8000, 1000)
+    m = rng.integers(1, 4000, 1000)
     # float counts take the interpolation path: same numbers
     np.testing.assert_allclose(
         model.predict(n[:1000].astype(float) + 0.0, m[:1000]).energy_j,
         model.predict(n[:1000], m[:1000]).energy_j,
     )
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def test_too_few_combinations_give_a_usable_model_with_a_note() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,11 +18,9 @@ import pandas as pd
 import pytest
 
 from hpcqueue.planner.simulate import load_trace
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import AZURE_TRACE, REPO
 
 SCRIPT = REPO / "bench" / "paper_section6.py"
-PAPER_DATA = SHARED_DATA / "wilkins2024"
-AZURE = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +38,13 @@ def s6() -> Iterator[ModuleType]:
 
 
 @pytest.fixture(scope="module")
-def tables(s6: ModuleType) -> dict[str, Any]:
-    return {sweep: s6.load_paper_tables(PAPER_DATA, sweep) for sweep in ("input", "output")}
+def tables(s6: ModuleType, paper_data: Path) -> dict[str, Any]:
+    return {sweep: s6.load_paper_tables(paper_data, sweep) for sweep in ("input", "output")}
 
 
 @pytest.fixture(scope="module")
 def azure() -> pd.DataFrame:
-    return load_trace(AZURE)
+    return load_trace(AZURE_TRACE)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +157,7 @@ def test_planner_saves_more_on_short_prompts_than_on_the_azure_trace(planned: di
         assert report["baselines"]["optimal"]["energy_j"] <= report["energy_j"] * (1 + 1e-9)
 
 
-def test_script_runs_end_to_end_on_a_given_workload(tmp_path: Path) -> None:
+def test_script_runs_end_to_end_on_a_given_workload(tmp_path: Path, paper_data: Path) -> None:
     rng = np.random.default_rng(7)
     workload = tmp_path / "my-tokens.csv"
     pd.DataFrame(
@@ -166,7 +165,17 @@ def test_script_runs_end_to_end_on_a_given_workload(tmp_path: Path) -> None:
     ).to_csv(workload, index=False)
     out = tmp_path / "figs"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--no-azure", "--workload", str(workload), "--out", str(out)],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--paper-data",
+            str(paper_data),
+            "--no-azure",
+            "--workload",
+            str(workload),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -185,6 +194,31 @@ def test_script_runs_end_to_end_on_a_given_workload(tmp_path: Path) -> None:
     assert "### (b) planner, every policy" in text
     assert "## Summary" in text and "| M1-Pro only |" in text
     assert "Azure" not in text.split("## Summary")[1]  # --no-azure: no Azure workload or cut-off table
+
+
+def test_script_without_the_papers_data_runs_the_planner_and_says_why(tmp_path: Path) -> None:
+    """A fresh clone has no raw data: the planner's part runs on the shipped profiles, with a note."""
+    workload = tmp_path / "my-tokens.csv"
+    pd.DataFrame({"input_tokens": [5, 20, 300], "output_tokens": [4, 30, 100]}).to_csv(workload, index=False)
+    env = {k: v for k, v in os.environ.items() if k != "HPCQUEUE_PAPER_DATA"}
+    args = [sys.executable, str(SCRIPT), "--no-azure", "--workload", str(workload), "--out", str(tmp_path)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "HPCQUEUE_PAPER_DATA" in result.stdout and "no redistribution licence" in result.stdout
+    assert "### (a)" not in result.stdout and "### (b) planner, every policy" in result.stdout
+    assert [p.name for p in tmp_path.glob("*.png")] == ["paper-section6-my-tokens-planner.png"]
+
+    given = subprocess.run(
+        [*args, "--paper-data", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO,
+        env=env,
+    )
+    assert given.returncode == 2  # a directory given but without the data is an error, not a skip
+    assert "all-input-stats.csv" in given.stderr and "HPCQUEUE_PAPER_DATA" in given.stderr
 
 
 def test_script_reports_a_missing_workload_file(tmp_path: Path) -> None:

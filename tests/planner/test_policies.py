@@ -18,13 +18,12 @@ from hpcqueue.errors import ConfigError, PlanningError
 from hpcqueue.planner import CostModel, CostTable, Workload, compare, route, summarize
 from hpcqueue.planner.simulate import load_trace, simulate
 from hpcqueue.profiles import find_profile
-from tests.conftest import SHARED_DATA
+from tests.conftest import AZURE_TRACE, SHIPPED_PROFILES
 
-SHIPPED = [Path(__file__).resolve().parents[2] / "profiles"]
+SHIPPED = [SHIPPED_PROFILES]
 M1 = "llama-2-7b-chat.m1-pro.wilkins2024"
 SWING = "llama-2-7b-chat.swing-a100.wilkins2024"
 PALMETTO = "llama-2-7b-chat.palmetto-a100.wilkins2024"
-AZURE = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
 POLICY_NAMES = ("threshold", "optimal", "unaware", "single:a100", "single:m1")
 
 _MODELS: dict[str, CostModel] = {}
@@ -54,7 +53,7 @@ def _table(
 
 @pytest.fixture(scope="module")
 def azure() -> pd.DataFrame:
-    return load_trace(AZURE)
+    return load_trace(AZURE_TRACE)
 
 
 # --- workload and cost ---------------------------------------------------------------------------------

@@ -25,10 +25,7 @@ from hpcqueue.profiles import (
     wilkins2024,
 )
 from hpcqueue.profiles.store import ci95_half_width, t_critical_95
-
-REPO = Path(__file__).resolve().parents[2]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wilkins2024"
-SHIPPED = REPO / "profiles"
+from tests.conftest import SHIPPED_PROFILES
 
 # t_{0.975, dof} from printed statistical tables.
 T_TABLE = {1: 12.7062, 4: 2.7764, 5: 2.5706, 6: 2.4469, 9: 2.2622, 11: 2.2010, 12: 2.1788, 98: 1.9845}
@@ -173,9 +170,9 @@ def test_search_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         tmp_path / "env-a",
         tmp_path / "env-b",
         tmp_path / "xdg" / "hpcqueue" / "profiles",
-        SHIPPED,
+        SHIPPED_PROFILES,
     ]
-    assert shipped_profiles_dir() == SHIPPED
+    assert shipped_profiles_dir() == SHIPPED_PROFILES
 
 
 def test_earlier_directory_shadows_a_profile_of_the_same_name(tmp_path: Path) -> None:
@@ -213,8 +210,8 @@ def test_find_profiles_for_matches_model_id_alias_or_local_path(tmp_path: Path) 
 
 
 @pytest.fixture(scope="module")
-def derived() -> dict[str, Profile]:
-    return {p.name: p for p in wilkins2024.derive(DATA, created="2025-01-01")}
+def derived(paper_data: Path) -> dict[str, Profile]:
+    return {p.name: p for p in wilkins2024.derive(paper_data, created="2025-01-01")}
 
 
 def test_derive_makes_a_profile_per_system_and_model_with_provenance(derived: dict[str, Profile]) -> None:
@@ -251,9 +248,9 @@ def test_derive_makes_a_profile_per_system_and_model_with_provenance(derived: di
     }
 
 
-def _independent_point(system: str, model: str, sweep: str, bucket: int) -> dict[str, float]:
+def _independent_point(data: Path, system: str, model: str, sweep: str, bucket: int) -> dict[str, float]:
     """Recompute one point straight from the CSV, without the importer's code."""
-    raw = pd.read_csv(DATA / ("all-input-stats.csv" if sweep == "input" else "all-output-stats.csv"))
+    raw = pd.read_csv(data / ("all-input-stats.csv" if sweep == "input" else "all-output-stats.csv"))
     bucket_column = "Number of Input Tokens" if sweep == "input" else "Number of Output Tokens"
     rows = raw[
         raw["Phase"].str.contains("inference")
@@ -285,7 +282,14 @@ def _independent_point(system: str, model: str, sweep: str, bucket: int) -> dict
     ],
 )
 def test_derived_points_match_the_raw_rows(
-    derived: dict[str, Profile], name: str, system: str, model: str, sweep: str, bucket: int, fixed: int
+    derived: dict[str, Profile],
+    paper_data: Path,
+    name: str,
+    system: str,
+    model: str,
+    sweep: str,
+    bucket: int,
+    fixed: int,
 ) -> None:
     points = derived[name].points
     swept, other = (
@@ -294,7 +298,7 @@ def test_derived_points_match_the_raw_rows(
     row = points[(points["sweep"] == sweep) & (points[swept] == bucket)].iloc[0]
     assert row[other] == fixed
     assert row["batch_size"] == 1
-    for key, value in _independent_point(system, model, sweep, bucket).items():
+    for key, value in _independent_point(paper_data, system, model, sweep, bucket).items():
         assert row[key] == pytest.approx(value, rel=1e-4), key
 
 
@@ -307,22 +311,22 @@ def test_warm_up_filter_keeps_iterations_ending_in_zero_and_the_long_output_buck
     assert outputs.loc[1024, "trials"] == 99  # 100 calls, warm-up dropped; the paper's filter drops them all
 
 
-def test_paper_energy_per_token_tables_are_reproduced() -> None:
+def test_paper_energy_per_token_tables_are_reproduced(paper_data: Path) -> None:
     for sweep, expected in (("input", PAPER_INPUT), ("output", PAPER_OUTPUT)):
-        table = wilkins2024.paper_energy_per_token_table(DATA, sweep)  # type: ignore[arg-type]
+        table = wilkins2024.paper_energy_per_token_table(paper_data, sweep)  # type: ignore[arg-type]
         for system, values in expected.items():
             buckets = [8 * 2**i for i in range(len(values))]
             got = table.loc[system, buckets].to_numpy(dtype=float)
             np.testing.assert_allclose(got, values, atol=1e-3, err_msg=f"{sweep} {system}")
-    output = wilkins2024.paper_energy_per_token_table(DATA, "output")
+    output = wilkins2024.paper_energy_per_token_table(paper_data, "output")
     assert output.loc["Swing AMD+A100"].dropna().index.max() == 512  # the '0' filter drops 1024+
 
 
 def test_shipped_profiles_are_what_the_importer_derives(derived: dict[str, Profile]) -> None:
-    shipped = {e.name for e in list_profiles([SHIPPED])}
+    shipped = {e.name for e in list_profiles([SHIPPED_PROFILES])}
     assert shipped == set(derived)
     for name, profile in derived.items():
-        on_disk = load_profile(SHIPPED / name)
+        on_disk = load_profile(SHIPPED_PROFILES / name)
         assert on_disk.meta.source_detail == profile.meta.source_detail
         assert on_disk.meta.notes == profile.meta.notes
         expected = profile.points.sort_values(["sweep", "input_tokens", "output_tokens"]).reset_index(
@@ -332,23 +336,23 @@ def test_shipped_profiles_are_what_the_importer_derives(derived: dict[str, Profi
 
 
 def test_shipped_readme_carries_the_citation_and_the_derivation_note() -> None:
-    text = (SHIPPED / "README.md").read_text(encoding="utf-8")
+    text = (SHIPPED_PROFILES / "README.md").read_text(encoding="utf-8")
     assert "10.1145/3632775.3662830" in text
     assert "derived from the authors' published measurements" in text.lower()
 
 
-def test_importer_command_line_writes_loadable_profiles(tmp_path: Path) -> None:
-    assert wilkins2024.main([str(DATA), str(tmp_path), "--created", "2025-01-01"]) == 0
+def test_importer_command_line_writes_loadable_profiles(tmp_path: Path, paper_data: Path) -> None:
+    assert wilkins2024.main([str(paper_data), str(tmp_path), "--created", "2025-01-01"]) == 0
     profile = find_profile("llama-2-7b-chat.m1-pro.wilkins2024", [tmp_path])
     assert profile.meta.created == "2025-01-01"
     assert len(profile.points) == 16  # 9 input buckets + 7 output buckets (the M1 stops at 512)
 
 
-def test_pooled_profile_pools_the_models_of_a_system(derived: dict[str, Profile]) -> None:
+def test_pooled_profile_pools_the_models_of_a_system(derived: dict[str, Profile], paper_data: Path) -> None:
     """The pooled M1-Pro point: the mean over Llama-2 and Mistral rows (warm-up dropped), recomputed."""
     pooled = derived["pooled-7b.m1-pro.wilkins2024"]
     assert pooled.meta.source_detail["model_label"] == "Llama-2 (7B), Mistral (7B)"
-    raw = pd.read_csv(DATA / "all-input-stats.csv")
+    raw = pd.read_csv(paper_data / "all-input-stats.csv")
     rows = raw[
         raw["Phase"].str.contains("inference")
         & (raw["Iteration"] != 0)
