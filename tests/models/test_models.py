@@ -228,7 +228,9 @@ def test_model_without_template_uses_the_plain_format(demo: ModelRef, tmp_path: 
     assert tokenizer.render_chat(chat) == "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n"
     table = pd.DataFrame({"kind": ["chat"], "text": [None], "messages": [chat]})
     # without a template the tokenizer adds its beginning-of-sequence token itself
-    assert count_input_tokens(tokenizer, table).tolist() == [len(tokenizer.encode(tokenizer.render_chat(chat)))]
+    assert count_input_tokens(tokenizer, table).tolist() == [
+        len(tokenizer.encode(tokenizer.render_chat(chat)))
+    ]
     assert tokenizer.encode("Hi")[0] == tokenizer.backend.token_to_id("<s>")
 
 
