@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from hpcqueue.cli import app
 from tests.conftest import REPO
+from tests.fakes.machine import NoCounters
 
 runner = CliRunner()
 
@@ -97,16 +98,20 @@ def test_ledger_summary_formats_on_an_empty_ledger(hq_env: dict[str, str]) -> No
     assert as_csv.output.splitlines()[0].startswith("user,")
 
 
-def test_a_named_meter_that_cannot_work_is_refused_before_anything_runs(hq_env: dict[str, str]) -> None:
-    """No RAPL counters here: asking for them fails loudly (exit 2, with the reason) instead of estimating."""
+def test_a_named_meter_that_cannot_work_is_refused_before_anything_runs(
+    hq_env: dict[str, str], no_energy_counters: NoCounters
+) -> None:
+    """No RAPL counters and no NVIDIA driver (faked away, in this process): asking for them fails loudly
+    (exit 2, with the reason) instead of estimating."""
     from tests.conftest import EXAMPLES
 
     result = runner.invoke(app, ["submit", str(EXAMPLES / "prompts.jsonl"), "--meter", "rapl", "--dry-run"])
     assert result.exit_code == 2
-    assert "meter 'rapl' is not available" in result.output and "powercap" in result.output
+    assert "meter 'rapl' is not available" in result.output
+    assert f"no RAPL zones under {no_energy_counters.powercap_root} " in result.output
     profiled = runner.invoke(app, ["profile", "local", "--meter", "nvml", "--quick"])
     assert profiled.exit_code == 2
-    assert "meter 'nvml' is not available" in profiled.output
+    assert "meter 'nvml' is not available" in profiled.output and "libnvidia-ml.so.1" in profiled.output
 
 
 def test_table_cells_are_printed_as_data_not_markup() -> None:

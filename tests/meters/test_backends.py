@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import stat
@@ -28,6 +29,7 @@ from hpcqueue.meters import (
     rapl,
     zeus,
 )
+from tests.fakes.machine import NoCounters, nvml_module
 from tests.fakes.nvml_stub import NVML_ERROR_LIBRARY_NOT_FOUND, FakeGpu, FakeNvml, uuid
 from tests.fakes.powercap import MAX_RANGE_UJ, FakePowercap, make_topology
 
@@ -235,7 +237,7 @@ def test_rapl_meter_turns_a_permission_error_into_meter_unavailable(
     assert isinstance(info.value.__cause__, PermissionError)
 
 
-def test_rapl_probe_here_says_there_are_no_zones() -> None:
+def test_rapl_probe_of_a_missing_powercap_directory_says_there_are_no_zones() -> None:
     ok, reason = rapl.rapl_available(Path("/nonexistent/powercap"))
     assert not ok
     assert "no RAPL zones" in reason
@@ -303,12 +305,23 @@ def test_nvml_without_driver_or_allocated_gpus_says_why() -> None:
     assert not slurm_without_gpus.available and "no GPUs allocated" in slurm_without_gpus.reason
 
 
-def test_real_nvidia_ml_py_here_finds_no_driver(no_gpu_env: pytest.MonkeyPatch) -> None:
-    import pynvml  # nvidia-ml-py, installed by the dev extra
+def test_real_nvidia_ml_py_without_a_driver_finds_no_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real nvidia-ml-py (installed by the dev extra) on a machine without the NVIDIA driver, faked where
+    the driver is looked for: the dynamic loader finds no libnvidia-ml.so.1. A fresh copy of the module is
+    used, as in a process that never loaded the driver, so a GPU node's loaded driver cannot leak in."""
+    spec = importlib.util.find_spec("pynvml")
+    assert spec is not None and spec.loader is not None, "nvidia-ml-py is not installed"
+    pynvml = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pynvml", pynvml)  # the module looks itself up there as it loads
+    spec.loader.exec_module(pynvml)
 
-    found = nvml.probe(pynvml)
+    def no_library(name: str, *args: object, **kwargs: object) -> None:
+        raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(pynvml, "CDLL", no_library)
+    found = nvml.probe(pynvml, devices.GpuSelection("all", None))
     assert not found.available
-    assert "NVIDIA driver" in found.reason
+    assert "the NVIDIA driver library (libnvidia-ml.so.1) was not found" in found.reason
 
 
 def test_nvml_meter_translates_errors_during_measurement() -> None:
@@ -325,7 +338,10 @@ def test_nvml_meter_translates_errors_during_measurement() -> None:
 # --- pyjoules -----------------------------------------------------------------------------------------
 
 
-def test_pyjoules_here_fails_the_ways_it_does_and_the_probe_names_them() -> None:
+def test_pyjoules_without_counters_fails_the_ways_it_does_and_the_probe_names_them(
+    no_energy_counters: NoCounters,
+) -> None:
+    """The real pyJoules on a machine without RAPL or an NVIDIA driver (both faked away)."""
     from pyJoules.device import DeviceFactory
     from pyJoules.device.rapl_device import RaplPackageDomain
     from pyJoules.energy_meter import EnergyContext
@@ -408,7 +424,8 @@ def test_powermetrics_energy_is_scaled_to_the_metered_duration() -> None:
     assert energy == {"cpu": pytest.approx(10.0), "gpu:0": pytest.approx(2.0)}
 
 
-def test_powermetrics_probe_says_why_not() -> None:
+def test_powermetrics_probe_says_why_not(no_energy_counters: NoCounters) -> None:
+    """Not a Mac (faked: ``os.uname()`` says Linux), then a Mac without the binary, without sudo, with it."""
     assert powermetrics.powermetrics_available() == (False, "powermetrics runs on macOS only (this is Linux)")
     no_binary = powermetrics.probe(system="Darwin", which=lambda _: None)
     assert not no_binary[0] and "not on PATH" in no_binary[1]
@@ -483,8 +500,8 @@ def _fake_zeus(gpus_present: int) -> types.ModuleType:
     return module
 
 
-def test_zeus_unavailable_reasons() -> None:
-    assert "zeus is not installed" in zeus.zeus_available()[1] or not zeus.zeus_available()[0]
+def test_zeus_unavailable_reasons(no_energy_counters: NoCounters) -> None:
+    assert zeus.zeus_available() == (False, f"zeus is not installed: {zeus.INSTALL_HINT}")  # faked absent
     nothing = zeus.probe(devices.GpuSelection("all", None), zeus_monitor=_fake_zeus(0))
     assert not nothing.available and "time only" in nothing.reason
     absent = zeus.probe(devices.GpuSelection("SLURM_JOB_GPUS", ("3",)), zeus_monitor=_fake_zeus(2))
@@ -506,14 +523,21 @@ def test_zeus_meter_maps_cuda_visible_indices_back_to_node_gpus() -> None:
 # --- selection ----------------------------------------------------------------------------------------
 
 
-def test_auto_here_falls_back_to_the_estimate_and_logs_every_reason(
-    no_gpu_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_auto_without_counters_falls_back_to_the_estimate_and_logs_every_reason(
+    no_energy_counters: NoCounters, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """No RAPL, no NVIDIA driver, no zeus, not a Mac (all faked): the estimate, and every reason logged."""
     with caplog.at_level(logging.INFO, logger="hpcqueue.meters"):
         meter = get_meter(hardware="cpu-generic", cpus=2)
     assert isinstance(meter, EstimateMeter)
     assert "labelled estimated" in caplog.text
-    for why in ("rapl (cpu): no RAPL zones", "nvml (gpu): the NVIDIA driver library", "pyjoules (cpu)"):
+    for why in (
+        f"rapl (cpu): no RAPL zones under {no_energy_counters.powercap_root} ",
+        "nvml (gpu): the NVIDIA driver library",
+        "pyjoules (cpu)",
+        "zeus (gpu): zeus is not installed",
+        "powermetrics: powermetrics runs on macOS only",
+    ):
         assert why in caplog.text
     selection = auto_selection()
     assert (selection.name, selection.method) == ("estimate", "estimated")
@@ -521,17 +545,18 @@ def test_auto_here_falls_back_to_the_estimate_and_logs_every_reason(
 
 @pytest.fixture()
 def measured_node(
+    no_energy_counters: NoCounters,
     two_socket_node: tuple[FakePowercap, Path],
     monkeypatch: pytest.MonkeyPatch,
-    no_gpu_env: pytest.MonkeyPatch,
 ) -> tuple[FakePowercap, list[FakeGpu]]:
-    """This machine seen through a fake powercap tree, fake topology and an NVML stub with 2 GPUs."""
+    """A machine without counters (whatever this one has), given a fake powercap tree, fake topology and
+    an NVML driver (stub) with 2 GPUs, GPU 1 handed to the job. pyJoules, zeus and powermetrics still
+    see no counters."""
     powercap, sysfs = two_socket_node
     monkeypatch.setattr(rapl, "POWERCAP_ROOT", powercap.root)
     monkeypatch.setattr(devices, "SYSFS_ROOT", sysfs)
     gpus = [FakeGpu(uuid(0), energy_mj=0), FakeGpu(uuid(1), energy_mj=0)]
-    pyjoules.import_pyjoules()  # pyJoules keeps the real pynvml it imported; only our import sees the stub
-    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(gpus))
+    monkeypatch.setitem(sys.modules, "pynvml", nvml_module(FakeNvml(gpus)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     return powercap, gpus
 
@@ -557,10 +582,12 @@ def test_auto_combines_rapl_and_nvml_into_one_measured_measurement(
 
 
 def test_auto_with_gpus_but_no_cpu_counter_is_labelled_estimated_per_domain(
-    measured_node: tuple[FakePowercap, list[FakeGpu]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    measured_node: tuple[FakePowercap, list[FakeGpu]],
+    no_energy_counters: NoCounters,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, gpus = measured_node
-    monkeypatch.setattr(rapl, "POWERCAP_ROOT", tmp_path / "no-powercap")
+    monkeypatch.setattr(rapl, "POWERCAP_ROOT", no_energy_counters.powercap_root)  # the CPU counters go
     meter = get_meter(hardware="a100-40g", cpus=2)
     assert meter.name == "estimate+nvml"
     meter.start()
@@ -570,7 +597,8 @@ def test_auto_with_gpus_but_no_cpu_counter_is_labelled_estimated_per_domain(
     assert m.details["domain_methods"] == {"cpu": "estimated", "gpu:1": "measured"}
 
 
-def test_named_meter_fails_loudly_with_the_probe_reason(no_gpu_env: pytest.MonkeyPatch) -> None:
+def test_named_meter_fails_loudly_with_the_probe_reason(no_energy_counters: NoCounters) -> None:
+    """No RAPL zones and no NVIDIA driver (faked away): a meter asked for by name fails with the reason."""
     with pytest.raises(MeterUnavailableError, match=r"meter 'rapl' is not available.*no RAPL zones") as info:
         get_meter("rapl", hardware="cpu-generic")
     assert info.value.exit_code == 2
@@ -589,7 +617,8 @@ def test_named_combination_refuses_to_count_a_domain_twice(
         get_meter("rapl+estimate", hardware="cpu-generic")
 
 
-def test_doctor_report_lists_every_backend_and_what_the_job_sees(no_gpu_env: pytest.MonkeyPatch) -> None:
+def test_doctor_report_lists_every_backend_and_what_the_job_sees(no_energy_counters: NoCounters) -> None:
+    """On a machine without counters (faked away) only the estimate is available, and ``auto`` uses it."""
     rows = doctor_report()
     assert [row["name"] for row in rows] == meter_names()[1:]
     assert all(set(row) >= {"name", "available", "method", "domains", "reason", "job"} for row in rows)

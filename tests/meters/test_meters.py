@@ -1,9 +1,16 @@
+"""The meter interface and the estimate meter; ``get_meter`` on a machine whose counters are faked away."""
+
 from __future__ import annotations
 
 import json
 import logging
 import os
+import platform
+import sys
 import time
+import types
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -12,10 +19,17 @@ from hpcqueue.meters import (
     EstimateMeter,
     Measurement,
     MeterUnavailableError,
+    auto_selection,
+    devices,
     get_meter,
     meter_names,
     meter_statuses,
+    pyjoules,
+    rapl,
 )
+from tests.fakes.machine import NoCounters, nvml_module
+from tests.fakes.nvml_stub import FakeGpu, FakeNvml, uuid
+from tests.fakes.powercap import FakePowercap, make_topology
 
 
 class FakeClock:
@@ -171,17 +185,21 @@ def test_damaged_measurement_names_the_bad_key(change: dict, message: str) -> No
         Measurement.from_dict(incomplete)
 
 
-def test_get_meter_auto_returns_a_fresh_estimate_meter_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+def test_get_meter_auto_returns_a_fresh_estimate_meter_and_says_why(
+    no_energy_counters: NoCounters, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without energy counters (faked away), ``auto`` is the estimate; the log says what was passed over."""
     with caplog.at_level(logging.INFO, logger="hpcqueue.meters"):
         first = get_meter(hardware="cpu-generic", cpus=4)
     second = get_meter("auto", hardware="cpu-generic", cpus=4)
     assert isinstance(first, EstimateMeter)
     assert first is not second
     assert first.nominal_power_w == 40.0  # cpu-generic: 10 W per logical CPU
-    assert "estimated" in caplog.text and "rapl" in caplog.text
+    assert "estimated" in caplog.text and "rapl (cpu): no RAPL zones" in caplog.text
 
 
-def test_get_meter_uses_the_job_cpu_set_by_default() -> None:
+def test_get_meter_uses_the_job_cpu_set_by_default(no_energy_counters: NoCounters) -> None:
+    """The estimate (``auto`` on a machine whose counters are faked away) is sized to the job's CPU set."""
     meter = get_meter(hardware="cpu-generic")
     assert isinstance(meter, EstimateMeter)
     assert meter.cpus == len(os.sched_getaffinity(0))
@@ -206,10 +224,14 @@ def test_get_meter_unknown_name_lists_valid_meters() -> None:
         get_meter("joulemeter", hardware="cpu-generic")
 
 
-def test_a_named_meter_that_cannot_work_here_fails_loudly_with_the_reason() -> None:
-    """This machine has no RAPL counters: asking for rapl by name is an error that says why (no fallback)."""
-    with pytest.raises(MeterUnavailableError, match=r"rapl.*no RAPL zones under /sys/class/powercap") as info:
+def test_a_named_meter_that_cannot_work_here_fails_loudly_with_the_reason(
+    no_energy_counters: NoCounters,
+) -> None:
+    """No RAPL counters (an empty powercap class, faked): asking for rapl by name is an error that says why
+    (no fallback)."""
+    with pytest.raises(MeterUnavailableError, match=r"rapl.*no RAPL zones under ") as info:
         get_meter("rapl", hardware="cpu-generic")
+    assert f"no RAPL zones under {no_energy_counters.powercap_root} " in str(info.value)
     assert isinstance(info.value, HpcqueueError)
     assert info.value.exit_code == 2
 
@@ -227,7 +249,10 @@ def test_meter_statuses_report_the_estimate_meter_as_available() -> None:
     assert estimate.reason
 
 
-def test_real_clocks_busy_loop_gives_positive_energy_and_plausible_utilisation() -> None:
+def test_real_clocks_busy_loop_gives_positive_energy_and_plausible_utilisation(
+    no_energy_counters: NoCounters,
+) -> None:
+    """``auto`` without counters (faked away) is the estimate; on real clocks it charges a busy loop."""
     meter = get_meter(hardware="cpu-generic")
     meter.start()
     deadline = time.monotonic() + 0.2
@@ -240,3 +265,78 @@ def test_real_clocks_busy_loop_gives_positive_energy_and_plausible_utilisation()
     assert m.duration_s >= 0.2
     assert 0 < m.details["utilisation"] <= 1.05
     assert m.method == "estimated"
+
+
+# --- no_energy_counters holds on a machine that has them -----------------------------------------------
+
+
+def _linux_gpu_node(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[str, set[str]]:
+    """RAPL zones for the job's CPUs, an NVIDIA driver with one GPU handed to the job, pyJoules and zeus
+    that can read them: what ``auto`` combines on a GPU node (Linux, so powermetrics stays out)."""
+    platform.uname()  # platform caches the real machine before os.uname() is faked
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", *tuple(real)[1:])))
+    powercap = FakePowercap(tmp_path / "powercap")
+    powercap.add_package(0)
+    monkeypatch.setattr(rapl, "POWERCAP_ROOT", powercap.root)
+    monkeypatch.setattr(
+        devices, "SYSFS_ROOT", make_topology(tmp_path / "sys", dict.fromkeys(os.sched_getaffinity(0), 0))
+    )
+    driver = nvml_module(FakeNvml([FakeGpu(uuid(0), energy_mj=0)]))
+    api = pyjoules.import_pyjoules()
+    monkeypatch.setitem(sys.modules, "pynvml", driver)
+    monkeypatch.setattr(api.rapl_module, "RAPL_API_DIR", str(powercap.control))
+    if api.nvidia_module is not None:
+        monkeypatch.setattr(api.nvidia_module, "pynvml", driver)
+
+    class ZeusMonitor:
+        def __init__(self, gpu_indices, cpu_indices, approx_instant_energy):  # type: ignore[no-untyped-def]
+            self.gpu_indices = [0] if gpu_indices is None else gpu_indices  # None: every GPU of the node
+
+    zeus_monitor = types.ModuleType("zeus.monitor")
+    zeus_monitor.ZeusMonitor = ZeusMonitor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "zeus", types.ModuleType("zeus"))
+    monkeypatch.setitem(sys.modules, "zeus.monitor", zeus_monitor)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    return "rapl+nvml", {"rapl", "nvml", "pyjoules", "zeus"}
+
+
+def _mac(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[str, set[str]]:
+    """macOS with ``powermetrics`` on PATH, run as root."""
+    platform.uname()  # platform caches the real machine before os.uname() is faked
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Darwin", *tuple(real)[1:])))
+    binary = tmp_path / "bin" / "powermetrics"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{binary.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    return "powermetrics", {"powermetrics"}
+
+
+@pytest.mark.parametrize("machine", [_linux_gpu_node, _mac], ids=["linux-gpu-node", "mac"])
+def test_no_energy_counters_hides_the_counters_of_a_machine_that_has_them(
+    machine: Callable[[pytest.MonkeyPatch, Path], tuple[str, set[str]]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The fixture fakes the absence itself: on a machine with counters (faked here too), whose probes have
+    already been cached, ``auto`` still falls back to the estimate, and no backend but the estimate works
+    when asked for by name."""
+    auto, measuring = machine(monkeypatch, tmp_path)
+    assert auto_selection().name == auto  # the counters are there, and the probes have cached them
+    assert {s.name for s in meter_statuses() if s.available} >= measuring | {"estimate"}
+
+    no_counters: NoCounters = request.getfixturevalue("no_energy_counters")
+
+    selection = auto_selection()
+    assert (selection.name, selection.method) == ("estimate", "estimated")
+    assert isinstance(get_meter(hardware="cpu-generic", cpus=2), EstimateMeter)
+    assert {s.name for s in meter_statuses() if s.available} == {"estimate"}
+    for name in sorted(measuring):
+        with pytest.raises(MeterUnavailableError, match=f"meter '{name}' is not available"):
+            get_meter(name, hardware="cpu-generic")
+    assert sys.modules["pynvml"] is no_counters.nvml
+    assert no_counters.powercap_root == rapl.POWERCAP_ROOT

@@ -108,10 +108,10 @@ def test_fingerprint_lists_gpus_and_driver_from_nvml() -> None:
     assert fp["memory_gb"] > 0 and fp["hostname"]
 
 
-def test_fingerprint_without_a_gpu_has_none() -> None:
+def test_fingerprint_without_a_gpu_has_none(no_energy_counters: Any) -> None:
     fp = fingerprint(cpuinfo_text=CPUINFO_XEON, nvml=FakeNvml([], init_fails=True))
     assert fp["gpus"] == [] and fp["driver"] is None
-    # this machine: no NVIDIA driver, so the real NVML (installed or not) finds nothing either
+    # a machine without an NVIDIA driver (faked: the NVML library cannot initialise) finds nothing either
     real = fingerprint()
     assert real["gpus"] == [] and real["driver"] is None
     assert real["cpu_model"]

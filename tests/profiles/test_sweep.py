@@ -19,24 +19,22 @@ from hpcqueue.config import Target
 from hpcqueue.errors import HpcqueueError, ProfileRunError
 from hpcqueue.models import DEMO_MODEL, ModelRef, resolve_model
 from hpcqueue.planner.costs import CostModel
-from hpcqueue.profiles.jobs import profile_target
-from hpcqueue.profiles.store import ci95_half_width, load_profile, t_critical_95
-from hpcqueue.profiles.sweep import (
+from hpcqueue.profiles.grid import (
     SweepConfig,
     SweepPoint,
     Trial,
     enough_trials,
-    exact_length_prompt,
     grid_points,
     idle_energy_j,
-    profile_name,
-    run_sweep,
     run_trials,
-    save_sweep,
     shuffled,
     summarise,
     trials_table,
 )
+from hpcqueue.profiles.runs import profile_target
+from hpcqueue.profiles.store import ci95_half_width, load_profile, t_critical_95
+from hpcqueue.profiles.sweep import exact_length_prompt, profile_name, run_sweep, save_sweep
+from tests.fakes.machine import NoCounters
 
 TINY = SweepConfig(
     input_tokens=(8, 32),
@@ -220,7 +218,11 @@ def test_profile_names_follow_the_convention() -> None:
 
 
 @pytest.mark.slow
-def test_a_real_sweep_on_the_demo_model_gives_a_loadable_profile(demo: ModelRef, tmp_path: Path) -> None:
+def test_a_real_sweep_on_the_demo_model_gives_a_loadable_profile(
+    demo: ModelRef, tmp_path: Path, no_energy_counters: NoCounters
+) -> None:
+    """A sweep with the default meter (``auto``) on a machine without energy counters and without GPUs
+    (faked away, in this process): everything is estimated, on the CPU only."""
     config = SweepConfig(
         input_tokens=(8, 32, 4096),  # 4096 + 32 outputs do not fit the demo model's 4096-token context
         output_tokens=(8, 16),
@@ -237,7 +239,7 @@ def test_a_real_sweep_on_the_demo_model_gives_a_loadable_profile(demo: ModelRef,
     loaded = load_profile(directory)
 
     meta = loaded.meta
-    assert meta.source == "measured" and meta.method == "estimated"  # no energy counter on this machine
+    assert meta.source == "measured" and meta.method == "estimated"  # no energy counter (faked)
     assert meta.hardware == "cpu-generic" and meta.model == DEMO_MODEL
     assert meta.kv_cache is True and meta.idle_subtracted == {"cpu": True}
     assert meta.idle_power_w is not None and meta.idle_power_w >= 0
@@ -277,7 +279,9 @@ def test_a_real_sweep_on_the_demo_model_gives_a_loadable_profile(demo: ModelRef,
 def test_profile_target_runs_a_local_job_and_saves_the_profile(
     hq_cache: Path, demo: ModelRef, tmp_path: Path
 ) -> None:
-    target = Target(name="bench", executor="local", hardware="cpu-generic")
+    """The sweep runs in a job (a subprocess of submitit's local executor), which no fake of this process
+    reaches: the target asks for the estimate meter, so the profile is estimated on any machine."""
+    target = Target(name="bench", executor="local", hardware="cpu-generic", meter="estimate")
     run = profile_target(
         target,
         model=DEMO_MODEL,
@@ -294,6 +298,9 @@ def test_profile_target_runs_a_local_job_and_saves_the_profile(
     assert directory == tmp_path / "profiles" / "hpcqueue-demo.bench.cpu-generic" == run.profile_dir
     profile = load_profile(directory)
     assert profile.meta.method == "estimated" and profile.meta.extra["sweep_config"]["preset"] == "test"
+    assert set(profile.meta.meters) == {"cpu"} and profile.meta.meters["cpu"].startswith(
+        "estimate (estimated)"
+    )
     assert len(profile.points) == (2 + 1) * 2
     assert (directory / "trials.csv").is_file()
     assert any(run.log_dir.iterdir())  # submitit's logs are kept for the user

@@ -1,4 +1,5 @@
-"""The worker end to end on hand-made task directories, with the real demo model and the estimate meter."""
+"""The worker end to end on hand-made task directories, with the real demo model and the estimate meter
+(asked for by name, or reached by ``auto`` on a machine whose energy counters are faked away)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from hpcqueue.models import DEMO_MODEL, ModelRef, resolve_model
 from hpcqueue.worker import run_tasks
 from hpcqueue.worker.attribution import ATTRIBUTION_RULE
+from tests.fakes.machine import NoCounters
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,6 +141,25 @@ def test_batch_energy_goes_to_the_batch_requests_by_tokens(tmp_path: Path, demo:
     per_token = [o["energy_j"] / t for o, t in zip(outputs, tokens, strict=True)]
     assert max(per_token) == pytest.approx(min(per_token), rel=1e-9)
     assert sum(o["energy_j"] for o in outputs) == pytest.approx(metrics["energy_j"], rel=1e-9)
+
+
+def test_auto_meter_without_energy_counters_labels_every_figure_estimated(
+    tmp_path: Path, demo: ModelRef, no_energy_counters: NoCounters
+) -> None:
+    """``meter = "auto"`` (the default) on a machine without energy counters, faked away in this process,
+    where the worker runs: it falls back to the estimate and labels the task and every reading estimated."""
+    task = make_task(tmp_path / "000000", prompts(3), demo, meter="auto")
+
+    (summary,) = run_tasks([str(task)])
+
+    assert summary["state"] == "completed"
+    metrics = json.loads((task / "metrics.json").read_text())
+    assert (metrics["energy_method"], metrics["meter"]) == ("estimated", "estimate")
+    assert metrics["energy_j"] > 0
+    readings = metrics["measurements"]
+    assert {m["scope"] for m in readings} >= {"task", "generation_batch"}
+    assert {(m["method"], m["meter"]) for m in readings} == {("estimated", "estimate")}
+    assert all(o["energy_j"] > 0 for o in read_jsonl(task / "output.jsonl"))
 
 
 def test_model_is_loaded_once_per_worker_process(tmp_path: Path, demo: ModelRef) -> None:
