@@ -57,7 +57,7 @@ def ledger_batches(
 ) -> None:
     """The most recent batches in the ledger."""
     frame = _query(config, db_url, lambda ledger: ledger.list_batches(limit))
-    if _printed_as_data(frame, fmt, date_format="iso"):
+    if _printed_as_data(frame, fmt, iso_dates=True):
         return
     if not frame.empty:
         frame = frame.drop(columns=["host", "input_path"], errors="ignore")
@@ -75,12 +75,13 @@ def _query(config: Path | None, db_url: str | None, query: Callable[[Any], Any])
         fail(exc)
 
 
-def _printed_as_data(frame: Any, fmt: str, *, date_format: str = "epoch") -> bool:
+def _printed_as_data(frame: Any, fmt: str, *, iso_dates: bool = False) -> bool:
     """CSV or JSON records on stdout (True), or nothing (False: the caller renders a table)."""
     if fmt == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     elif fmt == "json":
-        print_json(json.loads(frame.to_json(orient="records", date_format=date_format)))
+        dates = {"date_format": "iso"} if iso_dates else {}
+        print_json(json.loads(frame.to_json(orient="records", **dates)))
     return fmt != "table"
 
 
