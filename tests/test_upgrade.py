@@ -1,8 +1,8 @@
 """Upgrades keep queued work running: jobs pickled by an older hpcqueue still run, requeue and collect.
 
 submitit pickles what a job runs by module path. The files under tests/fixtures/entrypoints/ were pickled by
-hpcqueue 0.1.0, before its modules moved into stage packages (see the README there); each is loaded with
-today's code, as a job that waited in the queue across the upgrade would be, and run.
+earlier layouts of the package (hpcqueue 0.1.0's flat modules, then the stage packages; see the README there);
+each is loaded with today's code, as a job that waited in the queue across an upgrade would be, and run.
 """
 
 from __future__ import annotations
@@ -19,34 +19,38 @@ from hpcqueue.ledger import Ledger
 from tests.conftest import EXAMPLES, REPO
 
 PICKLED = REPO / "tests" / "fixtures" / "entrypoints"
+GENERATIONS = ["", "stages-"]  # file-name prefixes: 0.1.0's flat modules, the stage packages
 
 
 def _load(name: str) -> DelayedSubmission:
     return DelayedSubmission.load(PICKLED / name)
 
 
-def test_every_pickled_entry_point_resolves_to_today_s_code() -> None:
+@pytest.mark.parametrize("generation", GENERATIONS, ids=["0.1-flat", "stages"])
+def test_every_pickled_entry_point_resolves_to_today_s_code(generation: str) -> None:
     from hpcqueue.ledger.collect import collect_job
-    from hpcqueue.profiles.fingerprint import fingerprint
     from hpcqueue.profiles.sweep import SweepConfig, sweep_job
     from hpcqueue.worker import TaskRunner
 
-    assert isinstance(_load("worker-task-runner.pkl").function, TaskRunner)
-    assert _load("collect-job.pkl").function is collect_job
-    assert _load("fingerprint.pkl").function is fingerprint
-    sweep = _load("profile-sweep.pkl")
+    assert isinstance(_load(f"{generation}worker-task-runner.pkl").function, TaskRunner)
+    assert _load(f"{generation}collect-job.pkl").function is collect_job
+    sweep = _load(f"{generation}profile-sweep.pkl")
     assert sweep.function is sweep_job
     assert sweep.args[0] == SweepConfig.quick("hpcqueue-demo")  # the pickled config still means the same
 
 
 def test_the_old_fingerprint_job_runs() -> None:
-    result = _load("fingerprint.pkl").result()
-    assert {"cpu_model", "cpu_count", "gpus"} <= set(result)
+    from hpcqueue.profiles.fingerprint import fingerprint
+
+    job = _load("fingerprint.pkl")
+    assert job.function is fingerprint
+    assert {"cpu_model", "cpu_count", "gpus"} <= set(job.result())
 
 
 @pytest.mark.slow
-def test_a_task_and_its_collect_job_pickled_before_the_move_run_requeue_and_collect(
-    hq_cache: Path, tmp_path: Path
+@pytest.mark.parametrize("generation", GENERATIONS, ids=["0.1-flat", "stages"])
+def test_a_queued_task_and_its_collect_job_run_requeue_and_collect(
+    generation: str, hq_cache: Path, tmp_path: Path
 ) -> None:
     settings = resolve(
         None,
@@ -66,7 +70,7 @@ def test_a_task_and_its_collect_job_pickled_before_the_move_run_requeue_and_coll
     assert created and len(batch.task_indices()) == 1
     task_dir = str(batch.task_dir(0))
 
-    runner = _load("worker-task-runner.pkl")
+    runner = _load(f"{generation}worker-task-runner.pkl")
     runner.args = ([task_dir],)  # the queued job's own task directory
     assert [s["state"] for s in runner.result()] == ["completed"]
     assert json.loads((batch.task_dir(0) / "metrics.json").read_text())["n_succeeded"] == 3
@@ -75,7 +79,7 @@ def test_a_task_and_its_collect_job_pickled_before_the_move_run_requeue_and_coll
     runner.function.checkpoint(*runner.args).dump(tmp_path / "requeued.pkl")
     assert [s["state"] for s in DelayedSubmission.load(tmp_path / "requeued.pkl").result()] == ["skipped"]
 
-    collect = _load("collect-job.pkl")
+    collect = _load(f"{generation}collect-job.pkl")
     collect.args = (str(batch.path), settings.db_url)
     assert collect.result() == {"batch_id": batch.batch_id, "tasks": {"completed": 1}}
     with Ledger(settings.db_url) as ledger:
