@@ -8,8 +8,12 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from hpcqueue.models import ModelRef
 
 # Fixtures faking the outside world's energy hardware (no RAPL, no GPU, ...) live with the other fakes.
 pytest_plugins = ["tests.fakes.machine"]
@@ -81,6 +85,32 @@ def paper_data() -> Path:
 def hq_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model cache for the whole session: the demo model is built once."""
     return tmp_path_factory.mktemp("hq-cache")
+
+
+@pytest.fixture(scope="session")
+def demo(hq_cache: Path) -> ModelRef:
+    """The demo model, resolved (built the first time) in the session's cache."""
+    from hpcqueue.models import DEMO_MODEL, resolve_model
+
+    return resolve_model(DEMO_MODEL, cache_dir=hq_cache)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(demo: ModelRef) -> Any:
+    """The demo model's tokenizer as transformers loads it, from the local files only."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo.path, local_files_only=True)
+
+
+@pytest.fixture()
+def real_slurm() -> None:
+    """For tests that run the real Slurm commands: skipped unless the local cluster runs
+    (``HPCQUEUE_TEST_SLURM=1``, set by ``make test``); under CI, which must start it, a failure."""
+    if os.environ.get("HPCQUEUE_TEST_SLURM") != "1":
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but HPCQUEUE_TEST_SLURM != 1: CI must start the local Slurm cluster")
+        pytest.skip("local Slurm cluster not running")
 
 
 @pytest.fixture()

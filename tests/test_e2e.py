@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import EXAMPLES, run_cli
+from tests.helpers import input_ids, ledger_db
 
 pytestmark = pytest.mark.slow
 
 
 def _ledger_counts(env: dict[str, str]) -> dict[str, int]:
-    path = env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///")
-    with sqlite3.connect(path) as db:
+    with ledger_db(env) as db:
         return {
             t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
             for t in ("batches", "tasks", "requests", "measurements")
         }
-
-
-def _input_ids(path: Path) -> list[str]:
-    ids = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            obj = json.loads(line)
-            ids.append(str(obj.get("custom_id", obj.get("id", f"line-{n}"))))
-    return ids
 
 
 def _method_of(meter: str) -> str:
@@ -44,7 +34,7 @@ def test_submit_wait_results_and_resubmit(hq_env: dict[str, str], tmp_path: Path
     measured. The fallback to the estimate without counters is tested in-process with the counters faked
     away (tests/worker/test_runner.py, tests/meters/)."""
     prompts = EXAMPLES / "prompts.jsonl"
-    n_lines = len(_input_ids(prompts))
+    n_lines = len(input_ids(prompts))
     assert n_lines >= 50
 
     first = run_cli(["submit", str(prompts), "--wait", "--json", "--task-size", "24"], hq_env)
@@ -62,7 +52,7 @@ def test_submit_wait_results_and_resubmit(hq_env: dict[str, str], tmp_path: Path
     counts = _ledger_counts(hq_env)
     assert counts["batches"] == 1 and counts["requests"] == n_lines
     assert counts["tasks"] == report["tasks"]["total"]
-    with sqlite3.connect(hq_env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///")) as db:
+    with ledger_db(hq_env) as db:
         rows = db.execute(
             "SELECT status, target, input_tokens, output_tokens, energy_j, energy_method, attribution_rule, "
             "energy_meter FROM requests"
@@ -79,7 +69,7 @@ def test_submit_wait_results_and_resubmit(hq_env: dict[str, str], tmp_path: Path
     res = run_cli(["results", report["batch_id"], "-o", str(out)], hq_env)
     assert res.returncode == 0, res.stderr
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert [r["id"] for r in lines] == _input_ids(prompts)
+    assert [r["id"] for r in lines] == input_ids(prompts)
     assert all(r["error"] is None and isinstance(r["text"], str) for r in lines)
     assert {r["finish_reason"] for r in lines} <= {"stop", "length"}
 

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import typer.main
 from typer.testing import CliRunner
 
 from hpcqueue.cli import app
-from tests.conftest import REPO
+from tests.cli import COMMANDS, run_app_in_subprocess
 from tests.fakes.machine import NoCounters
 
 runner = CliRunner()
-
-
-def _commands(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    found = []
-    for name, command in getattr(group, "commands", {}).items():
-        path = (*prefix, name)
-        found.append(path)
-        found.extend(_commands(command, path))  # sub-groups (``ledger``) have commands of their own
-    return found
-
-
-COMMANDS = _commands(typer.main.get_command(app))  # type: ignore[arg-type]
 
 
 def test_the_documented_commands_exist() -> None:
@@ -47,29 +33,14 @@ def test_every_command_has_help(command: tuple[str, ...]) -> None:
     assert " ".join(summary[0].split()[:4]) in " ".join(result.output.split())
 
 
-def _imports_torch(args: list[str], env: dict[str, str]) -> tuple[bool, subprocess.CompletedProcess[str]]:
-    code = (
-        "import sys\n"
-        "from hpcqueue.cli import app\n"
-        "try:\n"
-        f"    app({args!r})\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    return proc.stdout.strip().endswith("TORCH") and not proc.stdout.strip().endswith("NO-TORCH"), proc
-
-
 @pytest.mark.parametrize(
     "args",
     [["--help"], ["ledger", "summary"], ["ledger", "batches"], ["status"], ["collect"], ["submit", "--help"]],
     ids=" ".join,
 )
 def test_commands_that_run_no_model_do_not_import_torch(args: list[str], hq_env: dict[str, str]) -> None:
-    imported, proc = _imports_torch(args, hq_env)
+    proc = run_app_in_subprocess(args, hq_env)
+    imported = proc.stdout.strip().endswith("TORCH") and not proc.stdout.strip().endswith("NO-TORCH")
     assert not imported, proc.stdout + proc.stderr
     assert "NO-TORCH" in proc.stdout
 

@@ -8,22 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AZURE_TRACE, EXAMPLES, run_cli
+from tests.planner import REPORT_KEYS
 
 PAPER = EXAMPLES / "paper.toml"
-REPORT_KEYS = {
-    "policy",
-    "lambda",
-    "deadline_s",
-    "energy_j",
-    "runtime_s",
-    "makespan_s",
-    "per_target",
-    "thresholds",
-    "baselines",
-    "savings_vs_unaware",
-    "savings_vs_best_single",
-    "best_single",
-}
 
 
 def test_simulate_the_azure_trace_as_json(hq_env: dict[str, str]) -> None:

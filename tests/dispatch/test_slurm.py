@@ -576,14 +576,6 @@ def test_poller_turns_sacct_failures_into_warnings(caplog: pytest.LogCaptureFixt
 # ------------------------------------------------------------------------------------------- real Slurm
 
 
-@pytest.fixture()
-def real_slurm() -> None:
-    if os.environ.get("HPCQUEUE_TEST_SLURM") != "1":
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but HPCQUEUE_TEST_SLURM != 1: CI must start the local Slurm cluster")
-        pytest.skip("local Slurm cluster not running")
-
-
 @pytest.mark.slurm
 def test_real_array_is_seen_through_sacct(real_slurm: None, tmp_path: Path) -> None:
     log = str(tmp_path / "slurm-%A_%a.out")

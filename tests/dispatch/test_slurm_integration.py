@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES, run_cli
+from tests.helpers import input_ids, ledger_db
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -54,19 +54,6 @@ def _jobs(batch_dir: Path) -> list[dict]:
     return json.loads((batch_dir / "jobs.json").read_text())
 
 
-def _db(env: dict[str, str]) -> sqlite3.Connection:
-    return sqlite3.connect(env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///"))
-
-
-def _input_ids(path: Path) -> list[str]:
-    ids = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            obj = json.loads(line)
-            ids.append(str(obj.get("custom_id", obj.get("id", f"line-{n}"))))
-    return ids
-
-
 def _write_prompts(path: Path, n: int, words: int = 6) -> Path:
     with open(path, "w", encoding="utf-8") as handle:
         for i in range(n):
@@ -86,7 +73,7 @@ def test_example_batch_splits_across_both_partitions(hq_env: dict[str, str], tmp
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    n = len(_input_ids(prompts))
+    n = len(input_ids(prompts))
     assert report["succeeded"] == n and report["failed"] == 0
     assert report["per_target"]["gpu"]["requests"] > 0
     assert report["per_target"]["lowpower"]["requests"] > 0
@@ -106,7 +93,7 @@ def test_example_batch_splits_across_both_partitions(hq_env: dict[str, str], tmp
     )
     assert {r["partition"] for r in rows} == {"gpu", "lowpower"}
 
-    with _db(hq_env) as db:
+    with ledger_db(hq_env) as db:
         tasks = db.execute(
             "SELECT target, slurm_job_id, node, started_at, ended_at, energy_j, state FROM tasks"
         ).fetchall()
@@ -118,7 +105,7 @@ def test_example_batch_splits_across_both_partitions(hq_env: dict[str, str], tmp
 
     out = tmp_path / "out.jsonl"
     assert run_cli(["results", report["batch_id"], "-o", str(out)], hq_env).returncode == 0
-    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == _input_ids(prompts)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == input_ids(prompts)
 
 
 def _wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.3):  # type: ignore[no-untyped-def]
@@ -199,14 +186,14 @@ def test_collect_job_fills_the_ledger_without_the_user(hq_env: dict[str, str], t
     assert len(collect) == 1
 
     def all_succeeded() -> bool:
-        with _db(hq_env) as db:
+        with ledger_db(hq_env) as db:
             (done,) = db.execute("SELECT count(*) FROM requests WHERE status = 'succeeded'").fetchone()
         return done == n
 
     # Nobody runs `hpcqueue collect` or `status` here: only the collect job can fill the ledger.
     _wait_for(all_succeeded, 300, "the collect job to record every request", interval_s=1.0)
     _wait_for(lambda: _sacct([collect[0]["job_id"]])[0]["state"] == "COMPLETED", 60, "the collect job to end")
-    with _db(hq_env) as db:
+    with ledger_db(hq_env) as db:
         (collected,) = db.execute("SELECT count(*) FROM tasks WHERE collected_at IS NOT NULL").fetchone()
         (tasks,) = db.execute("SELECT count(*) FROM tasks").fetchone()
     assert collected == tasks

@@ -11,8 +11,9 @@ import pandas as pd
 from hpcqueue.dispatch.batchdir import BatchDir, create_batch
 from hpcqueue.dispatch.slurm import JobState
 from hpcqueue.dispatch.status import ACCOUNTING_GRACE_S, task_views
-from hpcqueue.ledger import BatchInfo, Ledger
+from hpcqueue.ledger import Ledger
 from hpcqueue.ledger.collect import refresh
+from tests.ledger import make_info
 
 
 class FakePoller:
@@ -68,30 +69,31 @@ def _jobs(batch: BatchDir, records: list[dict]) -> None:
     (batch.path / "jobs.json").write_text(json.dumps(records))
 
 
+def _job(
+    job_id: str,
+    task_index: int,
+    submitted_at: float,
+    *,
+    executor: str = "slurm",
+    target: str = "lowpower",
+    **extra: object,
+) -> dict:
+    """One record of jobs.json: the job submitted to run task ``task_index``."""
+    return {
+        "job_id": job_id,
+        "executor": executor,
+        "target": target,
+        "task_indices": [task_index],
+        "submitted_at": submitted_at,
+        **extra,
+    }
+
+
 def test_statuses_combine_files_and_slurm_accounting(tmp_path: Path) -> None:
     batch = _batch(tmp_path)
     now = time.time()
     _jobs(
-        batch,
-        [
-            {
-                "job_id": f"77_{i}",
-                "executor": "slurm",
-                "target": "lowpower",
-                "task_indices": [i],
-                "submitted_at": now,
-            }
-            for i in range(5)
-        ]
-        + [
-            {
-                "job_id": "78_0",
-                "executor": "slurm",
-                "target": "lowpower",
-                "task_indices": [4],
-                "submitted_at": now - ACCOUNTING_GRACE_S - 1,
-            }
-        ],
+        batch, [_job(f"77_{i}", i, now) for i in range(5)] + [_job("78_0", 4, now - ACCOUNTING_GRACE_S - 1)]
     )
     (batch.task_dir(0) / "metrics.json").write_text('{"state": "completed"}')
     poller = FakePoller(
@@ -116,79 +118,25 @@ def test_statuses_combine_files_and_slurm_accounting(tmp_path: Path) -> None:
 
 def test_a_job_just_submitted_is_queued_and_a_cancelled_one_cancelled(tmp_path: Path) -> None:
     batch = _batch(tmp_path, 2)
-    _jobs(
-        batch,
-        [
-            {
-                "job_id": "90_0",
-                "executor": "slurm",
-                "target": "lowpower",
-                "task_indices": [0],
-                "submitted_at": time.time(),
-            },
-            {
-                "job_id": "90_1",
-                "executor": "slurm",
-                "target": "lowpower",
-                "task_indices": [1],
-                "submitted_at": time.time(),
-                "cancelled": True,
-            },
-        ],
-    )
+    _jobs(batch, [_job("90_0", 0, time.time()), _job("90_1", 1, time.time(), cancelled=True)])
     views = task_views(batch, poller=FakePoller({}))
     assert views[0].status == "queued" and views[1].status == "cancelled"
 
 
 def test_local_worker_that_died_leaves_its_task_lost(tmp_path: Path) -> None:
     batch = _batch(tmp_path, 1)
-    _jobs(
-        batch,
-        [
-            {
-                "job_id": "999999999",
-                "executor": "local",
-                "target": "local",
-                "task_indices": [0],
-                "submitted_at": time.time(),
-            }
-        ],
-    )
+    _jobs(batch, [_job("999999999", 0, time.time(), executor="local", target="local")])
     assert task_views(batch)[0].status == "lost"
 
 
 def test_refresh_records_lost_tasks_with_state_and_log_tail(tmp_path: Path) -> None:
     batch = _batch(tmp_path, 2)
-    _jobs(
-        batch,
-        [
-            {
-                "job_id": f"77_{i}",
-                "executor": "slurm",
-                "target": "lowpower",
-                "task_indices": [i],
-                "submitted_at": time.time(),
-            }
-            for i in range(2)
-        ],
-    )
+    _jobs(batch, [_job(f"77_{i}", i, time.time()) for i in range(2)])
     log_dir = batch.logs_dir / "lowpower" / "77_1"
     log_dir.mkdir(parents=True)
     (log_dir / "77_1_0_log.err").write_text("loading model\nslurmstepd: *** JOB 77 CANCELLED ***\n")
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-    info = BatchInfo(
-        id="hq-status",
-        created_at=time.time(),
-        user="u",
-        host="h",
-        input_path="p",
-        input_sha256="0" * 64,
-        input_format="simple",
-        model="m",
-        policy="threshold",
-        settings_json="{}",
-        batch_dir=str(batch.path),
-    )
+    info = make_info("hq-status", batch_dir=str(batch.path))
     tasks = pd.DataFrame(
         {
             "task_index": [0, 1],
@@ -227,17 +175,6 @@ def test_when_accounting_is_down_nothing_is_taken_for_lost(tmp_path: Path) -> No
     from hpcqueue.dispatch.slurm import SlurmError
 
     batch = _batch(tmp_path, 1)
-    _jobs(
-        batch,
-        [
-            {
-                "job_id": "78_0",
-                "executor": "slurm",
-                "target": "lowpower",
-                "task_indices": [0],
-                "submitted_at": time.time() - ACCOUNTING_GRACE_S - 1,
-            }
-        ],
-    )
+    _jobs(batch, [_job("78_0", 0, time.time() - ACCOUNTING_GRACE_S - 1)])
     views = task_views(batch, poller=FakePoller({}, error=SlurmError("sacct: slurmdbd not responding")))
     assert views[0].status == "queued"  # unknown, so not resubmitted by retry

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from hpcqueue.errors import BatchNotFoundError, LedgerError
-from hpcqueue.ledger import BatchInfo, CollectReport, Ledger, collect_batch
+from hpcqueue.ledger import CollectReport, Ledger, collect_batch
+from tests.ledger import T0, make_info, rows
 
-T0 = 1732219200.0  # 2024-11-21 20:00 UTC
 RULE = "token-share-v1: batch energy split by input+output tokens, the rest of the task likewise"
 
 # -- a batch directory, written by hand in the formats of docs/internals.md ----------------------------------
@@ -67,19 +67,7 @@ def record(
         ]
     )
     rejected = [{"line": 4, "id": "q4", "errors": [{"field": "prompt", "message": "missing"}]}]
-    info = BatchInfo(
-        id=batch_id,
-        created_at=created_at,
-        user=user,
-        host="login01",
-        input_path="/home/p.jsonl",
-        input_sha256="cd" * 32,
-        input_format="simple",
-        model=model,
-        policy="threshold",
-        settings_json="{}",
-        batch_dir=str(batch_dir),
-    )
+    info = make_info(batch_id, user=user, created_at=created_at, model=model, batch_dir=str(batch_dir))
     assert ledger.record_batch(info, tasks, requests, rejected)
     for index, (target, lines) in PLAN.items():
         task_dir = batch_dir / "tasks" / f"{index:06d}"
@@ -218,11 +206,6 @@ def snapshot(ledger: Ledger) -> dict[str, list[tuple]]:
             table: [tuple(row) for row in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY id")]
             for table in ("batches", "tasks", "requests", "measurements")
         }
-
-
-def rows(ledger: Ledger, sql: str) -> list[dict]:
-    with ledger.connect() as conn:
-        return [dict(r) for r in conn.exec_driver_sql(sql).mappings()]
 
 
 # -- tests ------------------------------------------------------------------------------------------------

@@ -12,25 +12,9 @@ import pandas as pd
 import pytest
 
 from hpcqueue.errors import BatchNotFoundError, ConfigError, LedgerError
-from hpcqueue.ledger import SCHEMA_REVISION, BatchInfo, Ledger, default_db_url
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def make_info(batch_id: str = "b1", *, user: str = "alice", created_at: float = 1732219200.0) -> BatchInfo:
-    return BatchInfo(
-        id=batch_id,
-        created_at=created_at,
-        user=user,
-        host="login01",
-        input_path="/home/alice/prompts.jsonl",
-        input_sha256="ab" * 32,
-        input_format="simple",
-        model="hpcqueue-demo",
-        policy="threshold",
-        settings_json={"max_new_tokens": 64},
-        batch_dir=f"/scratch/batches/{batch_id}",
-    )
+from hpcqueue.ledger import SCHEMA_REVISION, Ledger, default_db_url
+from tests.conftest import REPO
+from tests.ledger import make_info, rows
 
 
 def make_plan() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -64,11 +48,6 @@ def make_plan() -> tuple[pd.DataFrame, pd.DataFrame]:
 REJECTED = [
     {"line": 4, "id": None, "errors": [{"field": "max_new_tokens", "message": "must be > 0, got -3"}]}
 ]
-
-
-def rows(ledger: Ledger, sql: str) -> list[dict]:
-    with ledger.connect() as conn:
-        return [dict(r) for r in conn.exec_driver_sql(sql).mappings()]
 
 
 def test_migration_creates_exactly_the_models_schema(ledger_url: str) -> None:

@@ -24,8 +24,7 @@ from hpcqueue.models import (
     resolve_model,
 )
 from hpcqueue.models.tokenizer import _ENCODE_CHUNK
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 PROMPTS = [
     "The quiet node runs the queue.",
@@ -61,16 +60,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}\n<|im_start|>assistant\n{% endif %}"
 )
-
-
-@pytest.fixture(scope="session")
-def demo(hq_cache: Path) -> ModelRef:
-    return resolve_model(DEMO_MODEL, cache_dir=hq_cache)
-
-
-@pytest.fixture(scope="session")
-def hf_tokenizer(demo: ModelRef):
-    return AutoTokenizer.from_pretrained(demo.path, local_files_only=True)
 
 
 def test_demo_model_is_cached_where_promised(demo: ModelRef, hq_cache: Path) -> None:

@@ -17,10 +17,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpcqueue.planner.simulate import load_trace
-from tests.conftest import AZURE_TRACE, REPO
+from tests.conftest import REPO
 
 SCRIPT = REPO / "bench" / "paper_section6.py"
+
+
+def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The script run as a user runs it, from the repository, with its output captured."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +52,6 @@ def s6() -> Iterator[ModuleType]:
 @pytest.fixture(scope="module")
 def tables(s6: ModuleType, paper_data: Path) -> dict[str, Any]:
     return {sweep: s6.load_paper_tables(paper_data, sweep) for sweep in ("input", "output")}
-
-
-@pytest.fixture(scope="module")
-def azure() -> pd.DataFrame:
-    return load_trace(AZURE_TRACE)
 
 
 @pytest.fixture(scope="module")
@@ -164,23 +171,8 @@ def test_script_runs_end_to_end_on_a_given_workload(tmp_path: Path, paper_data: 
         {"input_tokens": rng.integers(4, 400, 60), "output_tokens": rng.integers(1, 200, 60)}
     ).to_csv(workload, index=False)
     out = tmp_path / "figs"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--paper-data",
-            str(paper_data),
-            "--no-azure",
-            "--workload",
-            str(workload),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO,
+    result = run_script(
+        "--paper-data", str(paper_data), "--no-azure", "--workload", str(workload), "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -201,43 +193,20 @@ def test_script_without_the_papers_data_runs_the_planner_and_says_why(tmp_path: 
     workload = tmp_path / "my-tokens.csv"
     pd.DataFrame({"input_tokens": [5, 20, 300], "output_tokens": [4, 30, 100]}).to_csv(workload, index=False)
     env = {k: v for k, v in os.environ.items() if k != "HPCQUEUE_PAPER_DATA"}
-    args = [sys.executable, str(SCRIPT), "--no-azure", "--workload", str(workload), "--out", str(tmp_path)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False, cwd=REPO, env=env)
+    args = ["--no-azure", "--workload", str(workload), "--out", str(tmp_path)]
+    result = run_script(*args, env=env)
     assert result.returncode == 0, result.stderr
     assert "HPCQUEUE_PAPER_DATA" in result.stdout and "no redistribution licence" in result.stdout
     assert "### (a)" not in result.stdout and "### (b) planner, every policy" in result.stdout
     assert [p.name for p in tmp_path.glob("*.png")] == ["paper-section6-my-tokens-planner.png"]
 
-    given = subprocess.run(
-        [*args, "--paper-data", str(tmp_path / "nowhere")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO,
-        env=env,
-    )
+    given = run_script(*args, "--paper-data", str(tmp_path / "nowhere"), env=env)
     assert given.returncode == 2  # a directory given but without the data is an error, not a skip
     assert "all-input-stats.csv" in given.stderr and "HPCQUEUE_PAPER_DATA" in given.stderr
 
 
 def test_script_reports_a_missing_workload_file(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--no-azure",
-            "--workload",
-            str(tmp_path / "nope.csv"),
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO,
-    )
+    result = run_script("--no-azure", "--workload", str(tmp_path / "nope.csv"), "--out", str(tmp_path))
     assert result.returncode == 2
     assert "nope.csv" in result.stderr and "not found" in result.stderr
     assert not list(tmp_path.glob("*.png"))

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 
 from hpcqueue.config import Settings, Target
-from hpcqueue.profiles import Profile, ProfileMeta, find_profile, profile_search_path, save_profile, staleness
+from hpcqueue.profiles import profile_search_path, staleness
 from hpcqueue.profiles.fingerprint import fingerprint
 from hpcqueue.profiles.staleness import check_targets, checks_cache_path, profile_warnings
-
-SHIPPED = "llama-2-7b-chat.m1-pro.wilkins2024"
+from tests.profiles import SHIPPED, measured_profile
 
 
 @pytest.fixture(autouse=True)
@@ -21,17 +20,6 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No profiles from the user's data directory or $HPCQUEUE_PROFILE_PATH leak into a test."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data-home"))
     monkeypatch.delenv("HPCQUEUE_PROFILE_PATH", raising=False)
-
-
-def measured_profile(
-    root: Path, name: str, hardware: str, fp: dict[str, Any], model: str = "hpcqueue-demo"
-) -> Path:
-    """A measured profile in ``root`` (the shipped M1 points, re-labelled) with the given fingerprint."""
-    shipped = find_profile(SHIPPED)
-    meta = ProfileMeta(
-        name=name, model=model, hardware=hardware, source="measured", method="estimated", fingerprint=fp
-    )
-    return save_profile(Profile(meta=meta, points=shipped.points), root)
 
 
 def settings_for(tmp_path: Path, targets: dict[str, dict[str, Any]], profiles: Path) -> Settings:

@@ -67,20 +67,8 @@ def _points() -> pd.DataFrame:
         rows.append(("input", n_in, 32, 1, 5, 0.1 * n_in, 0.01, 2.0 * n_in, 0.5))
     for n_out in (8, 64):
         rows.append(("output", 40, n_out, 1, 1, 0.2 * n_out, math.nan, 3.0 * n_out, math.nan))
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "sweep",
-            "input_tokens",
-            "output_tokens",
-            "batch_size",
-            "trials",
-            "runtime_s_mean",
-            "runtime_s_ci95",
-            "energy_j_mean",
-            "energy_j_ci95",
-        ],
-    )
+    # the rows give the first nine point columns: sweep, the grid point, trials, runtime and energy
+    frame = pd.DataFrame(rows, columns=list(POINT_COLUMNS[:9]))
     frame["energy_cpu_j_mean"] = frame["energy_j_mean"]
     frame["energy_cpu_j_ci95"] = frame["energy_j_ci95"]
     frame["energy_gpu_j_mean"] = math.nan

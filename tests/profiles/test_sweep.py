@@ -7,7 +7,6 @@ sweep itself runs for real on the demo model, on this machine and through submit
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from hpcqueue.config import Target
 from hpcqueue.errors import HpcqueueError, ProfileRunError
-from hpcqueue.models import DEMO_MODEL, ModelRef, resolve_model
+from hpcqueue.models import DEMO_MODEL, ModelRef
 from hpcqueue.planner.costs import CostModel
 from hpcqueue.profiles.grid import (
     SweepConfig,
@@ -31,7 +30,7 @@ from hpcqueue.profiles.grid import (
     summarise,
     trials_table,
 )
-from hpcqueue.profiles.runs import profile_target
+from hpcqueue.profiles.runs import ProfileRun, profile_target
 from hpcqueue.profiles.store import ci95_half_width, load_profile, t_critical_95
 from hpcqueue.profiles.sweep import exact_length_prompt, profile_name, run_sweep, save_sweep
 from tests.fakes.machine import NoCounters
@@ -59,6 +58,20 @@ def scripted(durations: list[float]) -> tuple[list[float], Callable[[], Trial]]:
         )
 
     return calls, trial
+
+
+def profile_tiny(target: Target, cache_dir: Path, tmp_path: Path, *, wait: bool = True) -> ProfileRun:
+    """Profile the demo model on ``target`` over the TINY grid, into ``tmp_path``'s profiles/ and batches/."""
+    return profile_target(
+        target,
+        model=DEMO_MODEL,
+        quick=True,
+        out_dir=tmp_path / "profiles",
+        cache_dir=cache_dir,
+        wait=wait,
+        batch_root=tmp_path / "batches",
+        config=TINY,
+    )
 
 
 # ------------------------------------------------------------------------------------ stopping rule
@@ -183,29 +196,17 @@ def test_a_domain_that_was_not_metered_stays_empty() -> None:
 # ------------------------------------------------------------------------------ the real model
 
 
-@pytest.fixture(scope="session")
-def demo(hq_cache: Path) -> ModelRef:
-    return resolve_model(DEMO_MODEL, cache_dir=hq_cache)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo: ModelRef):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(demo.path, local_files_only=True)
-
-
 @pytest.mark.parametrize("n_tokens", [1, 2, 3, 8, 33, 100, 512, 2048])
-def test_prompts_have_exactly_the_nominal_token_count(tokenizer, n_tokens: int) -> None:
-    spec = exact_length_prompt(tokenizer, n_tokens)
+def test_prompts_have_exactly_the_nominal_token_count(hf_tokenizer, n_tokens: int) -> None:
+    spec = exact_length_prompt(hf_tokenizer, n_tokens)
     assert spec.exact
-    assert len(tokenizer.encode(spec.text, add_special_tokens=True)) == n_tokens
-    assert spec.ids == tokenizer.encode(spec.text, add_special_tokens=True)
+    assert len(hf_tokenizer.encode(spec.text, add_special_tokens=True)) == n_tokens
+    assert spec.ids == hf_tokenizer.encode(spec.text, add_special_tokens=True)
 
 
-def test_an_impossible_length_is_reported_with_the_length_achieved(tokenizer) -> None:
+def test_an_impossible_length_is_reported_with_the_length_achieved(hf_tokenizer) -> None:
     # Every encoding of this tokenizer starts with <s>: a prompt of 0 tokens cannot exist.
-    spec = exact_length_prompt(tokenizer, 0)
+    spec = exact_length_prompt(hf_tokenizer, 0)
     assert not spec.exact and spec.tokens == 1
 
 
@@ -282,16 +283,7 @@ def test_profile_target_runs_a_local_job_and_saves_the_profile(
     """The sweep runs in a job (a subprocess of submitit's local executor), which no fake of this process
     reaches: the target asks for the estimate meter, so the profile is estimated on any machine."""
     target = Target(name="bench", executor="local", hardware="cpu-generic", meter="estimate")
-    run = profile_target(
-        target,
-        model=DEMO_MODEL,
-        quick=True,
-        out_dir=tmp_path / "profiles",
-        cache_dir=hq_cache,
-        wait=True,
-        batch_root=tmp_path / "batches",
-        config=TINY,
-    )
+    run = profile_tiny(target, hq_cache, tmp_path)
     assert run.executor == "local" and run.job_id and run.name == "hpcqueue-demo.bench.cpu-generic"
     assert run.done()
     directory = run.wait()
@@ -310,16 +302,7 @@ def test_profile_target_runs_a_local_job_and_saves_the_profile(
 def test_a_failing_profile_job_raises_with_its_log(hq_cache: Path, tmp_path: Path) -> None:
     target = Target(name="bench", executor="local", hardware="cpu-generic", meter="no-such-meter")
     with pytest.raises(ProfileRunError) as info:
-        profile_target(
-            target,
-            model=DEMO_MODEL,
-            quick=True,
-            out_dir=tmp_path / "profiles",
-            cache_dir=hq_cache,
-            wait=True,
-            batch_root=tmp_path / "batches",
-            config=TINY,
-        )
+        profile_tiny(target, hq_cache, tmp_path)
     message = str(info.value)
     first_line = message.splitlines()[0]
     assert (
@@ -349,30 +332,13 @@ def test_an_unknown_hardware_class_is_refused_before_submitting(tmp_path: Path) 
 # ------------------------------------------------------------------------------------ real Slurm
 
 
-@pytest.fixture()
-def real_slurm() -> None:
-    if os.environ.get("HPCQUEUE_TEST_SLURM") != "1":
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but HPCQUEUE_TEST_SLURM != 1: CI must start the local Slurm cluster")
-        pytest.skip("local Slurm cluster not running")
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_profile_target_on_a_slurm_partition(real_slurm: None, hq_cache: Path, tmp_path: Path) -> None:
     import subprocess
 
     target = Target(name="lowpower", executor="slurm", partition="lowpower", hardware="cpu-generic")
-    run = profile_target(
-        target,
-        model=DEMO_MODEL,
-        quick=True,
-        out_dir=tmp_path / "profiles",
-        cache_dir=hq_cache,
-        wait=False,
-        batch_root=tmp_path / "batches",
-        config=TINY,
-    )
+    run = profile_tiny(target, hq_cache, tmp_path, wait=False)
     assert run.executor == "slurm" and run.job_id.isdigit()
     shown = subprocess.run(
         ["scontrol", "show", "job", run.job_id], capture_output=True, text=True, check=True, timeout=30

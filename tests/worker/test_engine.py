@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hpcqueue.ingest import Request, request_text
 from hpcqueue.meters import get_meter
-from hpcqueue.models import DEMO_MODEL, ModelRef, Tokenizer, resolve_model
+from hpcqueue.models import ModelRef, Tokenizer
 from hpcqueue.worker.engine import ERROR_CONTEXT, ERROR_GENERATION, Engine
-
-
-@pytest.fixture(scope="session")
-def demo(hq_cache: Path) -> ModelRef:
-    return resolve_model(DEMO_MODEL, cache_dir=hq_cache)
 
 
 @pytest.fixture(scope="module")

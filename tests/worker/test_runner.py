@@ -15,17 +15,11 @@ from typing import Any
 
 import pytest
 
-from hpcqueue.models import DEMO_MODEL, ModelRef, resolve_model
+from hpcqueue.models import DEMO_MODEL, ModelRef
 from hpcqueue.worker import run_tasks
 from hpcqueue.worker.attribution import ATTRIBUTION_RULE
+from tests.conftest import REPO
 from tests.fakes.machine import NoCounters
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def demo(hq_cache: Path) -> ModelRef:
-    return resolve_model(DEMO_MODEL, cache_dir=hq_cache)
 
 
 def make_task(

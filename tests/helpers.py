@@ -1,0 +1,23 @@
+"""Helpers shared by tests of different stages (fixtures live in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+
+def input_ids(path: Path) -> list[str]:
+    """The request ids of an input file, in order, as a user reads them off the lines: ``custom_id`` (OpenAI
+    batch), else ``id``, else ``line-N`` (blank lines skipped, numbered as lines of the file)."""
+    ids = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            obj = json.loads(line)
+            ids.append(str(obj.get("custom_id", obj.get("id", f"line-{n}"))))
+    return ids
+
+
+def ledger_db(env: dict[str, str]) -> sqlite3.Connection:
+    """The SQLite ledger of an ``hq_env`` environment, opened directly (as a user's ``sqlite3`` would)."""
+    return sqlite3.connect(env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///"))
