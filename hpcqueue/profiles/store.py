@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from scipy import stats
 
 from hpcqueue.errors import PlanningError
 from hpcqueue.fileio import atomic_write_json, atomic_write_text, json_safe
@@ -409,6 +408,8 @@ def _read_meta(meta_path: Path) -> ProfileMeta:
 
 def t_critical_95(dof: int) -> float:
     """The two-sided 95 % critical value of Student's t with ``dof`` degrees of freedom (t_{0.975, dof})."""
+    from scipy import stats  # imported here: only profile sweeps need it, not planning
+
     if dof < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
     return float(stats.t.ppf(0.975, dof))
@@ -419,6 +420,8 @@ def ci95_half_width(std: np.ndarray | pd.Series, n: np.ndarray | pd.Series) -> n
 
     ``std`` is the sample standard deviation (ddof = 1) and ``n`` the number of trials.
     """
+    from scipy import stats
+
     std_a = np.asarray(std, dtype=float)
     n_a = np.asarray(n, dtype=float)
     out = np.full(np.broadcast(std_a, n_a).shape, np.nan)
