@@ -71,17 +71,7 @@ def list_profiles(
         fail(exc)
         return
     rows = [
-        {
-            "name": e.name,
-            "model": e.meta.model,
-            "hardware": e.meta.hardware,
-            "system": e.meta.system,
-            "source": e.meta.source,
-            "method": e.meta.method,
-            "created": e.meta.created,
-            "points": _count_points(e.directory),
-            "path": str(e.directory),
-        }
+        _row(e.name, e.meta, _count_points(e.directory), e.directory, provenance=True)
         for e in entries
         if (model is None or model_matches(e.meta, model))
         and (hardware is None or e.meta.hardware == hardware)
@@ -92,10 +82,27 @@ def list_profiles(
     if not rows:
         out.print(f"no profiles found; searched {', '.join(str(d) for d in dirs)}")
         return
-    table = Table("name", "model", "hardware", "system", "source", "method", "created", "points", "path")
+    out.print(_table(rows))
+
+
+def _row(name: str, meta: Any, points: int | None, path: Path, *, provenance: bool) -> dict[str, Any]:
+    """One profile as ``list`` and ``import`` show it (``list`` adds where its numbers come from)."""
+    row: dict[str, Any] = {
+        "name": name,
+        "model": meta.model,
+        "hardware": meta.hardware,
+        "system": meta.system,
+    }
+    if provenance:
+        row.update(source=meta.source, method=meta.method, created=meta.created)
+    return {**row, "points": points, "path": str(path)}
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(*rows[0])
     for row in rows:
-        add_row(table, *["-" if row[k] is None else str(row[k]) for k in row])
-    out.print(table)
+        add_row(table, *["-" if value is None else str(value) for value in row.values()])
+    return table
 
 
 @profiles_app.command("show")
@@ -367,24 +374,12 @@ def import_wilkins2024(
     except HpcqueueError as exc:
         fail(exc)
         return
-    rows = [
-        {
-            "name": p.name,
-            "model": p.meta.model,
-            "hardware": p.meta.hardware,
-            "system": p.meta.system,
-            "points": len(p.points),
-            "path": str(path),
-        }
-        for p, path in written
-    ]
+    rows = [_row(p.name, p.meta, len(p.points), path, provenance=False) for p, path in written]
     if as_json:
         print_json({"output": str(root), "profiles": rows})
         return
-    table = Table("name", "model", "hardware", "system", "points", "path")
-    for row in rows:
-        add_row(table, *[str(row[k]) for k in row])
-    out.print(table)
+    if rows:
+        out.print(_table(rows))
     out.print(f"{len(rows)} profile(s) written to {root}")
 
 
