@@ -67,23 +67,25 @@ class BatchInfo:
 
 
 REQUESTS_TABLE: Table = RequestRow.__table__  # type: ignore[assignment]
+#: The request columns a task's output record fills (``output_params`` gives them, prefixed ``b_``).
+OUTPUT_COLUMNS = (
+    "status",
+    "input_tokens",
+    "output_tokens",
+    "finish_reason",
+    "error_code",
+    "error_message",
+    "started_at",
+    "ended_at",
+    "energy_j",
+    "energy_method",
+    "energy_meter",
+    "attribution_rule",
+)
 REQUEST_UPDATE = (
     update(RequestRow)
     .where(RequestRow.line == bindparam("b_line"))
-    .values(
-        status=bindparam("b_status"),
-        input_tokens=bindparam("b_input_tokens"),
-        output_tokens=bindparam("b_output_tokens"),
-        finish_reason=bindparam("b_finish_reason"),
-        error_code=bindparam("b_error_code"),
-        error_message=bindparam("b_error_message"),
-        started_at=bindparam("b_started_at"),
-        ended_at=bindparam("b_ended_at"),
-        energy_j=bindparam("b_energy_j"),
-        energy_method=bindparam("b_energy_method"),
-        energy_meter=bindparam("b_energy_meter"),
-        attribution_rule=bindparam("b_attribution_rule"),
-    )
+    .values(**{column: bindparam(f"b_{column}") for column in OUTPUT_COLUMNS})
 )
 
 
