@@ -90,6 +90,16 @@ class _System:
 
 _NVML = "NVIDIA NVML energy counter of the one GPU used, read through pyJoules"
 _NO_IDLE = "nothing subtracted: the figures include the devices' idle power"
+# Both Palmetto systems: the same 2-socket Intel host, measured the same way.
+_PALMETTO_METERS = {
+    "cpu": "Intel RAPL package energy of both sockets (pyJoules) minus an assumed idle 37.5 W per socket × "
+    "runtime; can be negative",
+    "gpu": _NVML,
+}
+_PALMETTO_IDLE = (
+    "CPU: an assumed idle power of 37.5 W per socket (75 W for 2 sockets) × runtime was subtracted by the "
+    "authors, so CPU energy can be negative; GPU: nothing subtracted"
+)
 SYSTEMS: dict[str, _System] = {
     "M1-Pro": _System(
         short="m1-pro",
@@ -123,14 +133,9 @@ SYSTEMS: dict[str, _System] = {
     "Palmetto Intel+A100": _System(
         short="palmetto-a100",
         hardware="a100-40g",
-        meters={
-            "cpu": "Intel RAPL package energy of both sockets (pyJoules) minus an assumed idle 37.5 W per "
-            "socket × runtime; can be negative",
-            "gpu": _NVML,
-        },
+        meters=_PALMETTO_METERS,
         idle_subtracted={"cpu": True, "gpu": False},
-        idle_subtraction="CPU: an assumed idle power of 37.5 W per socket (75 W for 2 sockets) × runtime was "
-        "subtracted by the authors, so CPU energy can be negative; GPU: nothing subtracted",
+        idle_subtraction=_PALMETTO_IDLE,
         cpu_model=None,
         gpu_name="NVIDIA A100 40GB",
         notes="Palmetto cluster (Clemson), 2-socket Intel host, one NVIDIA A100 40 GB.",
@@ -138,14 +143,9 @@ SYSTEMS: dict[str, _System] = {
     "Palmetto Intel+V100": _System(
         short="palmetto-v100",
         hardware="v100-16g",
-        meters={
-            "cpu": "Intel RAPL package energy of both sockets (pyJoules) minus an assumed idle 37.5 W per "
-            "socket × runtime; can be negative",
-            "gpu": _NVML,
-        },
+        meters=_PALMETTO_METERS,
         idle_subtracted={"cpu": True, "gpu": False},
-        idle_subtraction="CPU: an assumed idle power of 37.5 W per socket (75 W for 2 sockets) × runtime was "
-        "subtracted by the authors, so CPU energy can be negative; GPU: nothing subtracted",
+        idle_subtraction=_PALMETTO_IDLE,
         cpu_model=None,
         gpu_name="NVIDIA V100 16GB",
         notes="Palmetto cluster (Clemson), 2-socket Intel host, one NVIDIA V100 16 GB.",
