@@ -62,7 +62,7 @@ def read_options(settings: Settings, *, skip_invalid: bool) -> ReadOptions:
 def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: bool = False) -> Prepared:
     """Validate, count tokens and plan. Raises :class:`InputError` (nothing written) on invalid lines."""
     from hpcqueue.models import Tokenizer, resolve_model
-    from hpcqueue.planner import make_plan, resolve_cost_models
+    from hpcqueue.planner import PlanOptions, plan_requests, resolve_cost_models
     from hpcqueue.profiles.store import profile_search_path
 
     requests = read_requests(path, read_options(settings, skip_invalid=skip_invalid))
@@ -76,17 +76,7 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     notes: list[str] = []
     search_path = profile_search_path(settings.profile_dirs)
     cost_models = resolve_cost_models(targets, model.name, search_path, notes=notes)
-    plan = make_plan(
-        table,
-        targets,
-        cost_models,
-        policy=settings.policy,
-        task_size=settings.task_size,
-        model=model.name,
-        lam=settings.lambda_,
-        deadline_s=settings.deadline_s,
-        batch_size=settings.batch_size,
-    )
+    plan = plan_requests(table, targets, cost_models, PlanOptions.from_settings(settings, model=model.name))
     plan.warnings.extend(notes)
     if len(targets) > 1 or any(cost_models.values()):
         # Missing or stale profiles matter only when the plan uses profiles (one target needs none).

@@ -115,7 +115,7 @@ def simulate(
     """Plan a token-count TRACE on the configured targets under every policy and compare them.
 
     Runs nothing."""
-    from hpcqueue.planner import resolve_cost_models
+    from hpcqueue.planner import PlanOptions, resolve_cost_models
     from hpcqueue.planner.simulate import load_trace
     from hpcqueue.planner.simulate import simulate as run_simulation
     from hpcqueue.profiles.store import profile_search_path
@@ -131,16 +131,7 @@ def simulate(
             targets, settings.model, profile_search_path(settings.profile_dirs), notes=notes
         )
         _require_all_models(targets, cost_models, settings)
-        report = run_simulation(
-            frame,
-            targets,
-            cost_models,
-            policy=settings.policy,
-            lam=settings.lambda_,
-            deadline_s=settings.deadline_s,
-            model=settings.model,
-            batch_size=settings.batch_size,
-        )
+        report = run_simulation(frame, targets, cost_models, PlanOptions.from_settings(settings))
     except HpcqueueError as exc:
         fail(exc)
         return

@@ -16,9 +16,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hpcqueue.dispatch.batchdir import BatchDir
+
+if TYPE_CHECKING:
+    from hpcqueue.dispatch.slurm import JobState
 
 TaskStatus = Literal["pending", "queued", "running", "completed", "failed", "lost", "cancelled"]
 FINISHED: tuple[TaskStatus, ...] = ("completed", "failed", "lost", "cancelled")
@@ -94,58 +97,60 @@ def task_views(batch: BatchDir, *, poller: Any = None) -> dict[int, TaskView]:
     views: dict[int, TaskView] = {}
     for index, file_state in file_states.items():
         record = jobs.get(index)
-        target = targets_of[index]
-        if record is None:
-            views[index] = TaskView(index, target, "running" if file_state == "running" else file_state)
-            continue
-        job_id = str(record["job_id"])
-        base = {"executor": record["executor"], "job_id": job_id}
-        if file_state in ("completed", "failed"):
-            views[index] = TaskView(index, target, file_state, **base)
+        job: JobState | None = None
+        status: TaskStatus
+        if record is None or file_state in ("completed", "failed"):
+            status = file_state
         elif record["executor"] == "slurm":
-            job = slurm_states.get(job_id)
-            if job is None:
-                # Not in accounting: just submitted, or a pending element that was cancelled (sacct may drop
-                # those). Accounting lists a queued job within seconds, so a long absence means it is gone.
-                if file_state == "running":
-                    status: TaskStatus = "running"
-                elif record.get("cancelled"):
-                    status = "cancelled"
-                elif (
-                    accounting_ok
-                    and time.time() - float(record.get("submitted_at") or 0) > ACCOUNTING_GRACE_S
-                ):
-                    status = "lost"
-                else:
-                    status = "queued"
-                views[index] = TaskView(index, target, status, **base)
-                continue
-            if file_state == "running" or job.state == "RUNNING":
-                status = "running"
-            elif job.finished:
-                status = "cancelled" if job.state == "CANCELLED" and record.get("cancelled") else "lost"
-            else:
-                status = "queued"
-            views[index] = TaskView(
-                index,
-                target,
-                status,
-                slurm_state=job.state,
-                node=job.node,
-                started_at=job.start,
-                ended_at=job.end,
-                **base,
-            )
+            job = slurm_states.get(str(record["job_id"]))
+            status = _slurm_status(file_state, record, job, accounting_ok)
         else:
-            alive = _pid_alive(int(job_id))
-            if file_state == "running":
-                status = "running"
-            elif alive:
-                status = "queued"
-            else:
-                status = "cancelled" if record.get("cancelled") else "lost"
-            views[index] = TaskView(index, target, status, **base)
+            status = _local_status(file_state, record)
+        views[index] = TaskView(index, targets_of[index], status, **_job_fields(record, job))
     return views
+
+
+def _slurm_status(
+    file_state: str, record: Mapping[str, Any], job: JobState | None, accounting_ok: bool
+) -> TaskStatus:
+    """The status of an unfinished task run by the Slurm job of ``record`` (``job``: what accounting says
+    of it, None when it lists no such job)."""
+    if job is None:
+        # Not in accounting: just submitted, or a pending element that was cancelled (sacct may drop
+        # those). Accounting lists a queued job within seconds, so a long absence means it is gone.
+        if file_state == "running":
+            return "running"
+        if record.get("cancelled"):
+            return "cancelled"
+        if accounting_ok and time.time() - float(record.get("submitted_at") or 0) > ACCOUNTING_GRACE_S:
+            return "lost"
+        return "queued"
+    if file_state == "running" or job.state == "RUNNING":
+        return "running"
+    if job.finished:
+        return "cancelled" if job.state == "CANCELLED" and record.get("cancelled") else "lost"
+    return "queued"
+
+
+def _local_status(file_state: str, record: Mapping[str, Any]) -> TaskStatus:
+    """The status of an unfinished task run by the local worker of ``record`` (its pid is the job id)."""
+    alive = _pid_alive(int(record["job_id"]))
+    if file_state == "running":
+        return "running"
+    if alive:
+        return "queued"
+    return "cancelled" if record.get("cancelled") else "lost"
+
+
+def _job_fields(record: Mapping[str, Any] | None, job: JobState | None) -> dict[str, Any]:
+    """What a task's view says of the job that ran it: nothing without one; else its executor and id, and
+    for a Slurm job in accounting its state, node and times."""
+    if record is None:
+        return {}
+    fields: dict[str, Any] = {"executor": record["executor"], "job_id": str(record["job_id"])}
+    if job is not None:
+        fields.update(slurm_state=job.state, node=job.node, started_at=job.start, ended_at=job.end)
+    return fields
 
 
 def live_task_indices(views: Mapping[int, TaskView]) -> set[int]:

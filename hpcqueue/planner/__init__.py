@@ -4,13 +4,22 @@
 it); ``workload`` groups requests into token-count classes and prices every class on every target;
 ``policies`` decides which target serves each request under a policy (``thresholds`` and ``optimal`` hold
 the two searches) and compares policies; ``plan`` turns a routing into a plan of array tasks; ``simulate``
-runs the planner over a token-count trace.
+runs the planner over a token-count trace. ``options`` holds what a plan is made with (policy, λ, deadline,
+model, batch and task size), taken from the settings once.
 """
 
 from __future__ import annotations
 
 from hpcqueue.planner.costs import CostModel, Prediction
-from hpcqueue.planner.plan import POLICIES, TIME_LIMIT_SHARE, Plan, make_plan, resolve_cost_models
+from hpcqueue.planner.options import PlanOptions
+from hpcqueue.planner.plan import (
+    POLICIES,
+    TIME_LIMIT_SHARE,
+    Plan,
+    make_plan,
+    plan_requests,
+    resolve_cost_models,
+)
 from hpcqueue.planner.policies import Routing, compare, route, summarize
 from hpcqueue.planner.workload import CostTable, Workload
 
@@ -20,11 +29,13 @@ __all__ = [
     "CostModel",
     "CostTable",
     "Plan",
+    "PlanOptions",
     "Prediction",
     "Routing",
     "Workload",
     "compare",
     "make_plan",
+    "plan_requests",
     "resolve_cost_models",
     "route",
     "summarize",

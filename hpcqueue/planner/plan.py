@@ -22,6 +22,7 @@ import pandas as pd
 from hpcqueue.config import Target
 from hpcqueue.errors import ConfigError, PlanningError
 from hpcqueue.planner.costs import CostModel
+from hpcqueue.planner.options import PlanOptions
 from hpcqueue.planner.policies import (
     POLICIES,
     Routing,
@@ -33,7 +34,7 @@ from hpcqueue.planner.policies import (
 from hpcqueue.planner.workload import CostTable, Workload, check_targets
 from hpcqueue.profiles.store import find_profile, find_profiles_for
 
-__all__ = ["POLICIES", "TIME_LIMIT_SHARE", "Plan", "make_plan", "resolve_cost_models"]
+__all__ = ["POLICIES", "TIME_LIMIT_SHARE", "Plan", "make_plan", "plan_requests", "resolve_cost_models"]
 
 REQUIRED_COLUMNS = ("line", "input_tokens", "max_new_tokens")
 #: Share of a target's time limit that a task's predicted runtime may fill; the rest is the margin for
@@ -144,19 +145,34 @@ def make_plan(
     deadline_s: float | None = None,
     batch_size: int | None = None,
 ) -> Plan:
+    """:func:`plan_requests` with the options given one by one (see :class:`PlanOptions`)."""
+    options = PlanOptions(
+        policy=policy, lam=lam, deadline_s=deadline_s, model=model, batch_size=batch_size, task_size=task_size
+    )
+    return plan_requests(table, targets, cost_models, options)
+
+
+def plan_requests(
+    table: pd.DataFrame,
+    targets: Sequence[Target],
+    cost_models: Mapping[str, CostModel | None],
+    options: PlanOptions,
+) -> Plan:
     """Assign each request (row of ``table``) to a target and a task, and predict its cost.
 
     ``table`` needs ``line``, ``input_tokens`` and ``max_new_tokens`` (the output tokens planned for
     are the request's ``max_new_tokens``). ``cost_models`` maps target names to models (None: no
-    profile). ``policy``, ``lam`` (λ) and ``deadline_s`` are those of
-    :func:`hpcqueue.planner.policies.route`. ``model`` only improves error messages. Costs are predicted at
-    each target's ``batch_size``, else ``batch_size`` (the prompts per ``generate`` call its workers use).
+    profile). ``options.policy``, ``.lam`` (λ) and ``.deadline_s`` are those of
+    :func:`hpcqueue.planner.policies.route`. ``options.model`` only improves error messages. Costs are
+    predicted at each target's ``batch_size``, else ``options.batch_size`` (the prompts per ``generate``
+    call its workers use).
 
     Within a target, requests are sorted by ``input_tokens`` then ``line`` (stable) and cut into tasks of
-    ``target.task_size or task_size`` requests whose predicted runtime also fits ``TIME_LIMIT_SHARE`` of the
-    target's time limit (the rest is the margin for loading the model and for prediction error); task
-    indices run 0..K−1 over the targets in the order given.
+    ``target.task_size or options.task_size`` requests whose predicted runtime also fits
+    ``TIME_LIMIT_SHARE`` of the target's time limit (the rest is the margin for loading the model and for
+    prediction error); task indices run 0..K−1 over the targets in the order given.
     """
+    policy, task_size = options.policy, options.task_size
     names = check_targets(targets)
     check_policy(policy, names)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
@@ -172,8 +188,10 @@ def make_plan(
     line = table["line"].to_numpy(dtype=np.int64)
 
     workload = Workload.from_tokens(n_in, n_out)
-    costs = CostTable.build(workload, targets, cost_models, batch_size)
-    routing = route(workload, costs, policy, lam=lam, deadline_s=deadline_s, model=model)
+    costs = CostTable.build(workload, targets, cost_models, options.batch_size)
+    routing = route(
+        workload, costs, policy, lam=options.lam, deadline_s=options.deadline_s, model=options.model
+    )
     target_idx = routing.target_idx
     cls = workload.request_class
     energy = costs.energy_j[cls, target_idx]
@@ -211,8 +229,8 @@ def make_plan(
         thresholds=routing.thresholds,
         warnings=list(routing.warnings) + prediction_warnings(workload, costs, target_idx),
         profiles=costs.profiles,
-        lam=lam,
-        deadline_s=deadline_s,
+        lam=options.lam,
+        deadline_s=options.deadline_s,
         solver=routing.solver,
         workload=workload,
         costs=costs,

@@ -19,6 +19,7 @@ from hpcqueue.config import Target
 from hpcqueue.errors import InputError, InputIssue
 from hpcqueue.fileio import json_safe
 from hpcqueue.planner.costs import CostModel
+from hpcqueue.planner.options import PlanOptions
 from hpcqueue.planner.policies import compare
 from hpcqueue.planner.workload import CostTable, Workload
 
@@ -101,19 +102,17 @@ def simulate(
     trace: pd.DataFrame,
     targets: Sequence[Target],
     cost_models: Mapping[str, CostModel | None],
-    *,
-    policy: str = "threshold",
-    lam: float = 1.0,
-    deadline_s: float | None = None,
-    model: str | None = None,
-    batch_size: int | None = None,
+    options: PlanOptions,
 ) -> dict[str, Any]:
-    """Plan ``trace`` (``input_tokens``, ``output_tokens``) with ``policy`` and compare it with every other
-    policy: the report of :func:`hpcqueue.planner.policies.compare`, plus ``trace`` statistics. Costs are
-    predicted at each target's ``batch_size``, else ``batch_size``."""
+    """Plan ``trace`` (``input_tokens``, ``output_tokens``) with ``options.policy`` and compare it with every
+    other policy: the report of :func:`hpcqueue.planner.policies.compare`, plus ``trace`` statistics. Costs
+    are predicted at each target's ``batch_size``, else ``options.batch_size``; ``options.task_size`` plays
+    no part (a simulation makes no tasks)."""
     workload = Workload.from_tokens(trace["input_tokens"], trace["output_tokens"])
-    table = CostTable.build(workload, targets, cost_models, batch_size)
-    report = compare(workload, table, policy, lam=lam, deadline_s=deadline_s, model=model)
+    table = CostTable.build(workload, targets, cost_models, options.batch_size)
+    report = compare(
+        workload, table, options.policy, lam=options.lam, deadline_s=options.deadline_s, model=options.model
+    )
     report["trace"] = describe(workload)
     return report
 

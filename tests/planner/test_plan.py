@@ -10,7 +10,7 @@ import pytest
 
 from hpcqueue.config import Target
 from hpcqueue.errors import ConfigError, PlanningError
-from hpcqueue.planner import CostModel, make_plan, resolve_cost_models
+from hpcqueue.planner import CostModel, PlanOptions, make_plan, plan_requests, resolve_cost_models
 from hpcqueue.profiles import Profile, find_profile
 
 SHIPPED = [Path(__file__).resolve().parents[2] / "profiles"]
@@ -249,3 +249,47 @@ def test_costs_are_predicted_at_the_batch_size_the_workers_use() -> None:
         energy[label] = float(plan.assignments["predicted_energy_j"].iloc[0])
     assert energy["given"] == pytest.approx(energy["profile"] / 4, rel=1e-3)
     assert energy["target"] == pytest.approx(energy["given"], rel=1e-9)
+
+
+# --- options ---------------------------------------------------------------------------------------
+
+
+def test_plan_options_are_taken_from_the_settings_once() -> None:
+    from hpcqueue.config import Settings
+
+    settings = Settings(
+        model="llama", policy="optimal", lambda_=0.5, deadline="2h", task_size=64, batch_size=4
+    )
+    options = PlanOptions.from_settings(settings)
+    assert options == PlanOptions(
+        policy="optimal", lam=0.5, deadline_s=7200.0, model="llama", batch_size=4, task_size=64
+    )
+    assert PlanOptions.from_settings(settings, model=LLAMA).model == LLAMA
+
+
+def test_make_plan_is_plan_requests_with_the_options_one_by_one() -> None:
+    targets = [
+        Target(name="gpu", hardware="a100-40g", profile=SWING),
+        Target(name="laptop", hardware="m1-pro", task_size=2),
+    ]
+    models = resolve_cost_models(targets, LLAMA, SHIPPED)
+    table = _requests([(8, 8), (2000, 500), (12, 8), (1500, 300), (8, 16), (900, 64), (9, 9)])
+    options = PlanOptions(
+        policy="optimal", lam=0.25, deadline_s=3600.0, model=LLAMA, batch_size=1, task_size=3
+    )
+    by_options = plan_requests(table, targets, models, options)
+    by_keywords = make_plan(
+        table,
+        targets,
+        models,
+        policy="optimal",
+        lam=0.25,
+        deadline_s=3600.0,
+        model=LLAMA,
+        batch_size=1,
+        task_size=3,
+    )
+    pd.testing.assert_frame_equal(by_options.assignments, by_keywords.assignments)
+    pd.testing.assert_frame_equal(by_options.tasks, by_keywords.tasks)
+    assert (by_keywords.policy, by_keywords.lam, by_keywords.deadline_s) == ("optimal", 0.25, 3600.0)
+    assert by_options.compare() == by_keywords.compare()

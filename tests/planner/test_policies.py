@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from hpcqueue.config import Target
 from hpcqueue.errors import ConfigError, PlanningError
-from hpcqueue.planner import CostModel, CostTable, Workload, compare, route, summarize
+from hpcqueue.planner import CostModel, CostTable, PlanOptions, Workload, compare, route, summarize
 from hpcqueue.planner.simulate import load_trace, simulate
 from hpcqueue.profiles import find_profile
 from tests.conftest import SHIPPED_PROFILES
@@ -235,7 +235,7 @@ def test_an_impossible_deadline_is_an_error_that_says_how_much_is_needed() -> No
 
 def test_azure_trace_energy_order_of_the_policies(azure: pd.DataFrame) -> None:
     targets, models = _paper_targets()
-    report = simulate(azure, targets, models, policy="optimal", lam=1.0)
+    report = simulate(azure, targets, models, PlanOptions(policy="optimal", lam=1.0))
     energy = {name: row["energy_j"] for name, row in report["baselines"].items()}
     assert report["requests"] == len(azure) == 8819
     assert energy["optimal"] <= energy["threshold"] * (1 + 1e-12)
@@ -250,12 +250,12 @@ def test_azure_trace_energy_order_of_the_policies(azure: pd.DataFrame) -> None:
 
 def test_azure_trace_with_a_deadline_too_short_for_the_m1(azure: pd.DataFrame) -> None:
     targets, models = _paper_targets(a100_slots=64, m1_slots=1)
-    free = simulate(azure, targets, models, policy="optimal")
+    free = simulate(azure, targets, models, PlanOptions(policy="optimal"))
     wanted_s = free["per_target"]["m1"]["runtime_s"]
     # long enough for the A100 slots to take everything, too short for the M1 to take all it would like
     deadline = max(wanted_s / 4, free["baselines"]["single:a100"]["makespan_s"] * 1.05)
     assert deadline < wanted_s, "the M1 must not be able to take all it would like"
-    bound = simulate(azure, targets, models, policy="optimal", deadline_s=deadline)
+    bound = simulate(azure, targets, models, PlanOptions(policy="optimal", deadline_s=deadline))
     assert bound["meets_deadline"] is True
     assert bound["per_target"]["m1"]["runtime_s"] <= deadline * (1 + 1e-9)
     assert bound["per_target"]["a100"]["runtime_s"] <= 64 * deadline * (1 + 1e-9)
