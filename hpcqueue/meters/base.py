@@ -5,18 +5,28 @@ its ``method`` (``measured`` or ``estimated``) and the ``meter`` that produced i
 never presented as measured when it was estimated.
 
 Backends subclass ``Meter`` and fill in two hooks, ``_begin()`` and ``_end()``; the base class owns
-the running/stopped bookkeeping so every backend fails the same way when it is misused.
-Each meter instance keeps its own state: a task meter and a batch meter can run at the same time.
+the running/stopped bookkeeping and the interval's (injectable) clocks, so every backend fails the same way
+when it is misused. Each meter instance keeps its own state: a task meter and a batch meter can run at the
+same time.
+
+Also shared by the backends: the ``Probe`` protocol of their cached probes with the functions that turn one
+into ``(usable, why)`` (``availability``), a ``MeterStatus`` (``probe_status``) or the error of a backend
+asked for where it cannot be used (``unavailable``), and ``PollingThread``, which reads counters in the
+background between ``start()`` and ``stop()``.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, Protocol, get_args
+
+from hpcqueue.errors import MeterUnavailableError
 
 Method = Literal["measured", "estimated"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -115,15 +125,27 @@ class MeasurementHolder:
 
 
 class Meter(ABC):
-    """Measures energy over an interval. Subclasses set ``name`` and ``method`` and implement the hooks."""
+    """Measures energy over an interval. Subclasses set ``name`` and ``method`` and implement the hooks.
+
+    ``wall_clock`` (epoch seconds) and ``monotonic`` are injectable so that tests can drive them; backends
+    call ``_mark_start()`` in ``_begin()`` and ``_elapsed_s()`` in ``_end()``.
+    """
 
     name: ClassVar[str]
     method: ClassVar[Method]
-    #: Wall-clock start of the current interval; backends set it in ``_begin()`` from their (fakeable) clock.
+    #: Wall-clock start of the current interval, set by ``_mark_start()``.
     _started_at: float = 0.0
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._running = False
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._t0 = 0.0
 
     @property
     def running(self) -> bool:
@@ -155,6 +177,15 @@ class Meter(ABC):
         finally:
             holder.measurement = self.stop()
 
+    def _mark_start(self) -> None:
+        """Note the start of the interval on both clocks (``_started_at``: wall clock; ``_t0``: monotonic)."""
+        self._started_at = self._wall_clock()
+        self._t0 = self._monotonic()
+
+    def _elapsed_s(self) -> float:
+        """Monotonic seconds since ``_mark_start()``, never negative."""
+        return max(0.0, self._monotonic() - self._t0)
+
     @abstractmethod
     def _begin(self) -> None:
         """Read the counters/clocks at the start of an interval."""
@@ -176,3 +207,83 @@ class Meter(ABC):
             started_at=self._started_at,
             details=details,
         )
+
+
+class Probe(Protocol):
+    """What a backend's probe found: whether the backend can be used here, and why (not)."""
+
+    @property
+    def available(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+class DomainProbe(Probe, Protocol):
+    """A probe that also names the domains the backend would measure for this job."""
+
+    @property
+    def domains(self) -> tuple[str, ...]: ...
+
+
+def availability(found: Probe) -> tuple[bool, str]:
+    """``(usable, why)``: what a backend's ``*_available()`` says."""
+    return found.available, found.reason
+
+
+def probe_status(meter: type[Meter], found: DomainProbe) -> MeterStatus:
+    """The status of the backend of ``meter`` (a ``Meter`` class) as its probe found it, for
+    ``meter_statuses()`` / ``doctor``."""
+    return MeterStatus(meter.name, found.available, meter.method, found.reason, found.domains)
+
+
+def unavailable(meter: type[Meter], reason: str) -> MeterUnavailableError:
+    """The error for the backend of ``meter`` asked for where its probe says no (``reason`` says why)."""
+    return MeterUnavailableError(f"meter {meter.name!r} is not available on this machine: {reason}")
+
+
+class PollingThread:
+    """Calls ``poll()`` every ``interval_s`` seconds in a daemon thread, from ``start()`` until ``stop()``.
+
+    The first error of a type in ``reported`` ends the polling and is kept for ``stop()``, which raises it in
+    the caller's thread (where the meter is stopped); other errors end the thread as any thread's would.
+    """
+
+    def __init__(
+        self,
+        poll: Callable[[], None],
+        interval_s: float,
+        *,
+        name: str,
+        reported: tuple[type[Exception], ...] = (Exception,),
+    ) -> None:
+        self._poll = poll
+        self.interval_s = interval_s
+        self.name = name
+        self._reported = reported
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._poll()
+            except self._reported as e:  # reported by stop()
+                self._error = e
+                return
+
+    def start(self) -> None:
+        self._error = None
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and wait for the thread; raise the error that ended it early, if any."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error

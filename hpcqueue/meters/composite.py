@@ -28,7 +28,7 @@ class CompositeMeter(Meter):
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
+        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
         if len(parts) < 2:
             raise ValueError("a composite meter needs at least two parts")
         if domains is not None:
@@ -42,10 +42,6 @@ class CompositeMeter(Meter):
         self.name = "+".join(part.name for part in self.parts)  # type: ignore[misc]
         method: Method = "measured" if all(part.method == "measured" for part in self.parts) else "estimated"
         self.method = method  # type: ignore[misc]
-        self._wall_clock = wall_clock
-        self._monotonic = monotonic
-        self._started_at = 0.0
-        self._t0 = 0.0
 
     def _begin(self) -> None:
         started: list[Meter] = []
@@ -57,8 +53,7 @@ class CompositeMeter(Meter):
             for part in reversed(started):
                 part.stop()
             raise
-        self._started_at = self._wall_clock()
-        self._t0 = self._monotonic()
+        self._mark_start()
 
     def _end(self) -> Measurement:
         measurements: list[Measurement] = []
@@ -70,7 +65,7 @@ class CompositeMeter(Meter):
                 error = error or e
         if error is not None:
             raise error
-        duration_s = max(0.0, self._monotonic() - self._t0)
+        duration_s = self._elapsed_s()
         measurements.reverse()
         energy_j: dict[str, float] = {}
         domain_methods: dict[str, str] = {}

@@ -54,7 +54,7 @@ class EstimateMeter(Meter):
         monotonic: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
-        super().__init__()
+        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
         if not (isinstance(nominal_power_w, (int, float)) and math.isfinite(nominal_power_w)) or (
             nominal_power_w <= 0
         ):
@@ -63,21 +63,16 @@ class EstimateMeter(Meter):
             raise ValueError(f"cpus must be a positive integer (logical CPUs of the job), not {cpus!r}")
         self.nominal_power_w = float(nominal_power_w)
         self.cpus = cpus
-        self._wall_clock = wall_clock
-        self._monotonic = monotonic
         self._cpu_clock = cpu_clock
-        self._started_at = 0.0
-        self._t0 = 0.0
         self._cpu0 = 0.0
 
     def _begin(self) -> None:
-        self._started_at = self._wall_clock()
-        self._t0 = self._monotonic()
+        self._mark_start()
         self._cpu0 = self._cpu_clock()
 
     def _end(self) -> Measurement:
         cpu_time_s = max(0.0, self._cpu_clock() - self._cpu0)
-        duration_s = max(0.0, self._monotonic() - self._t0)
+        duration_s = self._elapsed_s()
         energy_j = self.nominal_power_w * cpu_time_s / self.cpus
         utilisation = cpu_time_s / (duration_s * self.cpus) if duration_s > 0 else 0.0
         return self._measurement(

@@ -28,7 +28,15 @@ from typing import Any, Literal
 
 from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus
+from hpcqueue.meters.base import (
+    Measurement,
+    Meter,
+    MeterStatus,
+    PollingThread,
+    availability,
+    probe_status,
+    unavailable,
+)
 
 DEFAULT_SAMPLE_INTERVAL_S = 0.1
 INSTALL_HINT = "install it with `pip install 'hpcqueue[nvidia]'` (the nvidia-ml-py package)"
@@ -78,6 +86,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def gpu_uuid(nvml: Any, index: int) -> str:
+    """The UUID (``GPU-...``) of the GPU at NVML index ``index``."""
+    return _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(index)))
+
+
 @dataclass(frozen=True)
 class GpuDevice:
     """One GPU the meter reads."""
@@ -124,9 +137,7 @@ def _probe_cached(nvml: Any, selection: devices.GpuSelection) -> NvmlProbe:
     try:
         _ensure_init(nvml)
         count = int(nvml.nvmlDeviceGetCount())
-        indices, problems = devices.resolve_gpu_indices(
-            selection, count, lambda i: _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i)))
-        )
+        indices, problems = devices.resolve_gpu_indices(selection, count, lambda i: gpu_uuid(nvml, i))
     except error_type as e:
         return NvmlProbe(False, nvml_error_reason(nvml, e))
     gpus: list[GpuDevice] = []
@@ -165,21 +176,19 @@ def _probe_cached(nvml: Any, selection: devices.GpuSelection) -> NvmlProbe:
 
 def nvml_available() -> tuple[bool, str]:
     """(usable, why) for the job's GPUs; cached."""
-    found = probe()
-    return found.available, found.reason
+    return availability(probe())
 
 
 def nvml_status() -> MeterStatus:
     """The backend's status for ``meter_statuses()`` / ``doctor``."""
-    found = probe()
-    return MeterStatus(NvmlMeter.name, found.available, NvmlMeter.method, found.reason, found.domains)
+    return probe_status(NvmlMeter, probe())
 
 
 def build_nvml_meter(found: NvmlProbe | None = None, **kwargs: Any) -> NvmlMeter:
     """An NVML meter for the job's GPUs, or ``MeterUnavailableError`` with the probe's reason."""
     found = found or probe()
     if not found.available:
-        raise MeterUnavailableError(f"meter 'nvml' is not available on this machine: {found.reason}")
+        raise unavailable(NvmlMeter, found.reason)
     return NvmlMeter(found.gpus, found.nvml, **kwargs)
 
 
@@ -199,40 +208,25 @@ class PowerSampler:
         if not interval_s > 0:
             raise ValueError(f"sample interval must be > 0 seconds, not {interval_s!r}")
         self._read = read_power_w
-        self.interval_s = interval_s
         self._monotonic = monotonic
         self.samples: list[tuple[float, list[float]]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._poller = PollingThread(self._sample, interval_s, name="hpcqueue-power-sampler")
+
+    @property
+    def interval_s(self) -> float:
+        return self._poller.interval_s
 
     def _sample(self) -> None:
         self.samples.append((self._monotonic(), self._read()))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self._sample()
-            except Exception as e:  # reported by stop()
-                self._error = e
-                return
-
     def start(self) -> None:
         self.samples = []
-        self._error = None
-        self._stop.clear()
         self._sample()
-        self._thread = threading.Thread(target=self._run, name="hpcqueue-power-sampler", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> list[float]:
         """Stop sampling and return joules per device over the sampled interval."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            raise self._error
+        self._poller.stop()
         self._sample()
         return trapezoid_j(self.samples)
 
@@ -264,22 +258,18 @@ class NvmlMeter(Meter):
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
+        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
         if not gpus:
             raise ValueError("an NVML meter needs at least one GPU")
         self.gpus = tuple(gpus)
         self._nvml = nvml
         self.sample_interval_s = sample_interval_s
-        self._wall_clock = wall_clock
-        self._monotonic = monotonic
         self._counted = [g for g in self.gpus if g.source == "energy_counter"]
         self._sampled = [g for g in self.gpus if g.source == "power_sampling"]
         self._sampler = (
             PowerSampler(self._read_power_w, sample_interval_s, monotonic) if self._sampled else None
         )
         self._start_mj: list[int] = []
-        self._started_at = 0.0
-        self._t0 = 0.0
 
     def _call(self, what: str, fn: Callable[[Any], Any], handle: Any) -> Any:
         try:
@@ -297,15 +287,14 @@ class NvmlMeter(Meter):
 
     def _begin(self) -> None:
         self._start_mj = self._read_counters_mj()
-        self._started_at = self._wall_clock()
-        self._t0 = self._monotonic()
+        self._mark_start()
         if self._sampler is not None:
             self._sampler.start()
 
     def _end(self) -> Measurement:
         sampled_j = self._sampler.stop() if self._sampler is not None else []
         end_mj = self._read_counters_mj()
-        duration_s = max(0.0, self._monotonic() - self._t0)
+        duration_s = self._elapsed_s()
         energy_j: dict[str, float] = {}
         for gpu, start, end in zip(self._counted, self._start_mj, end_mj, strict=True):
             energy_j[gpu.domain] = max(0, end - start) / 1000.0  # the counter is in millijoules

@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from hpcqueue.errors import MeterUnavailableError
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus
+from hpcqueue.meters.base import Measurement, Meter, MeterStatus, availability, probe_status, unavailable
 
 DEFAULT_INTERVAL_MS = 100
 SUDOERS_HINT = (
@@ -118,9 +118,22 @@ def integrate_j(
     return energy, covered_s
 
 
+@dataclass(frozen=True)
+class PowermetricsProbe:
+    """What the probe of this machine found: usable or not, why, and the command prefix (``sudo -n``)."""
+
+    available: bool
+    reason: str
+    prefix: tuple[str, ...] = ()
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return ("cpu", "gpu:0") if self.available else ()
+
+
 @lru_cache(maxsize=1)
-def _probe_default() -> tuple[bool, str, tuple[str, ...]]:
-    return probe()
+def _probe_default() -> PowermetricsProbe:
+    return PowermetricsProbe(*probe())
 
 
 def probe(
@@ -160,23 +173,20 @@ def _sudo_ok(path: str) -> bool:
 
 def powermetrics_available() -> tuple[bool, str]:
     """(usable, why); cached."""
-    available, reason, _ = _probe_default()
-    return available, reason
+    return availability(_probe_default())
 
 
 def powermetrics_status() -> MeterStatus:
     """The backend's status for ``meter_statuses()`` / ``doctor``."""
-    available, reason, _ = _probe_default()
-    domains = ("cpu", "gpu:0") if available else ()
-    return MeterStatus(PowermetricsMeter.name, available, PowermetricsMeter.method, reason, domains)
+    return probe_status(PowermetricsMeter, _probe_default())
 
 
 def build_powermetrics_meter(**kwargs: Any) -> PowermetricsMeter:
     """A powermetrics meter, or ``MeterUnavailableError`` with the probe's reason."""
-    available, reason, prefix = _probe_default()
-    if not available:
-        raise MeterUnavailableError(f"meter 'powermetrics' is not available on this machine: {reason}")
-    return PowermetricsMeter(prefix=prefix, **kwargs)
+    found = _probe_default()
+    if not found.available:
+        raise unavailable(PowermetricsMeter, found.reason)
+    return PowermetricsMeter(prefix=found.prefix, **kwargs)
 
 
 class PowermetricsMeter(Meter):
@@ -194,7 +204,7 @@ class PowermetricsMeter(Meter):
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
+        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
         self.interval_ms = interval_ms
         self.command = [
             *prefix,
@@ -206,13 +216,9 @@ class PowermetricsMeter(Meter):
             "-f",
             "plist",
         ]
-        self._wall_clock = wall_clock
-        self._monotonic = monotonic
         self._process: subprocess.Popen[bytes] | None = None
         self._output = bytearray()
         self._reader: threading.Thread | None = None
-        self._started_at = 0.0
-        self._t0 = 0.0
 
     def _drain(self) -> None:
         assert self._process is not None and self._process.stdout is not None
@@ -228,11 +234,10 @@ class PowermetricsMeter(Meter):
             raise MeterUnavailableError(f"meter 'powermetrics': cannot run {self.command[0]}: {e}") from e
         self._reader = threading.Thread(target=self._drain, name="hpcqueue-powermetrics", daemon=True)
         self._reader.start()
-        self._started_at = self._wall_clock()
-        self._t0 = self._monotonic()
+        self._mark_start()
 
     def _end(self) -> Measurement:
-        duration_s = max(0.0, self._monotonic() - self._t0)
+        duration_s = self._elapsed_s()
         assert self._process is not None
         # Wait for at least one complete sample so that a short interval is still measured.
         deadline = time.monotonic() + 2 * self.interval_ms / 1000.0 + 1.0

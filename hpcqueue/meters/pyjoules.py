@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus
+from hpcqueue.meters.base import Measurement, Meter, MeterStatus, availability, probe_status, unavailable
+from hpcqueue.meters.nvml import gpu_uuid
 from hpcqueue.meters.rapl import ROOT_ONLY_HINT
 
 Kind = Literal["cpu", "gpu"]
@@ -228,9 +229,7 @@ def _probe_gpu(api: PyJoulesApi, selection: devices.GpuSelection) -> SideProbe:
         )
     try:
         indices, problems = devices.resolve_gpu_indices(
-            selection,
-            len(available),
-            lambda i: _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))),
+            selection, len(available), lambda i: gpu_uuid(nvml, i)
         )
         domains = [api.NvidiaGPUDomain(i) for i in indices]
         if not domains:
@@ -241,23 +240,15 @@ def _probe_gpu(api: PyJoulesApi, selection: devices.GpuSelection) -> SideProbe:
     return SideProbe(True, "NVML " + ", ".join(map(str, domains)), tuple(domains))
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def pyjoules_available(kind: Kind | None = None) -> tuple[bool, str]:
     """(usable, why), for the CPU side, the GPU side, or either (``kind=None``); cached."""
     found = probe()
-    if kind is None:
-        return found.available, found.reason
-    side = found.side(kind)
-    return side.available, side.reason
+    return availability(found if kind is None else found.side(kind))
 
 
 def pyjoules_status() -> MeterStatus:
     """The backend's status for ``meter_statuses()`` / ``doctor``."""
-    found = probe()
-    return MeterStatus(PyJoulesMeter.name, found.available, PyJoulesMeter.method, found.reason, found.domains)
+    return probe_status(PyJoulesMeter, probe())
 
 
 def build_pyjoules_meter(
@@ -267,7 +258,7 @@ def build_pyjoules_meter(
     found = found or probe()
     if found.api is None or not any(found.side(k).available for k in kinds):
         why = "; ".join(f"{k.upper()}: {found.side(k).reason}" for k in kinds)
-        raise MeterUnavailableError(f"meter 'pyjoules' is not available on this machine: {why}")
+        raise unavailable(PyJoulesMeter, why)
     domains = [d for k in kinds if found.side(k).available for d in found.side(k).domains]
     return PyJoulesMeter(found.api, domains)
 
@@ -286,20 +277,16 @@ class PyJoulesMeter(Meter):
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
+        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
         if not domains:
             raise ValueError("a pyJoules meter needs at least one domain (never let pyJoules autodetect)")
         self._api = api
         self.domains = list(domains)
-        self._wall_clock = wall_clock
-        self._monotonic = monotonic
         try:
             self._devices = api.DeviceFactory.create_devices(self.domains)
         except api.NoSuchDeviceError as e:
             raise MeterUnavailableError("meter 'pyjoules': a device disappeared since the probe") from e
         self._meter: Any = None
-        self._started_at = 0.0
-        self._t0 = 0.0
 
     def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -312,12 +299,11 @@ class PyJoulesMeter(Meter):
     def _begin(self) -> None:
         self._meter = self._api.EnergyMeter(self._devices)
         self._guard("reading the counters at start", lambda: self._meter.start(tag="hpcqueue"))
-        self._started_at = self._wall_clock()
-        self._t0 = self._monotonic()
+        self._mark_start()
 
     def _end(self) -> Measurement:
         self._guard("reading the counters at stop", self._meter.stop)
-        duration_s = max(0.0, self._monotonic() - self._t0)
+        duration_s = self._elapsed_s()
         trace = self._guard("reading the trace", self._meter.get_trace)
         raw: dict[str, float] = dict(trace[0].energy)
         energy_j: dict[str, float] = {}

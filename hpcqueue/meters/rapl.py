@@ -31,7 +31,15 @@ from typing import Literal
 
 from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus
+from hpcqueue.meters.base import (
+    Measurement,
+    Meter,
+    MeterStatus,
+    PollingThread,
+    availability,
+    probe_status,
+    unavailable,
+)
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 ROOT_ONLY_HINT = (
@@ -169,21 +177,19 @@ def _probe(root: Path, cpus: frozenset[int], sysfs_root: Path | None, reader: Re
 
 def rapl_available(root: Path | None = None, *, sysfs_root: Path | None = None) -> tuple[bool, str]:
     """(usable, why) for the job's packages; cached."""
-    found = probe(root, sysfs_root=sysfs_root)
-    return found.available, found.reason
+    return availability(probe(root, sysfs_root=sysfs_root))
 
 
 def rapl_status() -> MeterStatus:
     """The backend's status for ``meter_statuses()`` / ``doctor``."""
-    found = probe()
-    return MeterStatus(RaplMeter.name, found.available, RaplMeter.method, found.reason, found.domains)
+    return probe_status(RaplMeter, probe())
 
 
 def build_rapl_meter(found: RaplProbe | None = None, *, reader: Reader | None = None) -> RaplMeter:
     """A RAPL meter for the job's packages, or ``MeterUnavailableError`` with the probe's reason."""
     found = found or probe()
     if not found.available or found.packages is None:
-        raise MeterUnavailableError(f"meter 'rapl' is not available on this machine: {found.reason}")
+        raise unavailable(RaplMeter, found.reason)
     return RaplMeter(found.zones, found.packages, reader=reader or _read_text)
 
 
@@ -203,7 +209,7 @@ class RaplMeter(Meter):
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
+        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
         if not zones:
             raise ValueError("a RAPL meter needs at least one zone")
         self.zones = tuple(zones)
@@ -214,17 +220,20 @@ class RaplMeter(Meter):
             smallest_range_j = min(zone.max_energy_range_uj for zone in self.zones) / 1e6
             poll_interval_s = min(60.0, smallest_range_j / _MAX_PACKAGE_POWER_W / 4)
         self.poll_interval_s = poll_interval_s
-        self._wall_clock = wall_clock
-        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._last_uj: list[int] = []
         self._total_uj: list[int] = []
         self._wraps = 0
-        self._started_at = 0.0
-        self._t0 = 0.0
-        self._stop_poll = threading.Event()
-        self._poller: threading.Thread | None = None
-        self._poll_error: BaseException | None = None
+        self._poller = (
+            PollingThread(
+                self._accumulate,
+                poll_interval_s,
+                name="hpcqueue-rapl-poll",
+                reported=(MeterUnavailableError,),
+            )
+            if poll_interval_s > 0
+            else None
+        )
 
     def _read(self, zone: RaplZone) -> int:
         try:
@@ -245,35 +254,19 @@ class RaplMeter(Meter):
                 self._total_uj[i] += delta
                 self._last_uj[i] = value
 
-    def _poll(self) -> None:
-        while not self._stop_poll.wait(self.poll_interval_s):
-            try:
-                self._accumulate()
-            except MeterUnavailableError as e:  # reported by stop()
-                self._poll_error = e
-                return
-
     def _begin(self) -> None:
         self._last_uj = [self._read(zone) for zone in self.zones]
         self._total_uj = [0] * len(self.zones)
         self._wraps = 0
-        self._poll_error = None
-        self._started_at = self._wall_clock()
-        self._t0 = self._monotonic()
-        self._stop_poll.clear()
-        if self.poll_interval_s > 0:
-            self._poller = threading.Thread(target=self._poll, name="hpcqueue-rapl-poll", daemon=True)
+        self._mark_start()
+        if self._poller is not None:
             self._poller.start()
 
     def _end(self) -> Measurement:
-        self._stop_poll.set()
         if self._poller is not None:
-            self._poller.join()
-            self._poller = None
-        if self._poll_error is not None:
-            raise self._poll_error
+            self._poller.stop()
         self._accumulate()
-        duration_s = max(0.0, self._monotonic() - self._t0)
+        duration_s = self._elapsed_s()
         energy_j: dict[str, float] = {}
         for zone, total_uj in zip(self.zones, self._total_uj, strict=True):
             energy_j[zone.domain] = energy_j.get(zone.domain, 0.0) + total_uj / 1e6

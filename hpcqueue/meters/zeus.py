@@ -22,7 +22,7 @@ from typing import Any
 
 from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus
+from hpcqueue.meters.base import Measurement, Meter, MeterStatus, availability, probe_status, unavailable
 
 INSTALL_HINT = "install it with `pip install 'hpcqueue[zeus]'`"
 
@@ -86,21 +86,19 @@ def _probe_cached(zeus_monitor: Any, selection: devices.GpuSelection) -> ZeusPro
 
 def zeus_available() -> tuple[bool, str]:
     """(usable, why) for the job's GPUs; cached."""
-    found = probe()
-    return found.available, found.reason
+    return availability(probe())
 
 
 def zeus_status() -> MeterStatus:
     """The backend's status for ``meter_statuses()`` / ``doctor``."""
-    found = probe()
-    return MeterStatus(ZeusMeter.name, found.available, ZeusMeter.method, found.reason, found.domains)
+    return probe_status(ZeusMeter, probe())
 
 
 def build_zeus_meter(found: ZeusProbe | None = None) -> ZeusMeter:
     """A zeus meter on the job's GPUs, or ``MeterUnavailableError`` with the probe's reason."""
     found = found or probe()
     if not found.available:
-        raise MeterUnavailableError(f"meter 'zeus' is not available on this machine: {found.reason}")
+        raise unavailable(ZeusMeter, found.reason)
     return ZeusMeter(found.monitor, dict(found.domain_of))
 
 
@@ -121,14 +119,10 @@ class ZeusMeter(Meter):
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
+        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
         self._monitor = monitor
         self._domain_of = domain_of
-        self._wall_clock = wall_clock
-        self._monotonic = monotonic
         self._key = ""
-        self._started_at = 0.0
-        self._t0 = 0.0
 
     def _begin(self) -> None:
         self._key = f"hpcqueue-{next(_window_ids)}"
@@ -136,15 +130,14 @@ class ZeusMeter(Meter):
             self._monitor.begin_window(self._key, sync_execution=False)
         except Exception as e:
             raise MeterUnavailableError(f"meter 'zeus': begin_window failed: {type(e).__name__}: {e}") from e
-        self._started_at = self._wall_clock()
-        self._t0 = self._monotonic()
+        self._mark_start()
 
     def _end(self) -> Measurement:
         try:
             result = self._monitor.end_window(self._key, sync_execution=False)
         except Exception as e:
             raise MeterUnavailableError(f"meter 'zeus': end_window failed: {type(e).__name__}: {e}") from e
-        duration_s = max(0.0, self._monotonic() - self._t0)
+        duration_s = self._elapsed_s()
         gpu_energy = dict(getattr(result, "gpu_energy", {}) or {})
         if not gpu_energy:
             raise MeterUnavailableError("meter 'zeus' reported time only, no GPU energy")

@@ -6,6 +6,7 @@ which pyJoules reads) and as flat links in ``/sys/class/powercap`` (``intel-rapl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # A common value of max_energy_range_uj on Intel server parts (about 262 kJ).
@@ -43,7 +44,11 @@ class FakePowercap:
             self.add_zone(f"intel-rapl:{package}:1", "dram")
 
     def set_uj(self, zone: str, energy_uj: int) -> None:
-        (self.zones[zone] / "energy_uj").write_text(f"{energy_uj}\n")
+        # Replaced whole, as the kernel's counter is: a meter polling in the background never reads it empty.
+        path = self.zones[zone] / "energy_uj"
+        tmp = path.with_name(".energy_uj.tmp")
+        tmp.write_text(f"{energy_uj}\n")
+        os.replace(tmp, path)
 
     def energy_path(self, zone: str) -> Path:
         return self.zones[zone] / "energy_uj"

@@ -8,6 +8,7 @@ import os
 import stat
 import sys
 import textwrap
+import threading
 import time
 import types
 from pathlib import Path
@@ -29,6 +30,7 @@ from hpcqueue.meters import (
     rapl,
     zeus,
 )
+from hpcqueue.meters.base import MeterStatus, PollingThread, availability, probe_status
 from tests.fakes.machine import NoCounters, nvml_module
 from tests.fakes.nvml_stub import NVML_ERROR_LIBRARY_NOT_FOUND, FakeGpu, FakeNvml, uuid
 from tests.fakes.powercap import MAX_RANGE_UJ, FakePowercap, make_topology
@@ -237,6 +239,28 @@ def test_rapl_meter_turns_a_permission_error_into_meter_unavailable(
     assert isinstance(info.value.__cause__, PermissionError)
 
 
+def test_rapl_error_in_the_background_poll_is_raised_by_stop(
+    two_socket_node: tuple[FakePowercap, Path],
+) -> None:
+    powercap, sysfs = two_socket_node
+    found = rapl.probe(powercap.root, frozenset({0}), sysfs_root=sysfs)
+    deny, denied = threading.Event(), threading.Event()
+
+    def reader(path: Path) -> str:
+        if deny.is_set() and path.name == "energy_uj":
+            denied.set()
+            raise PermissionError(13, "Permission denied", str(path))
+        return path.read_text()
+
+    meter = rapl.RaplMeter(found.zones, found.packages, reader=reader, poll_interval_s=0.01)  # type: ignore[arg-type]
+    meter.start()
+    deny.set()
+    assert denied.wait(5)
+    deny.clear()  # readable again at stop: the error can only come from the poll
+    with pytest.raises(MeterUnavailableError, match="readable by root only"):
+        meter.stop()
+
+
 def test_rapl_probe_of_a_missing_powercap_directory_says_there_are_no_zones() -> None:
     ok, reason = rapl.rapl_available(Path("/nonexistent/powercap"))
     assert not ok
@@ -335,6 +359,53 @@ def test_nvml_meter_translates_errors_during_measurement() -> None:
     assert isinstance(info.value.__cause__, stub.NVMLError)
 
 
+def test_nvml_error_while_sampling_power_is_raised_by_stop() -> None:
+    gpu = FakeGpu(uuid(0), energy_mj=None, power_mw=200_000)
+    stub = FakeNvml([gpu])
+    meter = nvml.build_nvml_meter(nvml.probe(stub, devices.GpuSelection("all", None)), sample_interval_s=0.01)
+    meter.start()
+    stub.initialised = False  # the driver went away while the thread samples
+    time.sleep(0.1)
+    with pytest.raises(MeterUnavailableError, match="power of gpu:0") as info:
+        meter.stop()
+    assert isinstance(info.value.__cause__, stub.NVMLError)
+
+
+def test_a_probe_gives_the_availability_status_and_error_of_its_backend() -> None:
+    found = nvml.NvmlProbe(False, "no driver here")
+    assert availability(found) == (False, "no driver here")
+    assert probe_status(nvml.NvmlMeter, found) == MeterStatus("nvml", False, "measured", "no driver here", ())
+    with pytest.raises(MeterUnavailableError) as info:
+        nvml.build_nvml_meter(found)
+    assert str(info.value) == "meter 'nvml' is not available on this machine: no driver here"
+
+
+def test_polling_thread_keeps_the_first_error_for_stop_and_forgets_it_at_the_next_start() -> None:
+    calls: list[int] = []
+
+    def poll() -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise MeterUnavailableError("counter gone")
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(calls) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    poller = PollingThread(poll, 0.005, name="hpcqueue-test-poll")
+    poller.start()
+    wait_for(2)
+    time.sleep(0.05)
+    assert len(calls) == 2  # the error ended the polling
+    with pytest.raises(MeterUnavailableError, match="counter gone"):
+        poller.stop()
+    poller.start()
+    wait_for(3)
+    poller.stop()  # polls again, and the old error is gone
+    assert len(calls) >= 3
+
+
 # --- pyjoules -----------------------------------------------------------------------------------------
 
 
@@ -427,6 +498,9 @@ def test_powermetrics_energy_is_scaled_to_the_metered_duration() -> None:
 def test_powermetrics_probe_says_why_not(no_energy_counters: NoCounters) -> None:
     """Not a Mac (faked: ``os.uname()`` says Linux), then a Mac without the binary, without sudo, with it."""
     assert powermetrics.powermetrics_available() == (False, "powermetrics runs on macOS only (this is Linux)")
+    assert powermetrics.powermetrics_status() == MeterStatus(
+        "powermetrics", False, "measured", "powermetrics runs on macOS only (this is Linux)", ()
+    )
     no_binary = powermetrics.probe(system="Darwin", which=lambda _: None)
     assert not no_binary[0] and "not on PATH" in no_binary[1]
     no_sudo = powermetrics.probe(
