@@ -43,6 +43,20 @@ def _search_path(settings: Any) -> list[Path]:
     return profile_search_path(settings.profile_dirs)
 
 
+def _chosen_profiles(dirs: list[Path], names: list[str] | None, model: str | None = None) -> list[Any]:
+    """The profiles named (each must exist), else every profile on the search path (of ``model``)."""
+    from hpcqueue.profiles import find_profile, list_profiles, load_profile
+    from hpcqueue.profiles.store import model_matches
+
+    if names:
+        return [find_profile(name, dirs) for name in names]
+    return [
+        load_profile(e.directory)
+        for e in list_profiles(dirs)
+        if model is None or model_matches(e.meta, model)
+    ]
+
+
 def _count_points(directory: Path) -> int | None:
     """Rows of ``points.csv`` without parsing it (``list`` reads only metadata)."""
     try:
@@ -191,21 +205,11 @@ def plot(
     Writes input-sweep.png and output-sweep.png (three panels each, log-2 token axis), one line per
     profile, error bars from the profiles' 95 % CIs, and prints their paths.
     """
-    from hpcqueue.profiles import find_profile, list_profiles, load_profile
     from hpcqueue.profiles.plots import plot_profiles
-    from hpcqueue.profiles.store import model_matches
 
     try:
-        settings = resolve_settings(config)
-        dirs = _search_path(settings)
-        if names:
-            profiles = [find_profile(name, dirs) for name in names]
-        else:
-            profiles = [
-                load_profile(e.directory)
-                for e in list_profiles(dirs)
-                if model is None or model_matches(e.meta, model)
-            ]
+        dirs = _search_path(resolve_settings(config))
+        profiles = _chosen_profiles(dirs, names, model)
         paths = plot_profiles(profiles, output)
     except HpcqueueError as exc:
         fail(exc)
@@ -234,16 +238,10 @@ def evaluate(
     energy MAPE meets the 10 % target. With --json, fractions instead of percentages. See docs/cost-models.md.
     """
     from hpcqueue.planner.evaluate import ENERGY_MAPE_TARGET, evaluate_profiles
-    from hpcqueue.profiles import find_profile, list_profiles, load_profile
 
     try:
-        settings = resolve_settings(config)
-        dirs = _search_path(settings)
-        if names:
-            profiles = [find_profile(name, dirs) for name in names]
-        else:
-            profiles = [load_profile(e.directory) for e in list_profiles(dirs)]
-        results = evaluate_profiles(profiles)
+        dirs = _search_path(resolve_settings(config))
+        results = evaluate_profiles(_chosen_profiles(dirs, names))
     except HpcqueueError as exc:
         fail(exc)
         return
