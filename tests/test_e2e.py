@@ -91,15 +91,21 @@ def test_submit_wait_results_and_resubmit(hq_env: dict[str, str], tmp_path: Path
     assert row["target"] == "local" and row["requests"] == n_lines
 
 
+def _third_line_invalid(tmp_path: Path, third: str) -> Path:
+    """Four requests, a completion and a chat among them, whose third line is ``third``."""
+    path = tmp_path / "mixed.jsonl"
+    lines = [
+        '{"id": "a", "prompt": "Name three schedulers.", "max_new_tokens": 8}',
+        '{"id": "b", "prompt": "What is RAPL?", "max_new_tokens": 8}',
+        third,
+        '{"id": "d", "messages": [{"role": "user", "content": "Hello"}], "max_new_tokens": 8}',
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def test_invalid_line_three_submits_nothing(hq_env: dict[str, str], tmp_path: Path) -> None:
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(
-        '{"id": "a", "prompt": "What is a Slurm partition?"}\n'
-        '{"id": "b", "prompt": "Explain job arrays."}\n'
-        '{"id": "c", "prompt": "Why?", "max_new_tokens": -4}\n'
-        '{"id": "d", "prompt": "How much energy does a GPU use?"}\n',
-        encoding="utf-8",
-    )
+    bad = _third_line_invalid(tmp_path, '{"id": "c", "prompt": "Why?", "max_new_tokens": -4}')
     result = run_cli(["submit", str(bad), "--wait"], hq_env)
     assert result.returncode == 2
     assert f"{bad}:3" in result.stderr and "max_new_tokens" in result.stderr
@@ -110,14 +116,7 @@ def test_invalid_line_three_submits_nothing(hq_env: dict[str, str], tmp_path: Pa
 
 
 def test_skip_invalid_runs_the_rest_and_reports_rejects(hq_env: dict[str, str], tmp_path: Path) -> None:
-    mixed = tmp_path / "mixed.jsonl"
-    mixed.write_text(
-        '{"id": "a", "prompt": "Name three schedulers.", "max_new_tokens": 8}\n'
-        '{"id": "b", "prompt": "What is RAPL?", "max_new_tokens": 8}\n'
-        '{"id": "c", "prompt": 42}\n'
-        '{"id": "d", "messages": [{"role": "user", "content": "Hello"}], "max_new_tokens": 8}\n',
-        encoding="utf-8",
-    )
+    mixed = _third_line_invalid(tmp_path, '{"id": "c", "prompt": 42}')
     result = run_cli(["submit", str(mixed), "--wait", "--json", "--skip-invalid"], hq_env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -124,6 +124,16 @@ def attempt_metrics_name(attempt: int) -> str:
     return f"metrics.attempt-{attempt}.json"
 
 
+class _Child:
+    """A fixed file or folder inside a batch directory, read as an attribute: ``batch.logs_dir``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, batch: BatchDir, owner: type | None = None) -> Path:
+        return batch.path / self.name
+
+
 @dataclass(frozen=True)
 class BatchDir:
     """A batch directory on disk and the questions asked of it."""
@@ -134,21 +144,10 @@ class BatchDir:
     def batch_id(self) -> str:
         return self.path.name
 
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.path / LOGS
-
-    @property
-    def tasks_dir(self) -> Path:
-        return self.path / TASKS
-
-    @property
-    def rejects_path(self) -> Path:
-        return self.path / REJECTS
+    manifest_path = _Child(MANIFEST)
+    logs_dir = _Child(LOGS)
+    tasks_dir = _Child(TASKS)
+    rejects_path = _Child(REJECTS)
 
     def task_dir(self, task_index: int) -> Path:
         return self.tasks_dir / task_dir_name(task_index)

@@ -7,24 +7,11 @@ holds the request types, and ``tokens`` counts each request's input tokens with 
 from __future__ import annotations
 
 from hpcqueue.ingest.read import load_task_input, read_requests, rejected_id, write_rejects
-from hpcqueue.ingest.records import (
-    CHAT_URL,
-    COMPLETIONS_URL,
-    ROLES,
-    InputFormat,
-    ReadOptions,
-    Rejected,
-    Request,
-    RequestSet,
-)
+from hpcqueue.ingest.records import ReadOptions, Rejected, Request, RequestSet
 from hpcqueue.ingest.tokens import check_context_length, count_input_tokens, request_text
 from hpcqueue.ingest.validate import parse_request
 
 __all__ = [
-    "CHAT_URL",
-    "COMPLETIONS_URL",
-    "ROLES",
-    "InputFormat",
     "ReadOptions",
     "Rejected",
     "Request",

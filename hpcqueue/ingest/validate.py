@@ -362,22 +362,17 @@ def _parse_openai(
     prompt: str | None = None
     messages: tuple[dict[str, str], ...] | None = None
     kind = "chat" if url == CHAT_URL else "prompt"
-    if url == CHAT_URL:
-        if "prompt" in body:
-            out.error(
-                "body.prompt", f"is not valid for {CHAT_URL}: use body.messages, or url {COMPLETIONS_URL}"
-            )
-        if "messages" not in body:
-            out.error("body.messages", f"missing: {CHAT_URL} needs body.messages")
-        else:
+    if url is not None:
+        # The two endpoints mirror each other: each needs its own field and rejects the other's.
+        field, other, other_url = (
+            ("messages", "prompt", COMPLETIONS_URL) if url == CHAT_URL else ("prompt", "messages", CHAT_URL)
+        )
+        if other in body:
+            out.error(f"body.{other}", f"is not valid for {url}: use body.{field}, or url {other_url}")
+        if field not in body:
+            out.error(f"body.{field}", f"missing: {url} needs body.{field}")
+        elif url == CHAT_URL:
             messages = _messages(body["messages"], "body.messages", out)
-    elif url == COMPLETIONS_URL:
-        if "messages" in body:
-            out.error(
-                "body.messages", f"is not valid for {COMPLETIONS_URL}: use body.prompt, or url {CHAT_URL}"
-            )
-        if "prompt" not in body:
-            out.error("body.prompt", f"missing: {COMPLETIONS_URL} needs body.prompt")
         else:
             prompt = body["prompt"]
             if type(prompt) is not str:

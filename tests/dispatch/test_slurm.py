@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -408,16 +408,6 @@ def test_unknown_partition_lists_the_ones_that_exist() -> None:
         slurm.partition_info("nope", runner=fake)
 
 
-def test_scontrol_failure_says_to_check_slurmctld() -> None:
-    fake = FakeSlurm().reply(
-        "scontrol show config",
-        returncode=1,
-        stderr="slurm_load_ctl_conf error: Unable to contact slurm controller (connect failure)",
-    )
-    with pytest.raises(SlurmError, match=r"(?s)Unable to contact slurm controller.*scontrol ping"):
-        slurm.scontrol_config(runner=fake)
-
-
 def test_scancel_cancels_all_in_one_call() -> None:
     fake = FakeSlurm().reply("scancel")
     slurm.scancel(["12", "13_4", "14"], runner=fake)
@@ -425,14 +415,30 @@ def test_scancel_cancels_all_in_one_call() -> None:
     assert fake.calls == [["scancel", "12", "13_4", "14"]]
 
 
-def test_scancel_failure_is_reported() -> None:
-    fake = FakeSlurm().reply(
-        "scancel",
-        returncode=1,
-        stderr="scancel: error: Kill job error on job id 12: Access/permission denied",
-    )
-    with pytest.raises(SlurmError, match=r"(?s)permission denied.*squeue --me"):
-        slurm.scancel(["12"], runner=fake)
+@pytest.mark.parametrize(
+    ("command", "stderr", "message", "call"),
+    [
+        (
+            "scontrol show config",
+            "slurm_load_ctl_conf error: Unable to contact slurm controller (connect failure)",
+            r"(?s)Unable to contact slurm controller.*scontrol ping",
+            lambda runner: slurm.scontrol_config(runner=runner),
+        ),
+        (
+            "scancel",
+            "scancel: error: Kill job error on job id 12: Access/permission denied",
+            r"(?s)permission denied.*squeue --me",
+            lambda runner: slurm.scancel(["12"], runner=runner),
+        ),
+    ],
+    ids=["scontrol-says-to-check-slurmctld", "scancel-failure-is-reported"],
+)
+def test_slurm_command_failures_say_what_to_check(
+    command: str, stderr: str, message: str, call: Callable[[FakeSlurm], object]
+) -> None:
+    fake = FakeSlurm().reply(command, returncode=1, stderr=stderr)
+    with pytest.raises(SlurmError, match=message):
+        call(fake)
 
 
 def test_slurm_available_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
