@@ -22,8 +22,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,6 +74,9 @@ class Target(BaseModel):
     batch_size: int | None = Field(default=None, ge=1)
     meter: str = "auto"
     nominal_power_w: float | None = Field(default=None, gt=0)
+    power_w: float | None = Field(
+        default=None, gt=0, description="a node's draw while busy (W): what the site's power must cover"
+    )
     device: str = "auto"
     dtype: str = "auto"
 
@@ -80,6 +85,157 @@ class Target(BaseModel):
         if self.executor == "slurm" and not self.partition:
             raise ValueError("a target with executor 'slurm' needs a 'partition'")
         return self
+
+
+#: Keywords a site's file-or-keyword keys accept; any other string is a file path.
+COOLING_MODELS = ("economizer", "economiser", "chiller")
+WUE_MODELS = ("wet-bulb",)
+POWER_MODELS = ("wind",)
+#: Keys of a ``[sites.NAME]`` table that name files (resolved against the config file's folder).
+SITE_PATH_KEYS = ("carbon", "weather", "cooling", "price", "power")
+#: Uptime Institute, Global Data Center Survey 2023: the average annual PUE reported, 1.58. Used, and
+#: labelled as assumed, for a site that states no cooling model.
+DEFAULT_PUE = 1.58
+
+
+class SiteSpec(BaseModel):
+    """Where targets physically are, as the config states it (``[sites.NAME]``); :mod:`hpcqueue.sites` loads
+    the series and models it names.
+
+    Numbers are constants (labelled as assumed wherever they are used); strings are files, or the model
+    keywords of :data:`COOLING_MODELS`, :data:`WUE_MODELS` and :data:`POWER_MODELS`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    timezone: str = Field(default="UTC", description="interprets times a person types for this site")
+    carbon: float | str | None = Field(
+        default=None, description="gCO2eq/kWh: a constant, or an Electricity Maps or time,value CSV"
+    )
+    carbon_column: Literal["direct", "lifecycle"] = "direct"
+    weather: str | None = Field(default=None, description="Open-Meteo JSON or CSV (temperature, humidity)")
+    cooling: float | str = Field(
+        default=DEFAULT_PUE, description='a constant PUE, "economizer", "chiller", or a CSV table T -> PUE'
+    )
+    free_cooling_below_c: float = 18.0
+    mechanical_above_c: float = 27.0
+    free_cooling_pue: float = Field(default=1.10, ge=1.0)
+    supply_temperature_c: float = 18.0
+    facility_overhead: float = Field(default=0.10, ge=0.0, description="non-cooling overhead, share of IT")
+    wue: float | str | None = Field(default=None, description='on-site L per IT kWh, or "wet-bulb"')
+    cycles_of_concentration: float = Field(default=5.0, gt=1.0)
+    water_per_kwh: float | None = Field(default=None, ge=0.0, description="off-site L per kWh of electricity")
+    price: str | float | None = Field(default=None, description="USD/MWh: a constant or a CSV")
+    power: float | str | None = Field(default=None, description='kW available: a constant, a CSV, or "wind"')
+    wind_rated_kw: float = Field(default=2000.0, gt=0)
+    wind_turbines: int = Field(default=1, ge=1)
+    wind_hub_height_m: float = Field(default=80.0, gt=0)
+    wind_shear_alpha: float = Field(default=0.14, ge=0)
+    wind_cut_in_ms: float = Field(default=3.0, ge=0)
+    wind_rated_ms: float = Field(default=12.0, gt=0)
+    wind_cut_out_ms: float = Field(default=25.0, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'Europe/London'"
+            ) from None
+        return value
+
+    @field_validator("carbon", "wue", "price", "power", "water_per_kwh")
+    @classmethod
+    def _not_negative(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return value
+
+    @field_validator("cooling")
+    @classmethod
+    def _pue_at_least_one(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and value < 1:
+            raise ValueError(f"a constant PUE is at least 1, got {value}")
+        return value
+
+    @field_validator("wue")
+    @classmethod
+    def _wue_model(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in WUE_MODELS:
+            raise ValueError(
+                f"wue is a number (L per IT kWh) or one of {', '.join(WUE_MODELS)}, got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _models_have_their_inputs(self) -> SiteSpec:
+        needs_weather = [
+            what
+            for what, uses in (
+                (f"cooling = {self.cooling!r}", self.cooling in COOLING_MODELS),
+                ('wue = "wet-bulb"', self.wue == "wet-bulb"),
+                ('power = "wind"', self.power == "wind"),
+            )
+            if uses
+        ]
+        if needs_weather and self.weather is None:
+            raise ValueError(f'{" and ".join(needs_weather)} need(s) a weather file: set weather = "..."')
+        if self.mechanical_above_c < self.free_cooling_below_c:
+            raise ValueError(
+                f"mechanical_above_c ({self.mechanical_above_c}) is below free_cooling_below_c "
+                f"({self.free_cooling_below_c})"
+            )
+        if not self.wind_cut_in_ms < self.wind_rated_ms < self.wind_cut_out_ms:
+            raise ValueError("wind speeds must satisfy wind_cut_in_ms < wind_rated_ms < wind_cut_out_ms")
+        return self
+
+
+#: The objectives a plan can weigh, and what each one sums (see :mod:`hpcqueue.planner.timing`).
+OBJECTIVES = ("energy", "carbon", "water", "cost", "runtime")
+
+
+def parse_objective(value: str | Mapping[str, Any]) -> dict[str, float]:
+    """``"carbon"`` or ``"carbon=1,water=0.1"`` (or a TOML table) as weights by objective."""
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items()]
+    else:
+        items = []
+        for part in str(value).split(","):
+            name, _, weight = part.strip().partition("=")
+            items.append((name.strip(), weight.strip() or "1"))
+    weights: dict[str, float] = {}
+    for name, weight in items:
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {name!r}; objectives: {', '.join(OBJECTIVES)}")
+        try:
+            number = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"the weight of {name} must be a number, got {weight!r}") from None
+        if not number >= 0 or number == float("inf"):
+            raise ValueError(f"the weight of {name} must be a finite number >= 0, got {weight!r}")
+        weights[name] = weights.get(name, 0.0) + number
+    if not any(weights.values()):
+        raise ValueError("an objective needs at least one positive weight, e.g. carbon or carbon=1,water=0.1")
+    return {name: w for name, w in weights.items() if w > 0}
+
+
+def parse_time(value: str | datetime) -> datetime:
+    """An ISO 8601 time with its offset (``2023-06-01T18:00-04:00``, ``...Z``); a time without one is read
+    in this machine's local zone."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        text = value.strip()
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        except ValueError:
+            raise ValueError(
+                f"not a time: {value!r}; use ISO 8601 with an offset, e.g. 2023-06-01T18:00-04:00"
+            ) from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
 
 
 def _default_targets() -> dict[str, Target]:
@@ -104,8 +260,17 @@ class Settings(BaseModel):
         default=None,
         gt=0,
         alias="deadline",
-        description='time by which the batch should be done: seconds, or "90m", "8h", "1d", "1h30m"',
+        description='time by which the batch should be done: seconds after the start, "90m", "8h", "1d", '
+        '"1h30m", or an ISO 8601 time',
     )
+    deadline_at: datetime | None = Field(default=None, exclude=True)
+    start: datetime | None = Field(default=None, description='when the batch may start: ISO 8601, or "now"')
+    slot_s: float = Field(default=3600.0, gt=0, alias="slot", description="planning slot: 1h, 30m, 15m, ...")
+    objective: dict[str, float] | None = Field(
+        default=None, description='"energy", "carbon", "water", "cost", "runtime", or "carbon=1,water=0.1"'
+    )
+    defer: bool = Field(default=True, description="false: every task starts at the start (run-now plans)")
+    sites: dict[str, SiteSpec] = Field(default_factory=dict)
     max_new_tokens: int = Field(default=64, ge=1)
     max_new_tokens_limit: int = Field(default=32768, ge=1)
     max_line_bytes: int = Field(default=1_048_576, ge=64)
@@ -119,38 +284,68 @@ class Settings(BaseModel):
     targets: dict[str, Target] = Field(default_factory=_default_targets)
     config_path: Path | None = None
 
-    @field_validator("deadline_s", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _parse_deadline(cls, value: Any) -> Any:
+    def _absolute_deadline(cls, data: Any) -> Any:
+        """A deadline written as a time (it has a date) is kept apart from a duration after the start."""
+        if isinstance(data, Mapping):
+            value = data.get("deadline", data.get("deadline_s"))
+            if isinstance(value, datetime) or (isinstance(value, str) and _looks_like_time(value)):
+                data = {k: v for k, v in data.items() if k not in ("deadline", "deadline_s")}
+                data["deadline_at"] = parse_time(value)
+        return data
+
+    @field_validator("deadline_s", "slot_s", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> Any:
         return parse_duration(value, bare_unit="s") if isinstance(value, str) else value
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _parse_start(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "now"):
+            return None
+        return parse_time(value) if isinstance(value, (str, datetime)) else value
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _parse_objective(cls, value: Any) -> Any:
+        return parse_objective(value) if isinstance(value, (str, Mapping)) else value
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _name_sites(cls, value: Any) -> Any:
+        return _named_tables(value, "site")
 
     @field_validator("targets", mode="before")
     @classmethod
     def _name_targets(cls, value: Any) -> Any:
-        """``[targets.gpu]`` tables get ``name = "gpu"``; a name inside the table must agree."""
-        if not isinstance(value, Mapping):
-            return value
-        named: dict[str, Any] = {}
-        for key, target in value.items():
-            if isinstance(target, Mapping):
-                if "name" in target and target["name"] != key:
-                    raise ValueError(
-                        f"target '{key}' has name = {target['name']!r}; drop 'name' or make them equal"
-                    )
-                target = {**target, "name": key}
-            named[key] = target
-        return named
+        return _named_tables(value, "target")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if not self.targets:
             raise ValueError("no targets: declare at least one [targets.NAME] table")
+        if self.sites:
+            unknown = sorted({t.site for t in self.targets.values()} - set(self.sites))
+            if unknown:
+                raise ValueError(
+                    f"target(s) name site(s) {', '.join(map(repr, unknown))} that no [sites.NAME] table "
+                    f"declares; sites: {', '.join(self.sites)}"
+                )
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError(
                 f"max_new_tokens ({self.max_new_tokens}) exceeds "
                 f"max_new_tokens_limit ({self.max_new_tokens_limit})"
             )
         return self
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The objective's weights; without ``objective``, λ's: energy λ, runtime 1 − λ."""
+        if self.objective is not None:
+            return dict(self.objective)
+        return {k: w for k, w in (("energy", self.lambda_), ("runtime", 1.0 - self.lambda_)) if w > 0}
 
     def target(self, name: str) -> Target:
         try:
@@ -161,6 +356,28 @@ class Settings(BaseModel):
             ) from None
 
 
+def _named_tables(value: Any, what: str) -> Any:
+    """``[targets.gpu]`` tables get ``name = "gpu"``; a name inside the table must agree."""
+    if not isinstance(value, Mapping):
+        return value
+    named: dict[str, Any] = {}
+    for key, table in value.items():
+        if isinstance(table, Mapping):
+            if "name" in table and table["name"] != key:
+                raise ValueError(
+                    f"{what} '{key}' has name = {table['name']!r}; drop 'name' or make them equal"
+                )
+            table = {**table, "name": key}
+        named[key] = table
+    return named
+
+
+def _looks_like_time(text: str) -> bool:
+    """Whether a deadline is a time rather than a duration: it has a date (``2023-06-02...``)."""
+    head = text.strip()[:10]
+    return len(head) == 10 and head[4] == "-" and head[7] == "-" and head.replace("-", "").isdigit()
+
+
 # Settings that may come from HPCQUEUE_<NAME> environment variables (scalars and paths only); the names are
 # those of the config file (``lambda``, ``deadline``).
 _ENV_FIELDS = (
@@ -168,6 +385,10 @@ _ENV_FIELDS = (
     "policy",
     "lambda",
     "deadline",
+    "start",
+    "slot",
+    "objective",
+    "defer",
     "max_new_tokens",
     "max_new_tokens_limit",
     "max_line_bytes",
@@ -199,6 +420,13 @@ def load_config_file(path: Path) -> dict[str, Any]:
     for key in _PATH_FIELDS:
         if isinstance(data.get(key), str):
             data[key] = str((base / os.path.expanduser(data[key])).resolve())
+    for site in (data.get("sites") or {}).values() if isinstance(data.get("sites"), dict) else ():
+        if not isinstance(site, dict):
+            continue
+        for key in SITE_PATH_KEYS:
+            value = site.get(key)
+            if isinstance(value, str) and value not in (*COOLING_MODELS, *POWER_MODELS):
+                site[key] = str((base / os.path.expanduser(value)).resolve())
     if isinstance(data.get("profile_dirs"), list):
         data["profile_dirs"] = [
             str((base / os.path.expanduser(p)).resolve()) if isinstance(p, str) else p
@@ -244,7 +472,21 @@ def resolve(
         origin = str(path)
     env = _env_values(environ)
     merged.update(env)
-    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    given_flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    merged.update(given_flags)
+    if merged.get("lambda") is not None and merged.get("objective") is not None:
+        where = {
+            key: f"option --{key}"
+            if key in given_flags
+            else f"{ENV_PREFIX}{key.upper()}"
+            if key in env
+            else origin
+            for key in ("lambda", "objective")
+        }
+        raise ConfigError(
+            f"both lambda ({where['lambda']}) and objective ({where['objective']}) are given: lambda is "
+            "shorthand for objective energy=λ,runtime=1−λ; give one of them"
+        )
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
@@ -267,12 +509,13 @@ def _describe_validation_error(
         else:
             source = origin
         if error["type"] == "extra_forbidden":
-            model = Target if len(loc) >= 3 and loc[0] == "targets" else Settings
+            tables: dict[str, type[BaseModel]] = {"targets": Target, "sites": SiteSpec}
+            model = tables.get(loc[0], Settings) if len(loc) >= 3 else Settings
             valid = ", ".join(
                 sorted(
                     info.alias or name
                     for name, info in model.model_fields.items()
-                    if name not in ("name", "config_path")
+                    if name not in ("name", "config_path", "deadline_at")
                 )
             )
             lines.append(f"{source}: {key}: unknown key; valid keys: {valid}")

@@ -24,6 +24,11 @@ class ConfigError(HpcqueueError):
     exit_code = 2
 
 
+class SiteDataError(ConfigError):
+    """A site's series or model cannot be used: a missing file, wrong columns, a gap, a negative value, or a
+    span that does not cover the plan's horizon. The message names the file and what is wrong."""
+
+
 class ModelError(HpcqueueError):
     """A model or tokenizer cannot be found or loaded."""
 
