@@ -21,10 +21,10 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, get_args
+from typing import Any, ClassVar, Literal, Protocol, TypedDict, TypeVar, get_args
 
 from hpcqueue.errors import MeterUnavailableError
 
@@ -124,17 +124,33 @@ class MeasurementHolder:
         self.measurement: Measurement | None = None
 
 
-class Meter(ABC):
-    """Measures energy over an interval. Subclasses set ``name`` and ``method`` and implement the hooks.
+class Clocks(TypedDict, total=False):
+    """The injectable clocks of a meter; a backend's constructor passes them on as ``**clocks``."""
 
-    ``wall_clock`` (epoch seconds) and ``monotonic`` are injectable so that tests can drive them; backends
-    call ``_mark_start()`` in ``_begin()`` and ``_elapsed_s()`` in ``_end()``.
+    wall_clock: Callable[[], float]  # epoch seconds; time.time by default
+    monotonic: Callable[[], float]  # time.monotonic by default
+
+
+class Meter(ABC):
+    """Measures energy over an interval. Subclasses give their ``name`` and ``method`` in the class
+    statement (``class RaplMeter(Meter, name="rapl", method="measured")``) and implement the hooks.
+
+    ``wall_clock`` (epoch seconds) and ``monotonic`` are injectable so that tests can drive them (a
+    backend's constructor takes them as ``**clocks: Unpack[Clocks]``); backends call ``_mark_start()`` in
+    ``_begin()`` and ``_elapsed_s()`` in ``_end()``.
     """
 
     name: ClassVar[str]
     method: ClassVar[Method]
     #: Wall-clock start of the current interval, set by ``_mark_start()``.
     _started_at: float = 0.0
+
+    def __init_subclass__(cls, *, name: str, method: Method, **kwargs: Any) -> None:
+        """Label the backend: a subclass that does not say what it is and whether it measures or
+        estimates fails when it is defined, not when its first figure is reported."""
+        super().__init_subclass__(**kwargs)
+        cls.name = name
+        cls.method = method
 
     def __init__(
         self,
@@ -240,6 +256,26 @@ def probe_status(meter: type[Meter], found: DomainProbe) -> MeterStatus:
 def unavailable(meter: type[Meter], reason: str) -> MeterUnavailableError:
     """The error for the backend of ``meter`` asked for where its probe says no (``reason`` says why)."""
     return MeterUnavailableError(f"meter {meter.name!r} is not available on this machine: {reason}")
+
+
+FoundT = TypeVar("FoundT", bound=Probe)
+ItemT = TypeVar("ItemT")
+
+
+def usable(meter: type[Meter], found: FoundT) -> FoundT:
+    """``found`` when it says the backend of ``meter`` can be used, else raises ``unavailable()`` with its
+    reason: what a backend's ``build_*_meter()`` starts with."""
+    if not found.available:
+        raise unavailable(meter, found.reason)
+    return found
+
+
+def at_least_one(items: Iterable[ItemT], problem: str) -> tuple[ItemT, ...]:
+    """``items`` as a tuple, or ``ValueError(problem)`` when there are none (a meter with nothing to read)."""
+    found = tuple(items)
+    if not found:
+        raise ValueError(problem)
+    return found
 
 
 class PollingThread:

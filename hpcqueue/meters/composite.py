@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from hpcqueue.meters.base import Measurement, Meter, Method
 
 
-class CompositeMeter(Meter):
-    """Starts its parts in order, stops them in reverse, and merges their domains."""
+class CompositeMeter(Meter, name="composite", method="measured"):
+    """Starts its parts in order, stops them in reverse, and merges their domains.
 
-    name = "composite"  # the instance's ``name`` lists its parts
-    method: ClassVar[Method] = "measured"  # the instance's ``method`` is "estimated" when any part estimates
+    The class's ``name`` and ``method`` are placeholders: an instance's ``name`` lists its parts, and its
+    ``method`` is "estimated" when any part estimates.
+    """
 
     def __init__(
         self,

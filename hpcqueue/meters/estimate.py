@@ -35,15 +35,12 @@ def estimate_is_available() -> MeterStatus:
     )
 
 
-class EstimateMeter(Meter):
+class EstimateMeter(Meter, name="estimate", method="estimated"):
     """Estimates CPU energy from nominal power and process CPU time (see the module docstring).
 
     ``nominal_power_w`` is the nominal power of the job's whole CPU set of ``cpus`` logical CPUs.
     The clocks are injectable so tests can drive them deterministically.
     """
-
-    name = "estimate"
-    method = "estimated"
 
     def __init__(
         self,

@@ -64,63 +64,85 @@ class HardwareClass:
         return self.cpu_power_w / self.cpu_logical_per_socket
 
 
+@dataclass(frozen=True)
+class _Sockets:
+    """A node's CPU sockets: the nominal package watts and logical CPUs of one socket, and how many."""
+
+    watts: float
+    logical: int
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class _Gpus:
+    """A node's GPUs: how many, and the nominal watts and memory (GB) of each (``None``: no figure)."""
+
+    count: int
+    watts: float | None = None
+    memory_gb: float | None = None
+
+
+_NO_GPUS = _Gpus(0)
+
+
+def _per_logical_cpu(name: str, description: str, watts: float) -> HardwareClass:
+    """A class charged ``watts`` per logical CPU, without GPUs."""
+    return HardwareClass(
+        name,
+        description,
+        cpu_power_w=None,
+        cpu_power_w_per_cpu=watts,
+        gpu_power_w=None,
+        gpus=0,
+        memory_gb=None,
+    )
+
+
+def _per_socket(name: str, description: str, cpu: _Sockets, gpus: _Gpus = _NO_GPUS) -> HardwareClass:
+    """A class whose CPU power is its vendor's TDP per socket."""
+    return HardwareClass(
+        name,
+        description,
+        cpu_power_w=cpu.watts,
+        cpu_power_w_per_cpu=None,
+        gpu_power_w=gpus.watts,
+        gpus=gpus.count,
+        memory_gb=None,
+        gpu_memory_gb=gpus.memory_gb,
+        cpu_sockets=cpu.count,
+        cpu_logical_per_socket=cpu.logical,
+    )
+
+
 HARDWARE_CLASSES: MappingProxyType[str, HardwareClass] = MappingProxyType(
     {
         hw.name: hw
         for hw in (
-            HardwareClass(
-                name="cpu-generic",
-                description="any CPU node; nominal 10 W per logical CPU of the job's CPU set",
-                cpu_power_w=None,
-                cpu_power_w_per_cpu=10.0,
-                gpu_power_w=None,
-                gpus=0,
-                memory_gb=None,
+            _per_logical_cpu(
+                "cpu-generic", "any CPU node; nominal 10 W per logical CPU of the job's CPU set", 10.0
             ),
-            HardwareClass(
-                name="m1-pro",
-                description="Apple M1 Pro (10-core CPU, 16-core integrated GPU); CPU package about 30 W",
-                cpu_power_w=30.0,
-                cpu_power_w_per_cpu=None,
-                gpu_power_w=None,
-                gpus=1,
-                memory_gb=None,
-                cpu_logical_per_socket=10,
+            _per_socket(
+                "m1-pro",
+                "Apple M1 Pro (10-core CPU, 16-core integrated GPU); CPU package about 30 W",
+                _Sockets(30.0, logical=10),
+                _Gpus(1),
             ),
-            HardwareClass(
-                name="a100-40g",
-                description="8x NVIDIA A100 40GB SXM4 (400 W each), host 2x AMD EPYC 7742 (225 W each)",
-                cpu_power_w=225.0,
-                cpu_power_w_per_cpu=None,
-                gpu_power_w=400.0,
-                gpus=8,
-                memory_gb=None,
-                gpu_memory_gb=40.0,
-                cpu_sockets=2,
-                cpu_logical_per_socket=128,
+            _per_socket(
+                "a100-40g",
+                "8x NVIDIA A100 40GB SXM4 (400 W each), host 2x AMD EPYC 7742 (225 W each)",
+                _Sockets(225.0, logical=128, count=2),
+                _Gpus(8, watts=400.0, memory_gb=40.0),
             ),
-            HardwareClass(
-                name="v100-16g",
-                description="NVIDIA V100 16GB SXM2 (300 W each), host 2x Intel Xeon Gold 6148 (150 W each)",
-                cpu_power_w=150.0,
-                cpu_power_w_per_cpu=None,
-                gpu_power_w=300.0,
-                gpus=2,
-                memory_gb=None,
-                gpu_memory_gb=16.0,
-                cpu_sockets=2,
-                cpu_logical_per_socket=40,
+            _per_socket(
+                "v100-16g",
+                "NVIDIA V100 16GB SXM2 (300 W each), host 2x Intel Xeon Gold 6148 (150 W each)",
+                _Sockets(150.0, logical=40, count=2),
+                _Gpus(2, watts=300.0, memory_gb=16.0),
             ),
-            HardwareClass(
-                name="xeon-6148",
-                description="2x Intel Xeon Gold 6148 (20 cores / 40 threads, 150 W per socket), no GPU",
-                cpu_power_w=150.0,
-                cpu_power_w_per_cpu=None,
-                gpu_power_w=None,
-                gpus=0,
-                memory_gb=None,
-                cpu_sockets=2,
-                cpu_logical_per_socket=40,
+            _per_socket(
+                "xeon-6148",
+                "2x Intel Xeon Gold 6148 (20 cores / 40 threads, 150 W per socket), no GPU",
+                _Sockets(150.0, logical=40, count=2),
             ),
         )
     }

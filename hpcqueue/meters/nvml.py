@@ -24,19 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import (
-    Measurement,
-    Meter,
-    MeterStatus,
-    PollingThread,
-    availability,
-    probe_status,
-    unavailable,
-)
+from hpcqueue.meters.base import Meter, PollingThread, at_least_one, availability, probe_status, usable
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from hpcqueue.meters.base import Clocks, Measurement, MeterStatus
 
 DEFAULT_SAMPLE_INTERVAL_S = 0.1
 INSTALL_HINT = "install it with `pip install 'hpcqueue[nvidia]'` (the nvidia-ml-py package)"
@@ -186,9 +183,7 @@ def nvml_status() -> MeterStatus:
 
 def build_nvml_meter(found: NvmlProbe | None = None, **kwargs: Any) -> NvmlMeter:
     """An NVML meter for the job's GPUs, or ``MeterUnavailableError`` with the probe's reason."""
-    found = found or probe()
-    if not found.available:
-        raise unavailable(NvmlMeter, found.reason)
+    found = usable(NvmlMeter, found or probe())
     return NvmlMeter(found.gpus, found.nvml, **kwargs)
 
 
@@ -243,11 +238,8 @@ def trapezoid_j(samples: list[tuple[float, list[float]]]) -> list[float]:
     return energy
 
 
-class NvmlMeter(Meter):
+class NvmlMeter(Meter, name="nvml", method="measured"):
     """GPU energy of the job's GPUs from NVML (energy counter, or sampled power where there is none)."""
-
-    name = "nvml"
-    method = "measured"
 
     def __init__(
         self,
@@ -255,19 +247,16 @@ class NvmlMeter(Meter):
         nvml: Any,
         *,
         sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        **clocks: Unpack[Clocks],
     ) -> None:
-        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
-        if not gpus:
-            raise ValueError("an NVML meter needs at least one GPU")
-        self.gpus = tuple(gpus)
+        super().__init__(**clocks)
+        self.gpus = at_least_one(gpus, "an NVML meter needs at least one GPU")
         self._nvml = nvml
         self.sample_interval_s = sample_interval_s
         self._counted = [g for g in self.gpus if g.source == "energy_counter"]
         self._sampled = [g for g in self.gpus if g.source == "power_sampling"]
         self._sampler = (
-            PowerSampler(self._read_power_w, sample_interval_s, monotonic) if self._sampled else None
+            PowerSampler(self._read_power_w, sample_interval_s, self._monotonic) if self._sampled else None
         )
         self._start_mj: list[int] = []
 

@@ -24,10 +24,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcqueue.errors import MeterUnavailableError
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus, availability, probe_status, unavailable
+from hpcqueue.meters.base import Meter, availability, probe_status, usable
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from hpcqueue.meters.base import Clocks, Measurement, MeterStatus
 
 DEFAULT_INTERVAL_MS = 100
 SUDOERS_HINT = (
@@ -183,17 +188,12 @@ def powermetrics_status() -> MeterStatus:
 
 def build_powermetrics_meter(**kwargs: Any) -> PowermetricsMeter:
     """A powermetrics meter, or ``MeterUnavailableError`` with the probe's reason."""
-    found = _probe_default()
-    if not found.available:
-        raise unavailable(PowermetricsMeter, found.reason)
+    found = usable(PowermetricsMeter, _probe_default())
     return PowermetricsMeter(prefix=found.prefix, **kwargs)
 
 
-class PowermetricsMeter(Meter):
+class PowermetricsMeter(Meter, name="powermetrics", method="measured"):
     """Runs powermetrics for the metered interval and integrates its samples."""
-
-    name = "powermetrics"
-    method = "measured"
 
     def __init__(
         self,
@@ -201,10 +201,9 @@ class PowermetricsMeter(Meter):
         interval_ms: int = DEFAULT_INTERVAL_MS,
         prefix: tuple[str, ...] = (),
         executable: str = "powermetrics",
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        **clocks: Unpack[Clocks],
     ) -> None:
-        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
+        super().__init__(**clocks)
         self.interval_ms = interval_ms
         self.command = [
             *prefix,

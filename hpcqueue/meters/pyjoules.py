@@ -25,19 +25,23 @@ import importlib
 import importlib.util
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus, availability, probe_status, unavailable
+from hpcqueue.meters.base import Meter, at_least_one, availability, probe_status, unavailable
 from hpcqueue.meters.nvml import gpu_uuid
 from hpcqueue.meters.rapl import ROOT_ONLY_HINT
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from hpcqueue.meters.base import Clocks, Measurement, MeterStatus
 
 Kind = Literal["cpu", "gpu"]
 INSTALL_HINT = "install it with `pip install 'hpcqueue[pyjoules]'` (and nvidia-ml-py for GPUs)"
@@ -263,25 +267,19 @@ def build_pyjoules_meter(
     return PyJoulesMeter(found.api, domains)
 
 
-class PyJoulesMeter(Meter):
+class PyJoulesMeter(Meter, name="pyjoules", method="measured"):
     """Start/stop of a pyJoules ``EnergyMeter`` on explicit domains; the trace converted to joules."""
-
-    name = "pyjoules"
-    method = "measured"
 
     def __init__(
         self,
         api: PyJoulesApi,
         domains: list[Any],
-        *,
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        **clocks: Unpack[Clocks],
     ) -> None:
-        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
-        if not domains:
-            raise ValueError("a pyJoules meter needs at least one domain (never let pyJoules autodetect)")
+        super().__init__(**clocks)
         self._api = api
-        self.domains = list(domains)
+        never_autodetect = "a pyJoules meter needs at least one domain (never let pyJoules autodetect)"
+        self.domains = list(at_least_one(domains, never_autodetect))
         try:
             self._devices = api.DeviceFactory.create_devices(self.domains)
         except api.NoSuchDeviceError as e:

@@ -22,24 +22,20 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import (
-    Measurement,
-    Meter,
-    MeterStatus,
-    PollingThread,
-    availability,
-    probe_status,
-    unavailable,
-)
+from hpcqueue.meters.base import Meter, PollingThread, at_least_one, availability, probe_status, unavailable
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from hpcqueue.meters.base import Clocks, Measurement, MeterStatus
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 ROOT_ONLY_HINT = (
@@ -193,11 +189,8 @@ def build_rapl_meter(found: RaplProbe | None = None, *, reader: Reader | None = 
     return RaplMeter(found.zones, found.packages, reader=reader or _read_text)
 
 
-class RaplMeter(Meter):
+class RaplMeter(Meter, name="rapl", method="measured"):
     """Reads the powercap counters of the job's packages at start, stop and every ``poll_interval_s``."""
-
-    name = "rapl"
-    method = "measured"
 
     def __init__(
         self,
@@ -206,13 +199,10 @@ class RaplMeter(Meter):
         *,
         reader: Reader = _read_text,
         poll_interval_s: float | None = None,
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        **clocks: Unpack[Clocks],
     ) -> None:
-        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
-        if not zones:
-            raise ValueError("a RAPL meter needs at least one zone")
-        self.zones = tuple(zones)
+        super().__init__(**clocks)
+        self.zones = at_least_one(zones, "a RAPL meter needs at least one zone")
         self.packages = packages
         self._reader = reader
         if poll_interval_s is None:

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcqueue.errors import MeterUnavailableError
 from hpcqueue.meters import devices
-from hpcqueue.meters.base import Measurement, Meter, MeterStatus, availability, probe_status, unavailable
+from hpcqueue.meters.base import Meter, availability, probe_status, usable
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from hpcqueue.meters.base import Clocks, Measurement, MeterStatus
 
 INSTALL_HINT = "install it with `pip install 'hpcqueue[zeus]'`"
 
@@ -96,30 +99,23 @@ def zeus_status() -> MeterStatus:
 
 def build_zeus_meter(found: ZeusProbe | None = None) -> ZeusMeter:
     """A zeus meter on the job's GPUs, or ``MeterUnavailableError`` with the probe's reason."""
-    found = found or probe()
-    if not found.available:
-        raise unavailable(ZeusMeter, found.reason)
+    found = usable(ZeusMeter, found or probe())
     return ZeusMeter(found.monitor, dict(found.domain_of))
 
 
 _window_ids = itertools.count()
 
 
-class ZeusMeter(Meter):
+class ZeusMeter(Meter, name="zeus", method="measured"):
     """One zeus measurement window per interval on the shared monitor."""
-
-    name = "zeus"
-    method = "measured"
 
     def __init__(
         self,
         monitor: Any,
         domain_of: dict[int, str],
-        *,
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        **clocks: Unpack[Clocks],
     ) -> None:
-        super().__init__(wall_clock=wall_clock, monotonic=monotonic)
+        super().__init__(**clocks)
         self._monitor = monitor
         self._domain_of = domain_of
         self._key = ""
