@@ -9,6 +9,7 @@ On PostgreSQL each run uses a private schema that is dropped afterwards.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import uuid
@@ -17,8 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tasks are planned as the ledger tests plan theirs
+
 
 def _frames(n: int, task_size: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from tests.ledger import tasks_of
+
     rng = np.random.default_rng(3)
     task_index = np.arange(n) // task_size
     requests = pd.DataFrame(
@@ -34,14 +40,7 @@ def _frames(n: int, task_size: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
             "extrapolated": rng.random(n) < 0.05,
         }
     )
-    tasks = requests.groupby("task_index", as_index=False).agg(
-        target=("target", "first"),
-        n_requests=("line", "size"),
-        predicted_energy_j=("predicted_energy_j", "sum"),
-        predicted_runtime_s=("predicted_runtime_s", "sum"),
-    )
-    tasks["executor"] = "slurm"
-    return tasks, requests
+    return tasks_of(requests, "slurm"), requests
 
 
 def main() -> None:

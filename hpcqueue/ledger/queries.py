@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, get_args
 
 import pandas as pd
 from sqlalchemy import case, func, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Result
 
 from hpcqueue.errors import BatchNotFoundError, ConfigError
 from hpcqueue.ledger.rows import BatchInfo
@@ -31,19 +31,9 @@ class LedgerReader(Protocol):
 
 
 SummaryKey = Literal["target", "model", "day", "user"]
-SUMMARY_COLUMNS = (
-    "batches",
-    "requests",
-    "succeeded",
-    "failed",
-    "rejected",
-    "input_tokens",
-    "output_tokens",
-    "energy_j",
-    "j_per_output_token",
-    "energy_method",
-    "meters",
-)
+#: The request counts of a summary row; a batch report counts ``pending`` lines too.
+REQUEST_COUNTS = ("requests", "succeeded", "failed", "rejected", "input_tokens", "output_tokens")
+SUMMARY_COLUMNS = ("batches", *REQUEST_COUNTS, "energy_j", "j_per_output_token", "energy_method", "meters")
 NO_TARGET = "(none)"
 """The ``target`` of rejected lines in a summary by target: they were never planned onto one."""
 
@@ -63,6 +53,22 @@ def combine_methods(methods: Iterable[str | None]) -> str | None:
 
 def _status_count(status: str) -> Any:
     return func.coalesce(func.sum(case((RequestRow.status == status, 1), else_=0)), 0)
+
+
+def _request_counts(statuses: Iterable[str]) -> list[Any]:
+    """Aggregates over request rows, labelled: ``requests``, one count per status, then the token sums."""
+    return [
+        func.count().label("requests"),
+        *(_status_count(status).label(status) for status in statuses),
+        func.coalesce(func.sum(RequestRow.input_tokens), 0).label("input_tokens"),
+        func.coalesce(func.sum(RequestRow.output_tokens), 0).label("output_tokens"),
+    ]
+
+
+def _frame(result: Result[Any]) -> pd.DataFrame:
+    """A query's rows as a DataFrame, its columns named as the query labels them."""
+    columns = list(result.keys())
+    return pd.DataFrame(result.all(), columns=columns)
 
 
 def get_batch(ledger: LedgerReader, batch_id: str) -> BatchInfo | None:
@@ -98,16 +104,7 @@ def batch_report(ledger: LedgerReader, batch_id: str) -> dict[str, Any]:
                 "lists the recorded batches"
             )
         by_target = conn.execute(
-            select(
-                RequestRow.target,
-                func.count().label("requests"),
-                _status_count("succeeded").label("succeeded"),
-                _status_count("failed").label("failed"),
-                _status_count("rejected").label("rejected"),
-                _status_count("pending").label("pending"),
-                func.coalesce(func.sum(RequestRow.input_tokens), 0).label("input_tokens"),
-                func.coalesce(func.sum(RequestRow.output_tokens), 0).label("output_tokens"),
-            )
+            select(RequestRow.target, *_request_counts(("succeeded", "failed", "rejected", "pending")))
             .where(RequestRow.batch_id == batch_id)
             .group_by(RequestRow.target)
         ).all()
@@ -162,53 +159,38 @@ def summary(
         raise ConfigError(f"cannot summarise by {by!r}; choose one of {', '.join(get_args(SummaryKey))}")
     batch_filter = [BatchRow.created_at >= since] if since is not None else []
     with ledger.connect() as conn:
-        batches = pd.DataFrame(
+        batches = _frame(
             conn.execute(
-                select(BatchRow.id, BatchRow.user, BatchRow.model, BatchRow.created_at).where(*batch_filter)
-            ).all(),
-            columns=["batch_id", "user", "model", "created_at"],
+                select(
+                    BatchRow.id.label("batch_id"), BatchRow.user, BatchRow.model, BatchRow.created_at
+                ).where(*batch_filter)
+            )
         )
-        requests = pd.DataFrame(
+        requests = _frame(
             conn.execute(
                 select(
                     RequestRow.batch_id,
                     RequestRow.target,
-                    func.count().label("requests"),
-                    _status_count("succeeded").label("succeeded"),
-                    _status_count("failed").label("failed"),
-                    _status_count("rejected").label("rejected"),
-                    func.coalesce(func.sum(RequestRow.input_tokens), 0).label("input_tokens"),
-                    func.coalesce(func.sum(RequestRow.output_tokens), 0).label("output_tokens"),
+                    *_request_counts(("succeeded", "failed", "rejected")),
                 )
                 .join(BatchRow, BatchRow.id == RequestRow.batch_id)
                 .where(*batch_filter)
                 .group_by(RequestRow.batch_id, RequestRow.target)
-            ).all(),
-            columns=[
-                "batch_id",
-                "target",
-                "requests",
-                "succeeded",
-                "failed",
-                "rejected",
-                "input_tokens",
-                "output_tokens",
-            ],
+            )
         )
-        energy = pd.DataFrame(
+        energy = _frame(
             conn.execute(
                 select(
                     TaskRow.batch_id,
                     TaskRow.target,
                     TaskRow.energy_method,
                     TaskRow.meter,
-                    func.sum(TaskRow.energy_j),
+                    func.sum(TaskRow.energy_j).label("energy_j"),
                 )
                 .join(BatchRow, BatchRow.id == TaskRow.batch_id)
                 .where(TaskRow.energy_j.is_not(None), *batch_filter)
                 .group_by(TaskRow.batch_id, TaskRow.target, TaskRow.energy_method, TaskRow.meter)
-            ).all(),
-            columns=["batch_id", "target", "energy_method", "meter", "energy_j"],
+            )
         )
     if requests.empty:
         return pd.DataFrame(columns=[by, *SUMMARY_COLUMNS])
@@ -222,7 +204,7 @@ def summary(
         return frame
 
     requests, energy = keyed(requests), keyed(energy)
-    counts = ["requests", "succeeded", "failed", "rejected", "input_tokens", "output_tokens"]
+    counts = list(REQUEST_COUNTS)
     table = requests.groupby(by, sort=True).agg(
         batches=("batch_id", "nunique"), **{c: (c, "sum") for c in counts}
     )
@@ -252,43 +234,30 @@ def list_batches(ledger: LedgerReader, limit: int = 20) -> pd.DataFrame:
         .group_by(TaskRow.batch_id)
         .subquery()
     )
-    columns = [
-        "id",
-        "created_at",
-        "user",
-        "host",
-        "model",
-        "policy",
-        "input_path",
-        "n_requests",
-        "n_rejected",
-        "tasks",
-        "tasks_completed",
-        "tasks_failed",
-        "energy_j",
-    ]
     with ledger.connect() as conn:
-        rows = conn.execute(
-            select(
-                BatchRow.id,
-                BatchRow.created_at,
-                BatchRow.user,
-                BatchRow.host,
-                BatchRow.model,
-                BatchRow.policy,
-                BatchRow.input_path,
-                BatchRow.n_requests,
-                BatchRow.n_rejected,
-                func.coalesce(task_totals.c.tasks, 0),
-                func.coalesce(task_totals.c.tasks_completed, 0),
-                func.coalesce(task_totals.c.tasks_failed, 0),
-                task_totals.c.energy_j,
+        frame = _frame(
+            conn.execute(
+                select(
+                    BatchRow.id,
+                    BatchRow.created_at,
+                    BatchRow.user,
+                    BatchRow.host,
+                    BatchRow.model,
+                    BatchRow.policy,
+                    BatchRow.input_path,
+                    BatchRow.n_requests,
+                    BatchRow.n_rejected,
+                    func.coalesce(task_totals.c.tasks, 0).label("tasks"),
+                    func.coalesce(task_totals.c.tasks_completed, 0).label("tasks_completed"),
+                    func.coalesce(task_totals.c.tasks_failed, 0).label("tasks_failed"),
+                    task_totals.c.energy_j,
+                )
+                .outerjoin(task_totals, task_totals.c.batch_id == BatchRow.id)
+                .order_by(BatchRow.created_at.desc(), BatchRow.id)
+                .limit(int(limit))
             )
-            .outerjoin(task_totals, task_totals.c.batch_id == BatchRow.id)
-            .order_by(BatchRow.created_at.desc(), BatchRow.id)
-            .limit(int(limit))
-        ).all()
-        ids = [row[0] for row in rows]
+        )
+        ids = frame["id"].tolist()
         methods = (
             conn.execute(
                 select(TaskRow.batch_id, TaskRow.energy_method)
@@ -298,7 +267,6 @@ def list_batches(ledger: LedgerReader, limit: int = 20) -> pd.DataFrame:
             if ids
             else []
         )
-    frame = pd.DataFrame(rows, columns=columns)
     by_batch: dict[str, list[str | None]] = {}
     for batch_id, method in methods:
         by_batch.setdefault(batch_id, []).append(method)

@@ -7,7 +7,8 @@ read from the input, ``RequestRow`` its row in the ledger; ``hpcqueue.meters.Mea
 
 The schema is portable (SQLite and PostgreSQL): strings, integers, floats and timezone-aware UTC
 timestamps only. ``migrations/versions/0001_initial.py`` creates exactly these tables; a test compares
-the two, so a change here needs a new migration.
+the two, so a change here needs a new migration. The columns the tables share come from mixins, so a class
+lists them in another order than its table (the migration's order), which no query depends on.
 """
 
 from __future__ import annotations
@@ -104,7 +105,34 @@ class BatchRow(Base):
     n_rejected: Mapped[int]
 
 
-class TaskRow(Base):
+class _BatchPart:
+    """The leading columns of a batch's tasks, requests and measurements: a key, and the batch's id.
+
+    ``sort_order`` puts them first, as in the tables the migration creates.
+    """
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True, sort_order=-1)
+    batch_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("batches.id", ondelete="CASCADE"), sort_order=-1
+    )
+
+
+class _Accounted:
+    """What a task and a request both record: the planner's prediction, when it ran, and its energy.
+
+    The energy's meter is each table's own column (``tasks.meter``, ``requests.energy_meter``).
+    """
+
+    predicted_energy_j: Mapped[float | None]
+    predicted_runtime_s: Mapped[float | None]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    energy_j: Mapped[float | None]
+    energy_method: Mapped[str | None] = mapped_column(String(16))
+    attribution_rule: Mapped[str | None]
+
+
+class TaskRow(_BatchPart, _Accounted, Base):
     """One array task (or local job): a chunk of a batch's requests run by one worker on one target."""
 
     __tablename__ = "tasks"
@@ -113,8 +141,6 @@ class TaskRow(Base):
         CheckConstraint(_in("state", TASK_STATES), name="state"),
     )
 
-    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
-    batch_id: Mapped[str] = mapped_column(String(128), ForeignKey("batches.id", ondelete="CASCADE"))
     task_index: Mapped[int]
     target: Mapped[str] = mapped_column(String(128))
     executor: Mapped[str] = mapped_column(String(32))
@@ -124,23 +150,16 @@ class TaskRow(Base):
     node: Mapped[str | None] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(16))
     submitted_at: Mapped[datetime | None]
-    started_at: Mapped[datetime | None]
-    ended_at: Mapped[datetime | None]
     n_requests: Mapped[int]
     n_succeeded: Mapped[int | None]
     n_failed: Mapped[int | None]
-    predicted_energy_j: Mapped[float | None]
-    predicted_runtime_s: Mapped[float | None]
-    energy_j: Mapped[float | None]
-    energy_method: Mapped[str | None] = mapped_column(String(16))
     meter: Mapped[str | None] = mapped_column(String(64))
-    attribution_rule: Mapped[str | None]
     error: Mapped[str | None]
     log_tail: Mapped[str | None]
     collected_at: Mapped[datetime | None]
 
 
-class RequestRow(Base):
+class RequestRow(_BatchPart, _Accounted, Base):
     """One input line: its plan (target, task, prediction) and, once collected, its outcome and energy."""
 
     __tablename__ = "requests"
@@ -151,8 +170,6 @@ class RequestRow(Base):
         CheckConstraint(_in("status", REQUEST_STATUSES), name="status"),
     )
 
-    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
-    batch_id: Mapped[str] = mapped_column(String(128), ForeignKey("batches.id", ondelete="CASCADE"))
     line: Mapped[int]
     request_id: Mapped[str | None]
     task_index: Mapped[int | None]
@@ -165,18 +182,11 @@ class RequestRow(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None]
-    started_at: Mapped[datetime | None]
-    ended_at: Mapped[datetime | None]
-    energy_j: Mapped[float | None]
-    energy_method: Mapped[str | None] = mapped_column(String(16))
     energy_meter: Mapped[str | None] = mapped_column(String(64))
-    attribution_rule: Mapped[str | None]
-    predicted_energy_j: Mapped[float | None]
-    predicted_runtime_s: Mapped[float | None]
     extrapolated: Mapped[bool | None]
 
 
-class MeasurementRow(Base):
+class MeasurementRow(_BatchPart, Base):
     """One meter reading: the joules of one domain (cpu, dram, gpu:0 ...) over one metered interval."""
 
     __tablename__ = "measurements"
@@ -185,8 +195,6 @@ class MeasurementRow(Base):
         CheckConstraint(_in("scope", MEASUREMENT_SCOPES), name="scope"),
     )
 
-    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
-    batch_id: Mapped[str] = mapped_column(String(128), ForeignKey("batches.id", ondelete="CASCADE"))
     task_index: Mapped[int]
     scope: Mapped[str] = mapped_column(String(32))
     seq: Mapped[int]

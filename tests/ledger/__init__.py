@@ -1,6 +1,11 @@
-"""Helpers shared by the tests that write to a ledger: a batch's row, and query results as dicts."""
+"""Helpers shared by the tests that write to a ledger: a batch's row and tasks, and query results as dicts.
+
+``bench/ledger_insert.py`` plans its tasks with ``tasks_of`` too.
+"""
 
 from __future__ import annotations
+
+import pandas as pd
 
 from hpcqueue.ledger import BatchInfo, Ledger
 
@@ -29,6 +34,18 @@ def make_info(
         settings_json={"max_new_tokens": 64},
         batch_dir=f"/scratch/batches/{batch_id}" if batch_dir is None else batch_dir,
     )
+
+
+def tasks_of(requests: pd.DataFrame, executor: str) -> pd.DataFrame:
+    """The tasks frame of a requests frame: one task per ``task_index``, its size and summed predictions."""
+    tasks = requests.groupby("task_index", as_index=False).agg(
+        target=("target", "first"),
+        n_requests=("line", "size"),
+        predicted_energy_j=("predicted_energy_j", "sum"),
+        predicted_runtime_s=("predicted_runtime_s", "sum"),
+    )
+    tasks["executor"] = executor
+    return tasks
 
 
 def rows(ledger: Ledger, sql: str) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,15 @@ def fail_task(batch_dir: Path, ended_at: float = T0 + 30) -> None:
     )
 
 
+def recorded(ledger_url: str, tmp_path: Path, *finished: Callable[[Path], None]) -> tuple[Ledger, Path]:
+    """A new ledger with the batch of PLAN recorded, and its directory with the ``finished`` tasks' files."""
+    ledger = Ledger(ledger_url)
+    batch_dir = record(ledger, tmp_path)
+    for finish_task in finished:
+        finish_task(batch_dir)
+    return ledger, batch_dir
+
+
 def snapshot(ledger: Ledger) -> dict[str, list[tuple]]:
     with ledger.connect() as conn:
         return {
@@ -212,11 +222,7 @@ def snapshot(ledger: Ledger) -> dict[str, list[tuple]]:
 
 
 def test_collect_reads_finished_tasks_and_leaves_the_rest_pending(ledger_url: str, tmp_path: Path) -> None:
-    ledger = Ledger(ledger_url)
-    batch_dir = record(ledger, tmp_path)
-    finish_gpu_task(batch_dir)
-    finish_cpu_task(batch_dir)
-    fail_task(batch_dir)
+    ledger, batch_dir = recorded(ledger_url, tmp_path, finish_gpu_task, finish_cpu_task, fail_task)
 
     assert collect_batch(ledger, batch_dir) == CollectReport(collected=3, already=0, pending=1, failed=1)
     report = ledger.batch_report("b1")
@@ -246,10 +252,7 @@ def test_collect_reads_finished_tasks_and_leaves_the_rest_pending(ledger_url: st
 
 
 def test_collect_twice_changes_nothing(ledger_url: str, tmp_path: Path) -> None:
-    ledger = Ledger(ledger_url)
-    batch_dir = record(ledger, tmp_path)
-    finish_gpu_task(batch_dir)
-    fail_task(batch_dir)
+    ledger, batch_dir = recorded(ledger_url, tmp_path, finish_gpu_task, fail_task)
     collect_batch(ledger, batch_dir)
     counts, before = ledger.table_counts(), snapshot(ledger)
 
@@ -261,10 +264,7 @@ def test_collect_twice_changes_nothing(ledger_url: str, tmp_path: Path) -> None:
 
 
 def test_request_energy_adds_up_to_the_task_measurement(ledger_url: str, tmp_path: Path) -> None:
-    ledger = Ledger(ledger_url)
-    batch_dir = record(ledger, tmp_path)
-    finish_gpu_task(batch_dir)
-    finish_cpu_task(batch_dir)
+    ledger, batch_dir = recorded(ledger_url, tmp_path, finish_gpu_task, finish_cpu_task)
     collect_batch(ledger, batch_dir)
     sums = rows(
         ledger,
@@ -291,8 +291,7 @@ def test_request_energy_adds_up_to_the_task_measurement(ledger_url: str, tmp_pat
 def test_a_failed_task_keeps_its_requests_pending_until_a_retry_runs_them(
     ledger_url: str, tmp_path: Path
 ) -> None:
-    ledger = Ledger(ledger_url)
-    batch_dir = record(ledger, tmp_path)
+    ledger, batch_dir = recorded(ledger_url, tmp_path)
     (batch_dir / "jobs.json").write_text(
         json.dumps(
             [{"job_id": "901", "executor": "local", "target": "cpu", "task_indices": [2], "submitted_at": T0}]
@@ -324,9 +323,7 @@ def test_a_failed_task_keeps_its_requests_pending_until_a_retry_runs_them(
 
 
 def test_energy_method_is_mixed_once_measured_and_estimated_meet(ledger_url: str, tmp_path: Path) -> None:
-    ledger = Ledger(ledger_url)
-    batch_dir = record(ledger, tmp_path)
-    finish_cpu_task(batch_dir)
+    ledger, batch_dir = recorded(ledger_url, tmp_path, finish_cpu_task)
     collect_batch(ledger, batch_dir)
     report = ledger.batch_report("b1")
     assert (report["energy_method"], report["meters"], report["energy_j"]) == ("estimated", ["estimate"], 8.0)
@@ -386,8 +383,7 @@ def test_collect_of_an_unknown_batch_says_so(ledger_url: str, tmp_path: Path) ->
 
 
 def test_an_output_line_from_another_task_is_refused(ledger_url: str, tmp_path: Path) -> None:
-    ledger = Ledger(ledger_url)
-    batch_dir = record(ledger, tmp_path)
+    ledger, batch_dir = recorded(ledger_url, tmp_path)
     finish(
         batch_dir, 1, energy={"cpu": 1.0}, outputs=[output(5, "q5", 5, 3, 0.5), output(1, "q1", 10, 3, 0.5)]
     )

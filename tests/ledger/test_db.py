@@ -14,7 +14,7 @@ import pytest
 from hpcqueue.errors import BatchNotFoundError, ConfigError, LedgerError
 from hpcqueue.ledger import SCHEMA_REVISION, Ledger, default_db_url
 from tests.conftest import REPO
-from tests.ledger import make_info, rows
+from tests.ledger import make_info, rows, tasks_of
 
 
 def make_plan() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -43,6 +43,13 @@ def make_plan() -> tuple[pd.DataFrame, pd.DataFrame]:
         }
     )
     return tasks, requests
+
+
+def ledger_error(url: str) -> str:
+    """The message of the LedgerError that opening a ledger at ``url`` raises."""
+    with pytest.raises(LedgerError) as info:
+        Ledger(url)
+    return str(info.value)
 
 
 REJECTED = [
@@ -146,15 +153,8 @@ def test_a_large_batch_is_recorded_in_one_bulk_insert(ledger_url: str) -> None:
             "extrapolated": False,
         }
     )
-    tasks = requests.groupby("task_index", as_index=False).agg(
-        target=("target", "first"),
-        n_requests=("line", "size"),
-        predicted_energy_j=("predicted_energy_j", "sum"),
-        predicted_runtime_s=("predicted_runtime_s", "sum"),
-    )
-    tasks["executor"] = "local"
     ledger = Ledger(ledger_url)
-    assert ledger.record_batch(make_info("big"), tasks, requests, [])
+    assert ledger.record_batch(make_info("big"), tasks_of(requests, "local"), requests, [])
     report = ledger.batch_report("big")
     assert (report["requests"], report["pending"], report["input_tokens"]) == (n, n, 12 * n)
     assert ledger.table_counts()["tasks"] == math.ceil(n / 256)
@@ -290,18 +290,14 @@ def test_default_ledger_is_a_sqlite_file_in_the_user_data_dir(tmp_path: Path, mo
     ],
 )
 def test_a_bad_url_gives_a_ledger_error_without_the_password(url: str, expected: str) -> None:
-    with pytest.raises(LedgerError) as info:
-        Ledger(url)
-    message = str(info.value)
+    message = ledger_error(url)
     assert expected in message
     assert "s3cret" not in message
     assert "HPCQUEUE_DB_URL" in message or "install" in message
 
 
 def test_an_unreachable_server_says_what_to_check() -> None:
-    with pytest.raises(LedgerError) as info:
-        Ledger("postgresql+psycopg://alice:s3cret@127.0.0.1:1/ledger")
-    message = str(info.value)
+    message = ledger_error("postgresql+psycopg://alice:s3cret@127.0.0.1:1/ledger")
     assert "alice:***@127.0.0.1:1/ledger" in message
     assert "running and reachable" in message
 
