@@ -28,7 +28,6 @@ optimum at 100k requests, and well under 2 s for 1M requests with 3 targets.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -38,9 +37,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from _common import AZURE, parse_with_trace, trace_parser
 
-REPO = Path(__file__).resolve().parents[1]
-AZURE = REPO / "examples" / "traces" / "AzureLLMInferenceTrace_code.csv"  # CC BY 4.0, shipped
 LOWPOWER = "llama-2-7b-chat.m1-pro.wilkins2024"
 GPU = "llama-2-7b-chat.swing-a100.wilkins2024"
 LOWPOWER_SLOTS = 4
@@ -206,21 +204,11 @@ def print_rows(rows: list[Row]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=100_000)
+    parser = trace_parser(__doc__, requests=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, default=120.0, help="MILP time limit per instance (s)")
     parser.add_argument("--no-million", action="store_true", help="skip the 1M-request timing rows")
-    parser.add_argument(
-        "--trace",
-        type=Path,
-        default=AZURE,
-        help="trace resampled for the paper instances, with ContextTokens and GeneratedTokens columns "
-        "(default: the Azure code trace shipped in examples/traces/)",
-    )
-    args = parser.parse_args()
-    if not args.trace.is_file():
-        parser.error(f"{args.trace}: trace not found")
+    args = parse_with_trace(parser, "trace resampled for the paper instances")
 
     print(
         f"optimal-policy solver (cpus: {len(os.sched_getaffinity(0))}, python {sys.version.split()[0]}, "

@@ -20,7 +20,6 @@ share of the work, the M1's capacity binds and the optimal policy solves a capac
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -30,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import AZURE, REPO, parse_with_trace, trace_parser
 
-REPO = Path(__file__).resolve().parents[1]
-AZURE = REPO / "examples" / "traces" / "AzureLLMInferenceTrace_code.csv"  # CC BY 4.0, shipped
 CONFIG = REPO / "examples" / "paper.toml"
 
 
@@ -55,22 +53,12 @@ def _timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser = trace_parser(__doc__, requests=1_000_000)
     parser.add_argument("--cores", type=int, default=2, help="CPUs to pin to (0: all)")
     parser.add_argument("--deadline", type=float, default=0.0, help="seconds; 0: no deadline")
     parser.add_argument("--gpu-slots", type=int, default=1, help="array_parallelism of the a100 target")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument(
-        "--trace",
-        type=Path,
-        default=AZURE,
-        help="trace to resample, with ContextTokens and GeneratedTokens columns (default: the Azure code "
-        "trace shipped in examples/traces/)",
-    )
-    args = parser.parse_args()
-    if not args.trace.is_file():
-        parser.error(f"{args.trace}: trace not found")
+    args = parse_with_trace(parser, "trace to resample")
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
     cores = len(os.sched_getaffinity(0))

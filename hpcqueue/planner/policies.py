@@ -128,7 +128,7 @@ def route(
 def summarize(
     workload: Workload,
     table: CostTable,
-    target_idx: IntArray,
+    target_idx: IntArray | Routing,
     *,
     lam: float = 1.0,
     deadline_s: float | None = None,
@@ -137,7 +137,9 @@ def summarize(
     another), ``makespan_s`` (the latest target's: the larger of its runtime / its slots and its longest
     request), ``cost`` (Σ C), ``meets_deadline`` (None without a deadline), ``extrapolated_share`` and
     ``per_target``. Energy, runtime and cost are NaN when a request is assigned to a target without a cost
-    model."""
+    model. ``target_idx`` is the target of every request, or a :class:`Routing` that holds them."""
+    if isinstance(target_idx, Routing):
+        target_idx = target_idx.target_idx
     k, t = workload.n_classes, len(table.names)
     if len(target_idx) != len(workload):
         raise PlanningError(f"{len(target_idx)} targets for {len(workload)} requests")
@@ -179,10 +181,10 @@ def compare(
     table: CostTable,
     policy: str,
     *,
+    chosen: Routing | None = None,
     lam: float = 1.0,
     deadline_s: float | None = None,
     model: str | None = None,
-    chosen: Routing | None = None,
 ) -> dict[str, Any]:
     """The plan of ``policy`` against every other policy on the same workload, as one JSON-ready report.
 
@@ -200,7 +202,7 @@ def compare(
         "policy": policy,
         "lambda": lam,
         "deadline_s": deadline_s,
-        **summarize(workload, table, chosen.target_idx, lam=lam, deadline_s=deadline_s),
+        **summarize(workload, table, chosen, lam=lam, deadline_s=deadline_s),
         "thresholds": chosen.thresholds,
         "solver": chosen.solver,
         "scales": {"energy_j": table.energy_scale_j, "runtime_s": table.runtime_scale_s},
@@ -216,9 +218,7 @@ def compare(
         except PlanningError as exc:
             baselines[other] = {"error": str(exc)}
             continue
-        baselines[other] = _totals(
-            summarize(workload, table, routing.target_idx, lam=lam, deadline_s=deadline_s)
-        )
+        baselines[other] = _totals(summarize(workload, table, routing, lam=lam, deadline_s=deadline_s))
     report["baselines"] = baselines
     singles = {n: b for n, b in baselines.items() if n.startswith("single:") and "error" not in b}
     meeting = {n: b for n, b in singles.items() if b["meets_deadline"] is not False}

@@ -41,14 +41,23 @@ _NOTHING = -1  # a threshold below every token count: the low target takes nothi
 
 
 @dataclass(frozen=True)
-class _Best:
-    low: int
-    high: int
+class _Cut:
+    """Thresholds (-1: nothing) and the workload's cost when the low target takes the requests within both."""
+
     input_tokens: int
     output_tokens: int
     cost: float
-    input_only: tuple[int, float]
-    output_only: tuple[int, float]
+
+
+@dataclass(frozen=True)
+class _Best:
+    """The cheapest cuts between the targets ``pair`` = (low, high): jointly, and along each dimension alone
+    (the other unbounded)."""
+
+    pair: tuple[int, int]
+    joint: _Cut
+    input_only: _Cut
+    output_only: _Cut
     within_capacity: bool
 
 
@@ -90,7 +99,7 @@ def route(
         best = _search_pair(grid, workload, cost, runtime, capacity, (0, 1), too_long)
         other = _search_pair(grid, workload, cost, runtime, capacity, (1, 0), too_long)
         if (not best.within_capacity and other.within_capacity) or (
-            best.within_capacity == other.within_capacity and other.cost < best.cost
+            best.within_capacity == other.within_capacity and other.joint.cost < best.joint.cost
         ):
             best = other
         if np.isfinite(capacity).any() and not best.within_capacity:
@@ -196,37 +205,40 @@ def _search_pair(
     a, b = np.unravel_index(int(np.argmin(masked)), shape)
     a_in = int(np.argmin(masked[:, -1]))
     b_out = int(np.argmin(masked[-1, :]))
+
+    def cut(i: int, j: int) -> _Cut:
+        return _Cut(int(cand_in[i]), int(cand_out[j]), float(masked[i, j]))
+
     return _Best(
-        low=low,
-        high=high,
-        input_tokens=int(cand_in[a]),
-        output_tokens=int(cand_out[b]),
-        cost=float(masked[a, b]),
-        input_only=(int(cand_in[a_in]), float(masked[a_in, -1])),
-        output_only=(int(cand_out[b_out]), float(masked[-1, b_out])),
+        pair=pair,
+        joint=cut(int(a), int(b)),
+        input_only=cut(a_in, shape[1] - 1),
+        output_only=cut(shape[0] - 1, b_out),
         within_capacity=within_capacity,
     )
 
 
 def _fits(workload: Workload, best: _Best) -> npt.NDArray[np.bool_]:
-    return (workload.class_in <= best.input_tokens) & (workload.class_out <= best.output_tokens)
+    return (workload.class_in <= best.joint.input_tokens) & (workload.class_out <= best.joint.output_tokens)
 
 
 def _apply(workload: Workload, best: _Best) -> IntArray:
-    return np.where(_fits(workload, best), best.low, best.high).astype(np.int64)
+    low, high = best.pair
+    return np.where(_fits(workload, best), low, high).astype(np.int64)
 
 
 def _describe(best: _Best, names: Sequence[str], workload: Workload) -> dict[str, Any]:
     """JSON-ready thresholds: -1 means "nothing" (the low target takes no request along that dimension)."""
     taken = int(workload.counts[_fits(workload, best)].sum()) if workload.n_classes else 0
+    low, high = best.pair
     return {
-        "low": names[best.low],
-        "high": names[best.high],
-        "input_tokens": best.input_tokens,
-        "output_tokens": best.output_tokens,
+        "low": names[low],
+        "high": names[high],
+        "input_tokens": best.joint.input_tokens,
+        "output_tokens": best.joint.output_tokens,
         "low_requests": taken,
-        "cost": best.cost,
-        "input_only": {"input_tokens": best.input_only[0], "cost": best.input_only[1]},
-        "output_only": {"output_tokens": best.output_only[0], "cost": best.output_only[1]},
+        "cost": best.joint.cost,
+        "input_only": {"input_tokens": best.input_only.input_tokens, "cost": best.input_only.cost},
+        "output_only": {"output_tokens": best.output_only.output_tokens, "cost": best.output_only.cost},
         "within_capacity": best.within_capacity,
     }

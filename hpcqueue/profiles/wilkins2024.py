@@ -77,12 +77,23 @@ _SWEEP_COLUMN = {"input": "Output Token Limit", "output": "Number of Output Toke
 
 
 @dataclass(frozen=True)
-class _System:
-    short: str
-    hardware: str
+class _Metering:
+    """How the authors measured a system's energy: the meter of each device, and what idle power they took
+    off (per device, and in words)."""
+
     meters: dict[str, str]
     idle_subtracted: dict[str, bool]
     idle_subtraction: str
+
+
+@dataclass(frozen=True)
+class _System:
+    """One system of the paper's data: ``short`` names it in profile names, ``hardware`` is its hardware
+    class; ``cpu_model`` and ``gpu_name`` go into the profiles' fingerprint and ``notes`` into their notes."""
+
+    short: str
+    hardware: str
+    metering: _Metering
     cpu_model: str | None
     gpu_name: str
     notes: str
@@ -90,28 +101,53 @@ class _System:
 
 _NVML = "NVIDIA NVML energy counter of the one GPU used, read through pyJoules"
 _NO_IDLE = "nothing subtracted: the figures include the devices' idle power"
-# Both Palmetto systems: the same 2-socket Intel host, measured the same way.
-_PALMETTO_METERS = {
-    "cpu": "Intel RAPL package energy of both sockets (pyJoules) minus an assumed idle 37.5 W per socket × "
-    "runtime; can be negative",
-    "gpu": _NVML,
-}
-_PALMETTO_IDLE = (
+
+
+def _nvml_metering(cpu_meter: str, cpu_idle_subtracted: bool, idle_subtraction: str) -> _Metering:
+    """The metering of a host with one NVIDIA GPU: the CPU by ``cpu_meter``, the GPU by NVML with nothing
+    subtracted."""
+    return _Metering(
+        meters={"cpu": cpu_meter, "gpu": _NVML},
+        idle_subtracted={"cpu": cpu_idle_subtracted, "gpu": False},
+        idle_subtraction=idle_subtraction,
+    )
+
+
+_PALMETTO_METERING = _nvml_metering(
+    "Intel RAPL package energy of both sockets (pyJoules) minus an assumed idle 37.5 W per socket × runtime; "
+    "can be negative",
+    True,
     "CPU: an assumed idle power of 37.5 W per socket (75 W for 2 sockets) × runtime was subtracted by the "
-    "authors, so CPU energy can be negative; GPU: nothing subtracted"
+    "authors, so CPU energy can be negative; GPU: nothing subtracted",
 )
+
+
+def _palmetto(gpu: str, memory_gb: int, hardware: str) -> _System:
+    """A system of the Palmetto cluster: the same 2-socket Intel host, measured the same way, with one GPU."""
+    return _System(
+        short=f"palmetto-{gpu.lower()}",
+        hardware=hardware,
+        metering=_PALMETTO_METERING,
+        cpu_model=None,
+        gpu_name=f"NVIDIA {gpu} {memory_gb}GB",
+        notes=f"Palmetto cluster (Clemson), 2-socket Intel host, one NVIDIA {gpu} {memory_gb} GB.",
+    )
+
+
 SYSTEMS: dict[str, _System] = {
     "M1-Pro": _System(
         short="m1-pro",
         hardware="m1-pro",
-        meters={
-            "cpu": "macOS powermetrics CPU power × the python process's share of tasks, "
-            "integrated over the call",
-            "gpu": "macOS powermetrics GPU power, integrated over the call",
-        },
-        idle_subtracted={"cpu": False, "gpu": False},
-        idle_subtraction=_NO_IDLE
-        + " (the CPU figure is apportioned to the python process by its task share)",
+        metering=_Metering(
+            meters={
+                "cpu": "macOS powermetrics CPU power × the python process's share of tasks, "
+                "integrated over the call",
+                "gpu": "macOS powermetrics GPU power, integrated over the call",
+            },
+            idle_subtracted={"cpu": False, "gpu": False},
+            idle_subtraction=_NO_IDLE
+            + " (the CPU figure is apportioned to the python process by its task share)",
+        ),
         cpu_model="Apple M1 Pro",
         gpu_name="Apple M1 Pro GPU",
         notes="Apple M1 Pro laptop, MPS backend. Its output sweep stops at 512 tokens.",
@@ -119,37 +155,18 @@ SYSTEMS: dict[str, _System] = {
     "Swing AMD+A100": _System(
         short="swing-a100",
         hardware="a100-40g",
-        meters={
-            "cpu": "AMD uProf per-core power of the 2 cores used, integrated over the run "
+        metering=_nvml_metering(
+            "AMD uProf per-core power of the 2 cores used, integrated over the run "
             "and apportioned by runtime",
-            "gpu": _NVML,
-        },
-        idle_subtracted={"cpu": False, "gpu": False},
-        idle_subtraction=_NO_IDLE + " (the CPU figure covers only the 2 cores the process ran on)",
+            False,
+            _NO_IDLE + " (the CPU figure covers only the 2 cores the process ran on)",
+        ),
         cpu_model=None,
         gpu_name="NVIDIA A100 40GB",
         notes="Swing cluster (Argonne LCRC), AMD host CPU, one NVIDIA A100 40 GB.",
     ),
-    "Palmetto Intel+A100": _System(
-        short="palmetto-a100",
-        hardware="a100-40g",
-        meters=_PALMETTO_METERS,
-        idle_subtracted={"cpu": True, "gpu": False},
-        idle_subtraction=_PALMETTO_IDLE,
-        cpu_model=None,
-        gpu_name="NVIDIA A100 40GB",
-        notes="Palmetto cluster (Clemson), 2-socket Intel host, one NVIDIA A100 40 GB.",
-    ),
-    "Palmetto Intel+V100": _System(
-        short="palmetto-v100",
-        hardware="v100-16g",
-        meters=_PALMETTO_METERS,
-        idle_subtracted={"cpu": True, "gpu": False},
-        idle_subtraction=_PALMETTO_IDLE,
-        cpu_model=None,
-        gpu_name="NVIDIA V100 16GB",
-        notes="Palmetto cluster (Clemson), 2-socket Intel host, one NVIDIA V100 16 GB.",
-    ),
+    "Palmetto Intel+A100": _palmetto("A100", 40, "a100-40g"),
+    "Palmetto Intel+V100": _palmetto("V100", 16, "v100-16g"),
 }
 
 
@@ -255,7 +272,7 @@ def derive(data_dir: str | os.PathLike[str], created: str | None = None) -> list
                 "citation": CITATION,
                 "licence": LICENCE_NOTE,
             },
-            meters=dict(spec.meters),
+            meters=dict(spec.metering.meters),
             fingerprint={
                 "cpu_model": spec.cpu_model,
                 "cpu_count": None,
@@ -271,8 +288,8 @@ def derive(data_dir: str | os.PathLike[str], created: str | None = None) -> list
             },
             created=created,
             idle_power_w=None,
-            idle_subtracted=dict(spec.idle_subtracted),
-            idle_subtraction=spec.idle_subtraction,
+            idle_subtracted=dict(spec.metering.idle_subtracted),
+            idle_subtraction=spec.metering.idle_subtraction,
             kv_cache=False,
             batch_size_semantics=(
                 "prompts per generate call; the authors ran one prompt per call (the source's 'Batch Size' "

@@ -11,20 +11,7 @@ import pandas as pd
 import pytest
 
 from hpcqueue.errors import PlanningError
-from hpcqueue.profiles import (
-    POINT_COLUMNS,
-    Profile,
-    ProfileMeta,
-    find_profile,
-    find_profiles_for,
-    list_profiles,
-    load_profile,
-    profile_search_path,
-    save_profile,
-    shipped_profiles_dir,
-    wilkins2024,
-)
-from hpcqueue.profiles.store import ci95_half_width, t_critical_95
+from hpcqueue.profiles import Profile, load_profile, save_profile, store, wilkins2024
 from tests.conftest import SHIPPED_PROFILES
 
 # t_{0.975, dof} from printed statistical tables.
@@ -45,7 +32,7 @@ PAPER_OUTPUT = {
 }
 
 
-def _meta(name: str = "demo.cpu.test", **changes: object) -> ProfileMeta:
+def _meta(name: str = "demo.cpu.test", **changes: object) -> store.ProfileMeta:
     fields: dict[str, object] = {
         "name": name,
         "model": "org/demo-model",
@@ -58,7 +45,7 @@ def _meta(name: str = "demo.cpu.test", **changes: object) -> ProfileMeta:
         "kv_cache": True,
     }
     fields.update(changes)
-    return ProfileMeta(**fields)  # type: ignore[arg-type]
+    return store.ProfileMeta(**fields)  # type: ignore[arg-type]
 
 
 def _points() -> pd.DataFrame:
@@ -68,13 +55,13 @@ def _points() -> pd.DataFrame:
     for n_out in (8, 64):
         rows.append(("output", 40, n_out, 1, 1, 0.2 * n_out, math.nan, 3.0 * n_out, math.nan))
     # the rows give the first nine point columns: sweep, the grid point, trials, runtime and energy
-    frame = pd.DataFrame(rows, columns=list(POINT_COLUMNS[:9]))
+    frame = pd.DataFrame(rows, columns=list(store.POINT_COLUMNS[:9]))
     frame["energy_cpu_j_mean"] = frame["energy_j_mean"]
     frame["energy_cpu_j_ci95"] = frame["energy_j_ci95"]
     frame["energy_gpu_j_mean"] = math.nan
     frame["energy_gpu_j_ci95"] = math.nan
     frame["total_tokens_mean"] = (frame["input_tokens"] + frame["output_tokens"]).astype(float)
-    return frame[list(POINT_COLUMNS)]
+    return frame[list(store.POINT_COLUMNS)]
 
 
 # --- file format ---------------------------------------------------------------------------------
@@ -88,7 +75,7 @@ def test_save_then_load_gives_back_the_same_profile(tmp_path: Path) -> None:
     assert directory == tmp_path / "demo.cpu.test"
     assert sorted(p.name for p in directory.iterdir()) == ["meta.json", "points.csv"]  # no temp files left
     assert json.loads((directory / "meta.json").read_text())["site_note"] == "kept"
-    assert (directory / "points.csv").read_text().splitlines()[0] == ",".join(POINT_COLUMNS)
+    assert (directory / "points.csv").read_text().splitlines()[0] == ",".join(store.POINT_COLUMNS)
 
     loaded = load_profile(directory)
     assert loaded.meta == meta
@@ -140,8 +127,8 @@ def test_bad_meta_lists_valid_values_and_a_renamed_directory_is_caught(tmp_path:
 
 def test_t_critical_values_and_ci_half_width() -> None:
     for dof, expected in T_TABLE.items():
-        assert t_critical_95(dof) == pytest.approx(expected, abs=1e-4)
-    half = ci95_half_width(np.array([2.0, 1.0]), np.array([7, 1]))
+        assert store.t_critical_95(dof) == pytest.approx(expected, abs=1e-4)
+    half = store.ci95_half_width(np.array([2.0, 1.0]), np.array([7, 1]))
     assert half[0] == pytest.approx(2.4469 * 2.0 / math.sqrt(7), abs=1e-4)
     assert math.isnan(half[1])  # one trial: no interval
 
@@ -152,7 +139,7 @@ def test_t_critical_values_and_ci_half_width() -> None:
 def test_search_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HPCQUEUE_PROFILE_PATH", f"{tmp_path / 'env-a'}:{tmp_path / 'env-b'}:")
-    path = profile_search_path([tmp_path / "site"])
+    path = store.profile_search_path([tmp_path / "site"])
     assert path == [
         tmp_path / "site",
         tmp_path / "env-a",
@@ -160,7 +147,7 @@ def test_search_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         tmp_path / "xdg" / "hpcqueue" / "profiles",
         SHIPPED_PROFILES,
     ]
-    assert shipped_profiles_dir() == SHIPPED_PROFILES
+    assert store.shipped_profiles_dir() == SHIPPED_PROFILES
 
 
 def test_earlier_directory_shadows_a_profile_of_the_same_name(tmp_path: Path) -> None:
@@ -169,8 +156,8 @@ def test_earlier_directory_shadows_a_profile_of_the_same_name(tmp_path: Path) ->
     save_profile(Profile(meta=_meta(notes="shipped"), points=_points()), second)
     save_profile(Profile(meta=_meta("only.cpu.second"), points=_points()), second)
 
-    assert find_profile("demo.cpu.test", [first, second]).meta.notes == "mine"
-    assert [(e.name, e.directory.parent) for e in list_profiles([first, second])] == [
+    assert store.find_profile("demo.cpu.test", [first, second]).meta.notes == "mine"
+    assert [(e.name, e.directory.parent) for e in store.list_profiles([first, second])] == [
         ("demo.cpu.test", first),
         ("only.cpu.second", second),
     ]
@@ -179,7 +166,7 @@ def test_earlier_directory_shadows_a_profile_of_the_same_name(tmp_path: Path) ->
 def test_unknown_profile_name_lists_what_is_available(tmp_path: Path) -> None:
     save_profile(Profile(meta=_meta(), points=_points()), tmp_path)
     with pytest.raises(PlanningError, match=r"no profile named 'nope'.*available: demo\.cpu\.test"):
-        find_profile("nope", [tmp_path])
+        store.find_profile("nope", [tmp_path])
 
 
 def test_find_profiles_for_matches_model_id_alias_or_local_path(tmp_path: Path) -> None:
@@ -188,10 +175,10 @@ def test_find_profiles_for_matches_model_id_alias_or_local_path(tmp_path: Path) 
     save_profile(Profile(meta=_meta("other-hw", hardware="a100-40g"), points=_points()), tmp_path)
 
     for model in ("org/demo-model", "DEMO", "/models/demo-model/"):
-        found = find_profiles_for(model, "cpu-generic", [tmp_path])
+        found = store.find_profiles_for(model, "cpu-generic", [tmp_path])
         assert [p.name for p in found] == ["z-measured", "b-imported"], model  # measured here first
-    assert find_profiles_for("org/other-model", "cpu-generic", [tmp_path]) == []
-    assert [p.name for p in find_profiles_for("demo", "a100-40g", [tmp_path])] == ["other-hw"]
+    assert store.find_profiles_for("org/other-model", "cpu-generic", [tmp_path]) == []
+    assert [p.name for p in store.find_profiles_for("demo", "a100-40g", [tmp_path])] == ["other-hw"]
 
 
 # --- profiles derived from the paper's measurements ----------------------------------------------
@@ -311,7 +298,7 @@ def test_paper_energy_per_token_tables_are_reproduced(paper_data: Path) -> None:
 
 
 def test_shipped_profiles_are_what_the_importer_derives(derived: dict[str, Profile]) -> None:
-    shipped = {e.name for e in list_profiles([SHIPPED_PROFILES])}
+    shipped = {e.name for e in store.list_profiles([SHIPPED_PROFILES])}
     assert shipped == set(derived)
     for name, profile in derived.items():
         on_disk = load_profile(SHIPPED_PROFILES / name)
@@ -331,7 +318,7 @@ def test_shipped_readme_carries_the_citation_and_the_derivation_note() -> None:
 
 def test_importer_command_line_writes_loadable_profiles(tmp_path: Path, paper_data: Path) -> None:
     assert wilkins2024.main([str(paper_data), str(tmp_path), "--created", "2025-01-01"]) == 0
-    profile = find_profile("llama-2-7b-chat.m1-pro.wilkins2024", [tmp_path])
+    profile = store.find_profile("llama-2-7b-chat.m1-pro.wilkins2024", [tmp_path])
     assert profile.meta.created == "2025-01-01"
     assert len(profile.points) == 16  # 9 input buckets + 7 output buckets (the M1 stops at 512)
 
