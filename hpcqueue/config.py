@@ -340,13 +340,6 @@ class Settings(BaseModel):
             )
         return self
 
-    @property
-    def weights(self) -> dict[str, float]:
-        """The objective's weights; without ``objective``, λ's: energy λ, runtime 1 − λ."""
-        if self.objective is not None:
-            return dict(self.objective)
-        return {k: w for k, w in (("energy", self.lambda_), ("runtime", 1.0 - self.lambda_)) if w > 0}
-
     def target(self, name: str) -> Target:
         try:
             return self.targets[name]

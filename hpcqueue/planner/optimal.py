@@ -658,7 +658,7 @@ def _solve_fast(inst: _Instance) -> _FastOutcome:
 
 
 @contextlib.contextmanager
-def _c_stdout_silenced() -> Iterator[None]:
+def c_stdout_silenced() -> Iterator[None]:
     """Discard what C code writes to file descriptor 1 while the block runs.
 
     The HiGHS inside scipy 1.17 (HiGHS 1.12) prints a stray debug line
@@ -830,7 +830,7 @@ def _solve_milp(
     constraints = [LinearConstraint(model.a_eq, model.b_eq, model.b_eq)]
     if model.a_cap is not None:
         constraints.append(LinearConstraint(model.a_cap, -np.inf, model.cap_rhs))
-    with _c_stdout_silenced():
+    with c_stdout_silenced():
         res = milp(
             c=inst.cost[model.k_idx, model.t_idx],
             integrality=np.ones(model.n_var),

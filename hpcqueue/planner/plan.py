@@ -21,6 +21,7 @@ import pandas as pd
 
 from hpcqueue.config import Target
 from hpcqueue.errors import ConfigError, PlanningError
+from hpcqueue.planner import schedule
 from hpcqueue.planner.costs import CostModel
 from hpcqueue.planner.options import PlanOptions
 from hpcqueue.planner.policies import (
@@ -31,8 +32,10 @@ from hpcqueue.planner.policies import (
     prediction_warnings,
     route,
 )
+from hpcqueue.planner.schedule import TimePlan
 from hpcqueue.planner.workload import CostTable, Workload, check_targets
 from hpcqueue.profiles.store import find_profile, find_profiles_for
+from hpcqueue.sites import Site
 
 __all__ = ["POLICIES", "TIME_LIMIT_SHARE", "Plan", "make_plan", "plan_requests", "resolve_cost_models"]
 
@@ -70,6 +73,14 @@ class Plan:
     workload: Workload | None = field(default=None, repr=False)
     costs: CostTable | None = field(default=None, repr=False)
     routing: Routing | None = field(default=None, repr=False)
+    in_time: TimePlan | None = field(default=None, repr=False)
+
+    def time_report(self) -> dict[str, Any]:
+        """Where and when the tasks run, what that costs, and the baselines in time (see
+        :meth:`hpcqueue.planner.schedule.TimePlan.report`)."""
+        if self.in_time is None:
+            raise PlanningError("this plan was not placed in time")
+        return self.in_time.report(self.tasks["target"].tolist(), self.tasks["n_requests"].tolist())
 
     def per_target(self) -> dict[str, dict[str, Any]]:
         """``{target: {"requests", "predicted_energy_j", "predicted_runtime_s"}}`` for every target
@@ -157,6 +168,7 @@ def plan_requests(
     targets: Sequence[Target],
     cost_models: Mapping[str, CostModel | None],
     options: PlanOptions,
+    sites: Mapping[str, Site] | None = None,
 ) -> Plan:
     """Assign each request (row of ``table``) to a target and a task, and predict its cost.
 
@@ -171,6 +183,10 @@ def plan_requests(
     ``target.task_size or options.task_size`` requests whose predicted runtime also fits
     ``TIME_LIMIT_SHARE`` of the target's time limit (the rest is the margin for loading the model and for
     prediction error); task indices run 0..K−1 over the targets in the order given.
+
+    Then every task gets a start in time (:mod:`hpcqueue.planner.schedule`): its column ``start_s`` is
+    seconds after the plan's start, with the predicted ``facility_energy_j``, ``carbon_g``, ``water_l`` and
+    ``cost_usd`` at the sites (``sites``, by name; NaN where unknown) and hours where it runs.
     """
     policy, task_size = options.policy, options.task_size
     names = check_targets(targets)
@@ -187,10 +203,19 @@ def plan_requests(
     n_out = table["max_new_tokens"].to_numpy(dtype=np.int64)
     line = table["line"].to_numpy(dtype=np.int64)
 
+    sites = sites or {}
+    start = options.start_time()
+    deadline_s = options.deadline_after(start)
+    if deadline_s is not None and deadline_s <= 0:
+        raise ConfigError(
+            f"the deadline {schedule.time_after(start, deadline_s).isoformat()} is not after the start "
+            f"{start.isoformat()}"
+        )
     workload = Workload.from_tokens(n_in, n_out)
     costs = CostTable.build(workload, targets, cost_models, options.batch_size)
+    lam, multiplier = schedule.routing_weights(targets, sites, options, start, deadline_s)
     routing = route(
-        workload, costs, policy, lam=options.lam, deadline_s=options.deadline_s, model=options.model
+        workload, costs.weighted(multiplier), policy, lam=lam, deadline_s=deadline_s, model=options.model
     )
     target_idx = routing.target_idx
     cls = workload.request_class
@@ -221,6 +246,18 @@ def plan_requests(
             "predicted_runtime_s": np.bincount(task_index, weights=runtime, minlength=n_tasks),
         }
     )
+    in_time = schedule.place_tasks(
+        task_target,
+        tasks["predicted_energy_j"].to_numpy(),
+        tasks["predicted_runtime_s"].to_numpy(),
+        targets,
+        sites,
+        options,
+        start,
+        deadline_s,
+    )
+    for column, values in in_time.task_columns().items():
+        tasks[column] = values
     return Plan(
         assignments=assignments,
         tasks=tasks,
@@ -229,8 +266,9 @@ def plan_requests(
         thresholds=routing.thresholds,
         warnings=list(routing.warnings) + prediction_warnings(workload, costs, target_idx),
         profiles=costs.profiles,
-        lam=options.lam,
-        deadline_s=options.deadline_s,
+        lam=lam,
+        deadline_s=deadline_s,
+        in_time=in_time,
         solver=routing.solver,
         workload=workload,
         costs=costs,

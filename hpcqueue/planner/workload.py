@@ -20,7 +20,7 @@ per class, and only the final assignment is per request.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -146,6 +146,15 @@ class CostTable:
             ranges=ranges,
             hardware={t.name: t.hardware for t in targets},
         )
+
+    def weighted(self, multiplier: npt.ArrayLike) -> CostTable:
+        """This table with each target's energy multiplied by ``multiplier`` (T,) — what the routing sees
+        when a site's rates weigh its energy (see :func:`hpcqueue.planner.schedule.routing_weights`). The
+        energy scale stays this table's, so λ keeps its meaning; all ones returns ``self``."""
+        factor = np.asarray(multiplier, dtype=float)
+        if np.all(factor == 1.0):
+            return self
+        return replace(self, energy_j=self.energy_j * factor[None, :])
 
     def cost(self, lam: float) -> FloatArray:
         """C = λ·E/Ē + (1−λ)·R/R̄ per class and target (NaN where a target has no cost model)."""

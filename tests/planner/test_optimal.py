@@ -321,7 +321,7 @@ def test_spread_rejects_counts_that_do_not_match() -> None:
 
 
 def test_c_level_stdout_is_silenced_only_while_solving(capfd: pytest.CaptureFixture[str]) -> None:
-    with optimal._c_stdout_silenced():
+    with optimal.c_stdout_silenced():
         os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
     os.write(1, b"after\n")
     assert capfd.readouterr().out == "after\n"
