@@ -175,7 +175,7 @@ class SiteSpec(BaseModel):
         needs_weather = [
             what
             for what, uses in (
-                (f"cooling = {self.cooling!r}", self.cooling in COOLING_MODELS),
+                (f"cooling = {self.cooling!r}", isinstance(self.cooling, str)),
                 ('wue = "wet-bulb"', self.wue == "wet-bulb"),
                 ('power = "wind"', self.power == "wind"),
             )

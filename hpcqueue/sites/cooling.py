@@ -1,0 +1,265 @@
+"""PUE (facility energy / IT energy) as a function of the outdoor temperature (°C).
+
+Four models, chosen by a site's ``cooling`` key (:func:`cooling_model`):
+
+* :class:`ConstantPUE` — a number; without one, :data:`~hpcqueue.config.DEFAULT_PUE` (1.58, the average of
+  the Uptime Institute Global Data Center Survey 2023), labelled as assumed;
+* :class:`TablePUE` — a measured or published table T → PUE, interpolated linearly, held at its ends;
+* :class:`ChillerPUE` — mechanical (chiller) cooling, whose efficiency falls as it gets hotter outside;
+* :class:`EconomizerPUE` — free air cooling when it is cool, the chiller when it is hot, a blend between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from hpcqueue.config import COOLING_MODELS, SiteSpec
+from hpcqueue.errors import SiteDataError
+from hpcqueue.sites.tables import FloatArray, read_table
+
+#: Where the default PUE comes from (see :data:`hpcqueue.config.DEFAULT_PUE`).
+DEFAULT_PUE_NOTE = "Uptime Institute Global Data Center Survey 2023 average"
+#: The highest effective chiller COP :class:`ChillerPUE` allows (a small lift does not make cooling free).
+MAX_COP = 20.0
+
+
+class CoolingModel(Protocol):
+    """What the site needs from a cooling model."""
+
+    @property
+    def needs_weather(self) -> bool: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    def pue(self, temp_c: npt.ArrayLike) -> FloatArray: ...
+
+    def describe(self) -> str: ...
+
+    def parameters(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ConstantPUE:
+    """One PUE at every temperature (kind ``"assumed"``); ``note`` says where the number comes from."""
+
+    value: float
+    note: str = DEFAULT_PUE_NOTE
+    needs_weather: bool = field(default=False, init=False, repr=False)
+    kind: str = field(default="assumed", init=False, repr=False)
+
+    def pue(self, temp_c: npt.ArrayLike) -> FloatArray:
+        return np.full(np.shape(temp_c), float(self.value))
+
+    def describe(self) -> str:
+        return f"constant PUE {self.value:g} ({self.note})"
+
+    def parameters(self) -> dict[str, Any]:
+        return {"model": "constant", "pue": self.value, "note": self.note}
+
+
+@dataclass(frozen=True, eq=False)
+class TablePUE:
+    """PUE interpolated linearly in a table of (temperature °C, PUE), held at the table's first and last PUE
+    outside it."""
+
+    temperatures_c: FloatArray
+    pues: FloatArray
+    source: str
+    needs_weather: bool = field(default=True, init=False, repr=False)
+    kind: str = field(default="model", init=False, repr=False)
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> TablePUE:
+        """Read a CSV with a temperature column (``temperature_c``, ``temperature`` or ``t``) and ``pue``,
+        sorted by strictly increasing temperature; a PUE below 1 is an error naming its line."""
+        table = read_table(path, "cooling table (temperature → PUE)")
+        t_column = table.column("the temperature (°C)", ("temperature_c", "temperature", "t"))
+        pue_column = table.column("the PUE", ("pue",))
+        assert t_column is not None and pue_column is not None
+        temps, pues = table.numbers(t_column), table.numbers(pue_column)
+        below = np.flatnonzero(pues < 1.0)
+        if below.size:
+            i = int(below[0])
+            raise SiteDataError(
+                f"{table.path}: {table.where(i)}: PUE {pues[i]:g} is below 1 (facility energy cannot be less "
+                "than IT energy)"
+            )
+        unsorted = np.flatnonzero(np.diff(temps) <= 0)
+        if unsorted.size:
+            i = int(unsorted[0]) + 1
+            raise SiteDataError(
+                f"{table.path}: {table.where(i)}: temperature {temps[i]:g} does not increase on "
+                f"{temps[i - 1]:g}; sort the table by strictly increasing temperature"
+            )
+        return cls(temps, pues, str(table.path))
+
+    def pue(self, temp_c: npt.ArrayLike) -> FloatArray:
+        return np.interp(np.asarray(temp_c, dtype=np.float64), self.temperatures_c, self.pues)
+
+    def describe(self) -> str:
+        return (
+            f"PUE table from {self.source}: {len(self.pues)} points, {self.temperatures_c[0]:g} to "
+            f"{self.temperatures_c[-1]:g} °C, PUE {self.pues.min():g} to {self.pues.max():g}, linear "
+            "between points, held outside"
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "model": "table",
+            "source": self.source,
+            "temperature_c": self.temperatures_c.tolist(),
+            "pue": self.pues.tolist(),
+        }
+
+
+def moore_cop(supply_c: npt.ArrayLike) -> FloatArray:
+    """Chiller coefficient of performance at a chilled-air supply temperature (°C): the fit of Moore et al.
+    2005, "Making Scheduling 'Cool'" (USENIX ATC), COP(T) = 0.0068 T² + 0.0008 T + 0.458."""
+    t = np.asarray(supply_c, dtype=np.float64)
+    return 0.0068 * t**2 + 0.0008 * t + 0.458
+
+
+@dataclass(frozen=True)
+class ChillerPUE:
+    """Mechanical cooling: PUE = 1 + overhead + 1 / COP_eff(T_ambient).
+
+    hpcqueue's combination of two standard pieces, not a published model:
+
+    * Moore et al. 2005 ("Making Scheduling 'Cool'", USENIX ATC) fit the COP of a chiller against the
+      temperature of the air it supplies: COP(T_supply) = 0.0068 T² + 0.0008 T + 0.458 (:func:`moore_cop`).
+      Their fit does not depend on the outdoor temperature.
+    * A chiller pumps heat from the supply temperature up to the ambient one, and the work it needs grows
+      with that lift (the Carnot limit is proportional to it). So Moore's COP is taken to hold at the design
+      ambient ``design_ambient_c`` and scaled by the lift ratio elsewhere:
+      COP_eff(T_amb) = COP(T_supply) × (T_design − T_supply) / max(T_amb − T_supply, 1 K), capped at
+      :data:`MAX_COP`. Colder outside: a smaller lift, a better COP, a lower PUE; at the design ambient the
+      PUE is 1 + overhead + 1 / COP(T_supply).
+
+    ``overhead`` is the non-cooling overhead (power distribution, lighting) as a share of IT energy.
+    """
+
+    supply_c: float
+    overhead: float
+    design_ambient_c: float = 35.0
+    needs_weather: bool = field(default=True, init=False, repr=False)
+    kind: str = field(default="model", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.design_ambient_c > self.supply_c:
+            raise SiteDataError(
+                f"chiller model: the design ambient ({self.design_ambient_c:g} °C) must be above the supply "
+                f"temperature ({self.supply_c:g} °C); lower supply_temperature_c"
+            )
+        if not self.overhead >= 0:
+            raise SiteDataError(f"chiller model: facility_overhead must not be negative, got {self.overhead}")
+
+    def cop(self, temp_c: npt.ArrayLike) -> FloatArray:
+        """The chiller's effective COP at the ambient temperature ``temp_c`` (°C)."""
+        lift = np.maximum(np.asarray(temp_c, dtype=np.float64) - self.supply_c, 1.0)
+        design_lift = self.design_ambient_c - self.supply_c
+        return np.minimum(moore_cop(self.supply_c) * design_lift / lift, MAX_COP)
+
+    def pue(self, temp_c: npt.ArrayLike) -> FloatArray:
+        return 1.0 + self.overhead + 1.0 / self.cop(temp_c)
+
+    def describe(self) -> str:
+        return (
+            f"chiller PUE = 1 + overhead {self.overhead:g} + 1/COP: COP fit of Moore et al. 2005 "
+            f"(USENIX ATC) at supply {self.supply_c:g} °C ({float(moore_cop(self.supply_c)):.3g}), "
+            f"scaled by the Carnot lift to the ambient, design ambient {self.design_ambient_c:g} °C, "
+            f"COP at most {MAX_COP:g} (hpcqueue's combination)"
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "model": "chiller",
+            "supply_temperature_c": self.supply_c,
+            "facility_overhead": self.overhead,
+            "design_ambient_c": self.design_ambient_c,
+            "cop_at_supply": float(moore_cop(self.supply_c)),
+            "max_cop": MAX_COP,
+            "source": "COP(T) = 0.0068 T² + 0.0008 T + 0.458, Moore et al. 2005, USENIX ATC; Carnot lift "
+            "scaling to the ambient (hpcqueue)",
+        }
+
+
+@dataclass(frozen=True)
+class EconomizerPUE:
+    """Free air cooling when it is cool enough, the chiller when it is not.
+
+    At or below ``free_below_c`` the PUE is ``free_pue``; at or above ``mechanical_above_c`` it is the
+    chiller's (never below ``free_pue``: a site would not run the chiller where free cooling does better);
+    in between, the share of the load on the chiller grows linearly. The PUE never falls as the
+    temperature rises.
+    """
+
+    free_below_c: float
+    mechanical_above_c: float
+    free_pue: float
+    chiller: ChillerPUE
+    needs_weather: bool = field(default=True, init=False, repr=False)
+    kind: str = field(default="model", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mechanical_above_c < self.free_below_c:
+            raise SiteDataError(
+                f"economizer model: mechanical_above_c ({self.mechanical_above_c:g}) is below "
+                f"free_cooling_below_c ({self.free_below_c:g})"
+            )
+        if not self.free_pue >= 1:
+            raise SiteDataError(f"economizer model: free_cooling_pue must be at least 1, got {self.free_pue}")
+
+    def pue(self, temp_c: npt.ArrayLike) -> FloatArray:
+        t = np.asarray(temp_c, dtype=np.float64)
+        width = self.mechanical_above_c - self.free_below_c
+        if width > 0:
+            share = np.clip((t - self.free_below_c) / width, 0.0, 1.0)
+        else:
+            share = (t >= self.mechanical_above_c).astype(np.float64)
+        mechanical = np.maximum(self.chiller.pue(t), self.free_pue)
+        return self.free_pue + share * (mechanical - self.free_pue)
+
+    def describe(self) -> str:
+        return (
+            f"economizer: free cooling PUE {self.free_pue:g} at or below {self.free_below_c:g} °C, "
+            f"chiller at or above {self.mechanical_above_c:g} °C, linear blend between; "
+            f"chiller: {self.chiller.describe()}"
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "model": "economizer",
+            "free_cooling_below_c": self.free_below_c,
+            "mechanical_above_c": self.mechanical_above_c,
+            "free_cooling_pue": self.free_pue,
+            "chiller": self.chiller.parameters(),
+        }
+
+
+def cooling_model(spec: SiteSpec) -> CoolingModel:
+    """The cooling model a site's ``cooling`` key names: a number is a constant PUE (the default one is
+    labelled with its survey), ``"economizer"``/``"economiser"`` and ``"chiller"`` the models above, any
+    other string the path of a T → PUE table."""
+    cooling = spec.cooling
+    if isinstance(cooling, (int, float)):
+        stated = "cooling" in spec.model_fields_set
+        return ConstantPUE(
+            float(cooling), f"stated in site {spec.name}'s config" if stated else DEFAULT_PUE_NOTE
+        )
+    if cooling not in COOLING_MODELS:
+        return TablePUE.from_csv(cooling)
+    chiller = ChillerPUE(supply_c=spec.supply_temperature_c, overhead=spec.facility_overhead)
+    if cooling == "chiller":
+        return chiller
+    return EconomizerPUE(
+        free_below_c=spec.free_cooling_below_c,
+        mechanical_above_c=spec.mechanical_above_c,
+        free_pue=spec.free_cooling_pue,
+        chiller=chiller,
+    )
