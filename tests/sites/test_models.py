@@ -116,9 +116,9 @@ def test_cooling_model_follows_the_spec(tmp_path: Path) -> None:
     chiller = cooling_model(SiteSpec(name="d", cooling="chiller", weather="w.json", supply_temperature_c=20))
     assert isinstance(chiller, ChillerPUE) and chiller.supply_c == 20
     table = write_csv(tmp_path / "pue.csv", "t,pue", [[0, 1.1], [30, 1.4]])
-    assert isinstance(cooling_model(SiteSpec(name="e", cooling=str(table))), TablePUE)
+    assert isinstance(cooling_model(SiteSpec(name="e", cooling=str(table), weather="w.json")), TablePUE)
     with pytest.raises(SiteDataError, match="not found"):
-        cooling_model(SiteSpec(name="f", cooling=str(tmp_path / "missing.csv")))
+        cooling_model(SiteSpec(name="f", cooling=str(tmp_path / "missing.csv"), weather="w.json"))
 
 
 # -- water -----------------------------------------------------------------------------------------------
