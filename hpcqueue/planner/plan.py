@@ -169,6 +169,8 @@ def plan_requests(
     cost_models: Mapping[str, CostModel | None],
     options: PlanOptions,
     sites: Mapping[str, Site] | None = None,
+    *,
+    scales: Mapping[str, float] | None = None,
 ) -> Plan:
     """Assign each request (row of ``table``) to a target and a task, and predict its cost.
 
@@ -184,9 +186,11 @@ def plan_requests(
     ``TIME_LIMIT_SHARE`` of the target's time limit (the rest is the margin for loading the model and for
     prediction error); task indices run 0..K−1 over the targets in the order given.
 
-    Then every task gets a start in time (:mod:`hpcqueue.planner.schedule`): its column ``start_s`` is
-    seconds after the plan's start, with the predicted ``facility_energy_j``, ``carbon_g``, ``water_l`` and
-    ``cost_usd`` at the sites (``sites``, by name; NaN where unknown) and hours where it runs.
+    Then, when there is anything to plan in time (sites, a deadline, a start or an objective; see
+    :func:`hpcqueue.planner.schedule.wanted`), every task gets a start (:mod:`hpcqueue.planner.schedule`):
+    its column ``start_s`` is seconds after the plan's start, with the predicted ``facility_energy_j``,
+    ``carbon_g``, ``water_l`` and ``cost_usd`` at the sites (``sites``, by name; NaN where unknown) and
+    hours where it runs.
     """
     policy, task_size = options.policy, options.task_size
     names = check_targets(targets)
@@ -215,7 +219,12 @@ def plan_requests(
     costs = CostTable.build(workload, targets, cost_models, options.batch_size)
     lam, multiplier = schedule.routing_weights(targets, sites, options, start, deadline_s)
     routing = route(
-        workload, costs.weighted(multiplier), policy, lam=lam, deadline_s=deadline_s, model=options.model
+        workload,
+        costs.weighted(multiplier),
+        policy,
+        lam=lam,
+        deadline_s=_routing_deadline(deadline_s, sites, options),
+        model=options.model,
     )
     target_idx = routing.target_idx
     cls = workload.request_class
@@ -246,18 +255,21 @@ def plan_requests(
             "predicted_runtime_s": np.bincount(task_index, weights=runtime, minlength=n_tasks),
         }
     )
-    in_time = schedule.place_tasks(
-        task_target,
-        tasks["predicted_energy_j"].to_numpy(),
-        tasks["predicted_runtime_s"].to_numpy(),
-        targets,
-        sites,
-        options,
-        start,
-        deadline_s,
-    )
-    for column, values in in_time.task_columns().items():
-        tasks[column] = values
+    in_time = None
+    if schedule.wanted(sites, options, deadline_s):
+        in_time = schedule.place_tasks(
+            task_target,
+            tasks["predicted_energy_j"].to_numpy(),
+            tasks["predicted_runtime_s"].to_numpy(),
+            targets,
+            sites,
+            options,
+            start,
+            deadline_s,
+            scales=scales,
+        )
+        for column, values in in_time.task_columns().items():
+            tasks[column] = values
     return Plan(
         assignments=assignments,
         tasks=tasks,
@@ -274,6 +286,19 @@ def plan_requests(
         costs=costs,
         routing=routing,
     )
+
+
+#: Share of the time to the deadline that routing may fill when the plan is placed in time: whole tasks
+#: packed into slots (and into a site's power) leave some capacity unused, so routing keeps a margin.
+ROUTING_SHARE = 0.9
+
+
+def _routing_deadline(
+    deadline_s: float | None, sites: Mapping[str, Site], options: PlanOptions
+) -> float | None:
+    if deadline_s is None or not schedule.wanted(sites, options, deadline_s):
+        return deadline_s
+    return ROUTING_SHARE * deadline_s
 
 
 def _chunk(

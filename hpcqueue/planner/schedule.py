@@ -197,6 +197,8 @@ def _grid(
 ) -> TimeGrid:
     """The slots the plan needs: to the deadline (a series that does not reach it is an error, raised by
     the series), and past it as far as the run-at-submit baseline may need while every series reaches."""
+    if deadline_s is not None:
+        horizon_s = min(horizon_s, HORIZON_FACTOR * deadline_s + options.slot_s)
     wanted = TimeGrid.covering(start, options.slot_s, deadline_s, horizon_s)
     ends = [
         span[1]
@@ -210,6 +212,17 @@ def _grid(
     room = int((data_end - first) / np.timedelta64(1, "s") // options.slot_s)
     need = math.ceil((deadline_s or options.slot_s) / options.slot_s - 1e-9)
     return TimeGrid(start, options.slot_s, max(min(wanted.n_slots, room), need), deadline_s)
+
+
+def wanted(sites: Mapping[str, Site], options: PlanOptions, deadline_s: float | None) -> bool:
+    """Whether a plan has anything to place in time: sites, a deadline, a start or an objective. Without any
+    of them every task runs at submit and a plan is what it was before plans had times."""
+    return bool(sites) or deadline_s is not None or options.start is not None or options.objective is not None
+
+
+#: How far past the deadline the grid may reach to find the run-at-submit baseline and the earliest
+#: workable deadline: this many times the deadline, at most.
+HORIZON_FACTOR = 4.0
 
 
 def place_tasks(

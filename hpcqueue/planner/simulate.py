@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,15 @@ import numpy as np
 import pandas as pd
 
 from hpcqueue.config import Target
-from hpcqueue.errors import InputError, InputIssue
+from hpcqueue.errors import HpcqueueError, InputError, InputIssue
 from hpcqueue.fileio import json_safe
 from hpcqueue.planner.costs import CostModel
+from hpcqueue.planner import schedule
 from hpcqueue.planner.options import PlanOptions
 from hpcqueue.planner.policies import compare
+from hpcqueue.planner.plan import Plan, plan_requests
 from hpcqueue.planner.workload import CostTable, Workload
+from hpcqueue.sites import Site
 
 #: Column names recognised as prompt tokens and output tokens (case-insensitive), first match wins.
 INPUT_COLUMNS = ("input_tokens", "ContextTokens", "prompt_tokens", "context_tokens", "n_in", "input")
@@ -103,18 +107,91 @@ def simulate(
     targets: Sequence[Target],
     cost_models: Mapping[str, CostModel | None],
     options: PlanOptions,
+    sites: Mapping[str, Site] | None = None,
 ) -> dict[str, Any]:
     """Plan ``trace`` (``input_tokens``, ``output_tokens``) with ``options.policy`` and compare it with every
     other policy: the report of :func:`hpcqueue.planner.policies.compare`, plus ``trace`` statistics. Costs
-    are predicted at each target's ``batch_size``, else ``options.batch_size``; ``options.task_size`` plays
-    no part (a simulation makes no tasks)."""
+    are predicted at each target's ``batch_size``, else ``options.batch_size``.
+
+    When the plan has anything to place in time (sites, a deadline, a start or an objective), the trace is
+    also cut into tasks of ``options.task_size`` (as ``submit`` would) and placed at the ``sites``: the
+    report then gains the plan's ``facility_energy_j``, ``carbon_g``, ``water_l`` and ``cost_usd`` (None when
+    unknown), each target's ``site`` and planned ``starts`` in ``per_target``, the baselines in time
+    (``run_at_submit``, ``best_window`` and, with several sites, ``best_single_site``) in ``baselines``, and
+    ``time`` and ``sites`` saying how the placement was made and from which data."""
     workload = Workload.from_tokens(trace["input_tokens"], trace["output_tokens"])
     table = CostTable.build(workload, targets, cost_models, options.batch_size)
+    sites = sites or {}
+    start = options.start_time()
+    deadline_s = options.deadline_after(start)
+    if not schedule.wanted(sites, options, deadline_s):
+        report = compare(
+            workload, table, options.policy, lam=options.lam, deadline_s=deadline_s, model=options.model
+        )
+        report["trace"] = describe(workload)
+        return report
+    requests = pd.DataFrame(
+        {
+            "line": np.arange(1, len(trace) + 1, dtype=np.int64),
+            "input_tokens": trace["input_tokens"].to_numpy(dtype=np.int64),
+            "max_new_tokens": trace["output_tokens"].to_numpy(dtype=np.int64),
+        }
+    )
+    plan = plan_requests(requests, targets, cost_models, options, sites)
     report = compare(
-        workload, table, options.policy, lam=options.lam, deadline_s=options.deadline_s, model=options.model
+        workload,
+        table,
+        options.policy,
+        chosen=plan.routing,
+        lam=plan.lam,
+        deadline_s=deadline_s,
+        model=options.model,
     )
     report["trace"] = describe(workload)
+    in_time = plan.time_report()
+    for name, row in in_time.pop("per_target").items():
+        report["per_target"][name].update(row)
+    report["baselines"].update(in_time.pop("baselines"))
+    site_names = {t.site for t in targets}
+    if len(site_names) > 1 and sites:
+        report["baselines"]["best_single_site"] = _best_single_site(
+            requests, targets, cost_models, options, sites, plan
+        )
+    report.update(in_time)
     return report
+
+
+def _best_single_site(
+    requests: pd.DataFrame,
+    targets: Sequence[Target],
+    cost_models: Mapping[str, CostModel | None],
+    options: PlanOptions,
+    sites: Mapping[str, Site],
+    plan: Plan,
+) -> dict[str, Any]:
+    """The cheapest plan, by the same objective and yardsticks, that keeps the whole batch at one site (the
+    same policy over that site's targets, placed in time the same way)."""
+    assert plan.in_time is not None
+    scales = plan.in_time.placement.scales
+    best: dict[str, Any] | None = None
+    errors = []
+    for site in dict.fromkeys(t.site for t in targets):
+        mine = [t for t in targets if t.site == site]
+        policy = options.policy
+        if policy.startswith("single:") and policy.removeprefix("single:") not in {t.name for t in mine}:
+            policy = "optimal"
+        try:
+            at_site = plan_requests(
+                requests, mine, cost_models, replace(options, policy=policy), sites, scales=scales
+            )
+        except HpcqueueError as exc:
+            errors.append(f"{site}: {exc}")
+            continue
+        totals = at_site.time_report()
+        row = {k: v for k, v in totals.items() if k not in ("baselines", "time", "sites")} | {"site": site}
+        if best is None or (row["objective"] is not None and row["objective"] < best["objective"]):
+            best = row
+    return best if best is not None else {"error": "; ".join(errors)}
 
 
 def describe(workload: Workload) -> dict[str, Any]:

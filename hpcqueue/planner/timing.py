@@ -693,6 +693,23 @@ def place(
     return Placement(plan, baselines, grid, dict(weights), scales, notes)
 
 
+def evaluate(
+    tasks: Tasks,
+    grid: TimeGrid,
+    capacity: Capacity,
+    rates: Mapping[str, FloatArray],
+    weights: Mapping[str, float],
+    start_slot: npt.ArrayLike,
+    *,
+    scales: Mapping[str, float] | None = None,
+    name: str = "evaluated",
+) -> Schedule | None:
+    """What given starts cost under ``rates`` — e.g. a plan made with a forecast, judged on what happened;
+    None when the starts break a capacity or power limit under ``capacity``."""
+    problem, _ = _problem(tasks, grid, capacity, rates, weights, scales)
+    return _schedule(problem, name, np.asarray(start_slot, dtype=np.int64))
+
+
 def _with_method(schedule: Schedule, method: str, exact: bool | None) -> Schedule:
     return Schedule(**{**schedule.__dict__, "method": method, "exact": exact})
 
