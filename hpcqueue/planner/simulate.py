@@ -19,11 +19,11 @@ import pandas as pd
 from hpcqueue.config import Target
 from hpcqueue.errors import HpcqueueError, InputError, InputIssue
 from hpcqueue.fileio import json_safe
-from hpcqueue.planner.costs import CostModel
 from hpcqueue.planner import schedule
+from hpcqueue.planner.costs import CostModel
 from hpcqueue.planner.options import PlanOptions
-from hpcqueue.planner.policies import compare
 from hpcqueue.planner.plan import Plan, plan_requests
+from hpcqueue.planner.policies import compare
 from hpcqueue.planner.workload import CostTable, Workload
 from hpcqueue.sites import Site
 
