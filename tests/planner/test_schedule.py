@@ -126,7 +126,7 @@ def test_a_series_that_ends_before_the_deadline_is_named(tmp_path: Path) -> None
     targets = _targets(("gpu", A100, "dc", 2))
     with pytest.raises(
         SiteDataError,
-        match=r"dc\.csv: carbon intensity covers 2023-06-01 18:00 to 2023-06-02 00:00 \(UTC\); the plan needs",
+        match=r"dc\.csv: carbon intensity covers 2023-06-01 18:00 to 2023-06-02 00:00 \(UTC\); the plan",
     ):
         plan_requests(_requests(), targets, resolve_cost_models(targets, "x"), _options(), sites)
 
