@@ -1,8 +1,9 @@
 """The ``hpcqueue`` command: one typer app, one module per command group.
 
 ``batch`` (submit, status, collect, retry, cancel, results), ``planning`` (plan, simulate), ``ledger`` (ledger
-…), ``profiles`` (profiles …, profile) and ``meters`` (doctor); ``common`` holds the options, consoles and the
-one place where errors become exit codes. Commands parse, call the library and render; no logic lives here.
+…), ``profiles`` (profiles …, profile) and ``meters`` (doctor); ``options`` holds the options several commands
+take, ``common`` the consoles and the one place where errors become exit codes. Commands parse, call the
+library and render; no logic lives here.
 """
 
 from __future__ import annotations

@@ -14,16 +14,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from hpcqueue.cli.common import (
-    BatchArg,
-    ConfigOpt,
-    DbUrlOpt,
-    DeadlineOpt,
-    JsonOpt,
-    LambdaOpt,
-    MaxNewTokensOpt,
-    PolicyOpt,
-    ShowErrorsOpt,
-    TaskSizeOpt,
     add_row,
     err,
     fail,
@@ -34,18 +24,37 @@ from hpcqueue.cli.common import (
     resolve_settings,
     with_meter,
 )
+from hpcqueue.cli.params import (
+    BatchArg,
+    BatchIdArg,
+    ConfigOpt,
+    DbUrlOpt,
+    DeadlineOpt,
+    EveryBatchArg,
+    JsonOpt,
+    LambdaOpt,
+    MaxNewTokensOpt,
+    PolicyOpt,
+    ShowErrorsOpt,
+    TaskSizeOpt,
+)
 from hpcqueue.errors import HpcqueueError
 
 
-def _open_recorded(settings: Any, batch_id: str | None) -> tuple[Any, Any]:
-    """The batch (the most recent one when ``batch_id`` is None) and the ledger, with the batch recorded in it
-    (a batch submitted against another ledger is added on first sight)."""
+def _open_recorded(config: Path | None, db_url: str | None, batch_id: str | None) -> tuple[Any, Any, Any]:
+    """The settings, the batch (the most recent one when ``batch_id`` is None) and the ledger, with the batch
+    recorded in it (a batch submitted against another ledger is added on first sight). A failure ends the
+    command."""
     from hpcqueue.submission import record_in_ledger
 
-    batch = _batch(settings, batch_id)
-    ledger = open_ledger(settings)
-    record_in_ledger(batch, ledger)
-    return batch, ledger
+    try:
+        settings = resolve_settings(config, db_url=db_url)
+        batch = _batch(settings, batch_id)
+        ledger = open_ledger(settings)
+        record_in_ledger(batch, ledger)
+    except HpcqueueError as exc:
+        fail(exc)
+    return settings, batch, ledger
 
 
 def _batch(settings: Any, batch_id: str | None) -> Any:
@@ -123,7 +132,6 @@ def submit(
         report = _batch_summary(ledger, outcome.batch, prepared, outcome, views)
     except HpcqueueError as exc:
         fail(exc, show_errors)
-        return
     if as_json:
         print_json(report)
     else:
@@ -283,9 +291,8 @@ def status(
     from hpcqueue import submission
     from hpcqueue.ledger.collect import refresh
 
+    _, batch, ledger = _open_recorded(config, db_url, batch_id)
     try:
-        settings = resolve_settings(config, db_url=db_url)
-        batch, ledger = _open_recorded(settings, batch_id)
         if watch:
             views = submission.wait(batch, ledger, on_progress=_status_printer(batch, as_json))
         else:
@@ -293,7 +300,6 @@ def status(
         info = _status_info(batch, ledger, views)
     except HpcqueueError as exc:
         fail(exc)
-        return
     if as_json:
         print_json(info)
         return
@@ -397,9 +403,7 @@ def _status_info(batch: Any, ledger: Any, views: dict[int, Any]) -> dict[str, An
 
 
 def collect(
-    batch_id: Annotated[
-        str | None, typer.Argument(help="Batch id. Default: every batch under the batch root.")
-    ] = None,
+    batch_id: EveryBatchArg = None,
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
     as_json: JsonOpt = False,
@@ -422,7 +426,6 @@ def collect(
             reports[batch.batch_id] = _task_counts(refresh(batch, ledger))
     except HpcqueueError as exc:
         fail(exc)
-        return
     if as_json:
         print_json(reports)
         return
@@ -434,7 +437,7 @@ def collect(
 
 
 def retry(
-    batch_id: Annotated[str, typer.Argument(help="Batch id (hq-…).")],
+    batch_id: BatchIdArg,
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
     wait: Annotated[
@@ -445,9 +448,8 @@ def retry(
     """Run again only what did not finish: failed or lost tasks (finished outputs are kept)."""
     from hpcqueue import submission
 
+    settings, batch, ledger = _open_recorded(config, db_url, batch_id)
     try:
-        settings = resolve_settings(config, db_url=db_url)
-        batch, ledger = _open_recorded(settings, batch_id)
         outcome = submission.retry(batch, ledger, settings)
         info: dict[str, Any] = {
             "batch_id": batch.batch_id,
@@ -459,7 +461,6 @@ def retry(
             info.update(ledger.batch_report(batch.batch_id), tasks=_task_counts(views))
     except HpcqueueError as exc:
         fail(exc)
-        return
     if as_json:
         print_json(info)
     elif not outcome.submitted_tasks:
@@ -475,7 +476,7 @@ def retry(
 
 
 def cancel(
-    batch_id: Annotated[str, typer.Argument(help="Batch id (hq-…).")],
+    batch_id: BatchIdArg,
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
     as_json: JsonOpt = False,
@@ -483,13 +484,11 @@ def cancel(
     """Cancel the batch's queued and running jobs (Slurm arrays, local workers, the collect job)."""
     from hpcqueue import submission
 
+    _, batch, ledger = _open_recorded(config, db_url, batch_id)
     try:
-        settings = resolve_settings(config, db_url=db_url)
-        batch, ledger = _open_recorded(settings, batch_id)
         cancelled = submission.cancel(batch, ledger)
     except HpcqueueError as exc:
         fail(exc)
-        return
     if as_json:
         print_json({"batch_id": batch.batch_id, "cancelled_jobs": cancelled})
     else:
@@ -500,7 +499,7 @@ def cancel(
 
 
 def results(
-    batch_id: Annotated[str, typer.Argument(help="Batch id (hq-…).")],
+    batch_id: BatchIdArg,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,

@@ -1,5 +1,5 @@
-"""What every command shares: the consoles, the reusable options, settings, and the one place where library
-errors become messages and exit codes (:func:`fail`).
+"""What every command shares: the consoles, settings, and the one place where library errors become messages
+and exit codes (:func:`fail`). The reusable options live in :mod:`hpcqueue.cli.params`.
 
 No logic lives in ``hpcqueue.cli``: commands parse options, call the library and render. Library modules are
 imported inside the commands so that ``--help`` and the commands that run no model start fast and never import
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,50 +24,6 @@ from hpcqueue.errors import HpcqueueError, InputError
 # Piped output is not cut to 80 columns: a report redirected to a file keeps every column readable.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
-
-# Reusable options (sqlite-utils style): one definition, used by every command that takes them.
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="Cluster config (TOML). Default: $HPCQUEUE_CONFIG, else the user config."
-    ),
-]
-DbUrlOpt = Annotated[
-    str | None, typer.Option("--db-url", help="Ledger database URL. Default: $HPCQUEUE_DB_URL, else SQLite.")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
-BatchArg = Annotated[str | None, typer.Argument(help="Batch id (hq-…). Default: the most recent batch.")]
-ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Model id, alias or local path. Default: the config's model.")
-]
-MaxNewTokensOpt = Annotated[
-    int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)
-]
-TaskSizeOpt = Annotated[int | None, typer.Option(help="Requests per task (array element).", min=1)]
-ShowErrorsOpt = Annotated[int, typer.Option(help="How many input errors to list.", min=1)]
-PolicyOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="threshold | optimal | unaware | single:TARGET. Default: the config's policy (threshold)."
-    ),
-]
-LambdaOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--lambda",
-        help="Weight of energy in the cost λ·E + (1−λ)·R, both normalised by the workload's mean per "
-        "request: 1 = energy only (default), 0 = runtime only.",
-        min=0.0,
-        max=1.0,
-    ),
-]
-DeadlineOpt = Annotated[
-    str | None,
-    typer.Option(
-        help='Finish within this time: seconds or e.g. "90m", "8h", "1h30m". Bounds each target\'s work '
-        "to slots (array_parallelism) × deadline."
-    ),
-]
 
 
 def resolve_settings(config: Path | None, **flags: Any) -> Any:

@@ -11,17 +11,8 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from hpcqueue.cli.common import (
-    ConfigOpt,
-    DbUrlOpt,
-    add_row,
-    fail,
-    num,
-    open_ledger,
-    out,
-    print_json,
-    resolve_settings,
-)
+from hpcqueue.cli.common import add_row, fail, num, open_ledger, out, print_json, resolve_settings
+from hpcqueue.cli.params import ConfigOpt, DbUrlOpt
 from hpcqueue.errors import HpcqueueError
 
 ledger_app = typer.Typer(

@@ -7,7 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
-from hpcqueue.cli.common import JsonOpt, add_row, fail, out, print_json
+from hpcqueue.cli.common import add_row, fail, out, print_json
+from hpcqueue.cli.params import JsonOpt
 from hpcqueue.errors import HpcqueueError
 
 
@@ -19,7 +20,6 @@ def doctor(as_json: JsonOpt = False) -> None:
         report = doctor_report()
     except HpcqueueError as exc:
         fail(exc)
-        return
     if as_json:
         print_json(report)
         return

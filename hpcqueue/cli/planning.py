@@ -15,7 +15,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hpcqueue.cli.common import (
+from hpcqueue.cli.common import add_row, err, fail, out, print_json, resolve_settings
+from hpcqueue.cli.params import (
     ConfigOpt,
     DeadlineOpt,
     JsonOpt,
@@ -25,12 +26,6 @@ from hpcqueue.cli.common import (
     PolicyOpt,
     ShowErrorsOpt,
     TaskSizeOpt,
-    add_row,
-    err,
-    fail,
-    out,
-    print_json,
-    resolve_settings,
 )
 from hpcqueue.errors import HpcqueueError, PlanningError
 
@@ -69,7 +64,6 @@ def plan(
         report = prepared.plan.compare()
     except HpcqueueError as exc:
         fail(exc, show_errors)
-        return
     report = {
         "batch_id": prepared.batch_id,
         "input": str(prompts),
@@ -92,6 +86,11 @@ def plan(
     render_comparison(report)
 
 
+def _column_option(kind: str, names: str) -> Any:
+    """--input-column or --output-column: the trace's column of ``kind`` tokens, else one of ``names``."""
+    return typer.Option(help=f"{kind}-token column. Default: found by name ({names}…).")
+
+
 def simulate(
     trace: Annotated[
         Path,
@@ -102,14 +101,8 @@ def simulate(
     lam: LambdaOpt = None,
     deadline: DeadlineOpt = None,
     model: ModelOpt = None,
-    input_column: Annotated[
-        str | None,
-        typer.Option(help="Prompt-token column. Default: found by name (ContextTokens, input_tokens…)."),
-    ] = None,
-    output_column: Annotated[
-        str | None,
-        typer.Option(help="Output-token column. Default: found by name (GeneratedTokens, output_tokens…)."),
-    ] = None,
+    input_column: Annotated[str | None, _column_option("Prompt", "ContextTokens, input_tokens")] = None,
+    output_column: Annotated[str | None, _column_option("Output", "GeneratedTokens, output_tokens")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan a token-count TRACE on the configured targets under every policy and compare them.
@@ -134,7 +127,6 @@ def simulate(
         report = run_simulation(frame, targets, cost_models, PlanOptions.from_settings(settings))
     except HpcqueueError as exc:
         fail(exc)
-        return
     report = {"input": str(trace), **report, "warnings": notes + report["warnings"]}
     if as_json:
         print_json(report)

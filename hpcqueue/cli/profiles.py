@@ -15,17 +15,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from hpcqueue.cli.common import (
-    ConfigOpt,
-    JsonOpt,
-    ModelOpt,
-    add_row,
-    fail,
-    out,
-    print_json,
-    resolve_settings,
-    with_meter,
-)
+from hpcqueue.cli.common import add_row, fail, out, print_json, resolve_settings, with_meter
+from hpcqueue.cli.params import ConfigOpt, JsonOpt, ModelOpt, ProfileDirOpt
 from hpcqueue.errors import HpcqueueError
 
 profiles_app = typer.Typer(
@@ -57,6 +48,11 @@ def _chosen_profiles(dirs: list[Path], names: list[str] | None, model: str | Non
     ]
 
 
+def _names_argument(verb: str, default: str) -> Any:
+    """The NAMES argument of the commands that take every profile when none is named."""
+    return typer.Argument(help=f"Profiles to {verb}. Default: every profile {default}.")
+
+
 def _count_points(directory: Path) -> int | None:
     """Rows of ``points.csv`` without parsing it (``list`` reads only metadata)."""
     try:
@@ -83,7 +79,6 @@ def list_profiles(
         entries = find_all(dirs)
     except HpcqueueError as exc:
         fail(exc)
-        return
     rows = [
         _row(e.name, e.meta, _count_points(e.directory), e.directory, provenance=True)
         for e in entries
@@ -133,7 +128,6 @@ def show(
         profile = find_profile(name, _search_path(settings))
     except HpcqueueError as exc:
         fail(exc)
-        return
     meta = profile.meta.to_dict()
     points = json.loads(profile.points.to_json(orient="records"))
     if as_json:
@@ -189,10 +183,7 @@ def _mean_ci(mean: float, ci: float | None) -> str:
 
 @profiles_app.command("plot")
 def plot(
-    names: Annotated[
-        list[str] | None,
-        typer.Argument(help="Profiles to draw. Default: every profile (of --model, when given)."),
-    ] = None,
+    names: Annotated[list[str] | None, _names_argument("draw", "(of --model, when given)")] = None,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Directory to write the PNG files into.")
     ] = Path("."),
@@ -213,7 +204,6 @@ def plot(
         paths = plot_profiles(profiles, output)
     except HpcqueueError as exc:
         fail(exc)
-        return
     if as_json:
         print_json({"profiles": [p.name for p in profiles], "files": [str(p) for p in paths]})
         return
@@ -223,10 +213,7 @@ def plot(
 
 @profiles_app.command("evaluate")
 def evaluate(
-    names: Annotated[
-        list[str] | None,
-        typer.Argument(help="Profiles to evaluate. Default: every profile on the search path."),
-    ] = None,
+    names: Annotated[list[str] | None, _names_argument("evaluate", "on the search path")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -244,7 +231,6 @@ def evaluate(
         results = evaluate_profiles(_chosen_profiles(dirs, names))
     except HpcqueueError as exc:
         fail(exc)
-        return
     if as_json:
         print_json({"energy_mape_target": ENERGY_MAPE_TARGET, "profiles": results})
         return
@@ -319,7 +305,6 @@ def check(
         checks = check_targets(settings, model=model, wait_s=wait_s)
     except HpcqueueError as exc:
         fail(exc)
-        return
     failing = [c for c in checks if c.status in ("stale", "missing")]
     if as_json:
         print_json({"model": model, "checks": [c.to_dict() for c in checks]})
@@ -351,10 +336,7 @@ def import_wilkins2024(
     data_dir: Annotated[
         Path, typer.Argument(help="Directory holding all-input-stats.csv and all-output-stats.csv.")
     ],
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Profile directory to write into. Default: the user's profiles."),
-    ] = None,
+    output: ProfileDirOpt = None,
     created: Annotated[
         str | None, typer.Option(help="The 'created' date to record (YYYY-MM-DD). Default: today.")
     ] = None,
@@ -371,7 +353,6 @@ def import_wilkins2024(
         written = [(p, save_profile(p, root)) for p in derive(data_dir, created=created)]
     except HpcqueueError as exc:
         fail(exc)
-        return
     rows = [_row(p.name, p.meta, len(p.points), path, provenance=False) for p, path in written]
     if as_json:
         print_json({"output": str(root), "profiles": rows})
@@ -390,10 +371,7 @@ def profile(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for the sweep to finish, then print the profile.")
     ] = False,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Profile directory to write into. Default: the user's profiles."),
-    ] = None,
+    output: ProfileDirOpt = None,
     config: ConfigOpt = None,
     meter: Annotated[
         str | None,
@@ -438,7 +416,6 @@ def profile(
             info["path"] = str(run.wait())
     except HpcqueueError as exc:
         fail(exc)
-        return
     if as_json:
         print_json(info)
         return
