@@ -64,6 +64,7 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     from hpcqueue.models import Tokenizer, resolve_model
     from hpcqueue.planner import PlanOptions, plan_requests, resolve_cost_models
     from hpcqueue.profiles.store import profile_search_path
+    from hpcqueue.sites import load_sites
 
     requests = read_requests(path, read_options(settings, skip_invalid=skip_invalid))
     model = resolve_model(settings.model, cache_dir=settings.cache_dir)
@@ -76,7 +77,9 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     notes: list[str] = []
     search_path = profile_search_path(settings.profile_dirs)
     cost_models = resolve_cost_models(targets, model.name, search_path, notes=notes)
-    plan = plan_requests(table, targets, cost_models, PlanOptions.from_settings(settings, model=model.name))
+    sites = load_sites(settings.sites)
+    options = PlanOptions.from_settings(settings, model=model.name)
+    plan = plan_requests(table, targets, cost_models, options, sites)
     plan.warnings.extend(notes)
     if len(targets) > 1 or any(cost_models.values()):
         # Missing or stale profiles matter only when the plan uses profiles (one target needs none).
@@ -256,6 +259,25 @@ def ledger_url(settings: Settings) -> str:
     from hpcqueue.ledger import default_db_url
 
     return settings.db_url or default_db_url()
+
+
+def deferral_warning(prepared: Prepared) -> str | None:
+    """A warning when the plan defers tasks: they are dispatched at submit all the same, since dispatch at
+    a planned start time is not available in this version."""
+    plan = prepared.plan
+    if plan.in_time is None or "start_s" not in plan.tasks:
+        return None
+    later = plan.tasks[plan.tasks["start_s"] > 0]
+    if later.empty:
+        return None
+    first = plan.in_time.grid.time_at(float(later["start_s"].min()))
+    return (
+        f"the plan defers {len(later)} of {len(plan.tasks)} tasks to later hours (the first to "
+        f"{first.isoformat(timespec='minutes')}), but dispatch at planned start times is not available in "
+        "this version: every task is submitted now, so the plan's predicted carbon, water and cost do not "
+        "apply. Submit with --no-defer for a plan of what will run, or study the deferred plan with "
+        "'hpcqueue plan'"
+    )
 
 
 def submit(prepared: Prepared, ledger: Any) -> SubmitOutcome:

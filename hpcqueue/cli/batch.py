@@ -20,6 +20,7 @@ from hpcqueue.cli.common import (
     num,
     open_ledger,
     out,
+    planning_flags,
     print_json,
     resolve_settings,
     with_meter,
@@ -30,12 +31,16 @@ from hpcqueue.cli.params import (
     ConfigOpt,
     DbUrlOpt,
     DeadlineOpt,
+    DeferOpt,
     EveryBatchArg,
     JsonOpt,
     LambdaOpt,
     MaxNewTokensOpt,
+    ObjectiveOpt,
     PolicyOpt,
     ShowErrorsOpt,
+    SlotOpt,
+    StartOpt,
     TaskSizeOpt,
 )
 from hpcqueue.errors import HpcqueueError
@@ -75,6 +80,10 @@ def submit(
     policy: PolicyOpt = None,
     lam: LambdaOpt = None,
     deadline: DeadlineOpt = None,
+    start: StartOpt = None,
+    slot: SlotOpt = None,
+    objective: ObjectiveOpt = None,
+    defer: DeferOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     task_size: TaskSizeOpt = None,
     batch_size: Annotated[
@@ -113,7 +122,7 @@ def submit(
             task_size=task_size,
             batch_size=batch_size,
             max_line_bytes=max_line_bytes,
-            **{"lambda": lam, "deadline": deadline},
+            **planning_flags(lam, deadline, start, slot, objective, defer),
         )
         if meter is not None:
             settings = _with_meter(settings, meter)
@@ -123,6 +132,9 @@ def submit(
         if dry_run:
             _render_plan(prepared, as_json)
             return
+        deferred = submission.deferral_warning(prepared)
+        if deferred:
+            err.print(f"[yellow]warning:[/] {escape(deferred)}", soft_wrap=True)
         ledger = open_ledger(settings)
         outcome = submission.submit(prepared, ledger)
         if not wait:

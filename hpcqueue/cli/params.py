@@ -55,8 +55,34 @@ LambdaOpt = Annotated[
 DeadlineOpt = Annotated[
     str | None,
     typer.Option(
-        help='Finish within this time: seconds or e.g. "90m", "8h", "1h30m". Bounds each target\'s work '
-        "to slots (array_parallelism) × deadline."
+        help='Finish by this time: a duration after the start (seconds or e.g. "90m", "14h", "1h30m") or an '
+        "ISO 8601 time (2023-06-02T08:00-04:00). Bounds each target's work to slots (array_parallelism) × "
+        "deadline, and the plan in time."
+    ),
+]
+StartOpt = Annotated[
+    str | None,
+    typer.Option(
+        help='When the batch may start: an ISO 8601 time with its offset (2023-06-01T18:00-04:00) or "now" '
+        "(default)."
+    ),
+]
+SlotOpt = Annotated[
+    str | None, typer.Option(help='Planning slot: "1h" (default), "30m", "15m"; series are resampled to it.')
+]
+ObjectiveOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What the plan minimises: energy (facility energy), carbon, water, cost, runtime, or weights "
+        'such as "carbon=1,water=0.1". --lambda λ is shorthand for energy=λ,runtime=1−λ; give one of them.'
+    ),
+]
+DeferOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--defer/--no-defer",
+        help="--no-defer: every task starts as soon as capacity allows (the run-now plan). Default: defer "
+        "work to the hours and sites that cost least before the deadline.",
     ),
 ]
 ProfileDirOpt = Annotated[

@@ -15,16 +15,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hpcqueue.cli.common import add_row, err, fail, out, print_json, resolve_settings
+from hpcqueue.cli.common import add_row, err, fail, out, planning_flags, print_json, resolve_settings
 from hpcqueue.cli.params import (
     ConfigOpt,
     DeadlineOpt,
+    DeferOpt,
     JsonOpt,
     LambdaOpt,
     MaxNewTokensOpt,
     ModelOpt,
+    ObjectiveOpt,
     PolicyOpt,
     ShowErrorsOpt,
+    SlotOpt,
+    StartOpt,
     TaskSizeOpt,
 )
 from hpcqueue.errors import HpcqueueError, PlanningError
@@ -39,6 +43,10 @@ def plan(
     policy: PolicyOpt = None,
     lam: LambdaOpt = None,
     deadline: DeadlineOpt = None,
+    start: StartOpt = None,
+    slot: SlotOpt = None,
+    objective: ObjectiveOpt = None,
+    defer: DeferOpt = None,
     model: ModelOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     task_size: TaskSizeOpt = None,
@@ -58,7 +66,7 @@ def plan(
             model=model,
             max_new_tokens=max_new_tokens,
             task_size=task_size,
-            **{"lambda": lam, "deadline": deadline},
+            **planning_flags(lam, deadline, start, slot, objective, defer),
         )
         prepared = submission.prepare(prompts, settings, skip_invalid=skip_invalid)
         report = prepared.plan.compare()
@@ -100,6 +108,11 @@ def simulate(
     policy: PolicyOpt = None,
     lam: LambdaOpt = None,
     deadline: DeadlineOpt = None,
+    start: StartOpt = None,
+    slot: SlotOpt = None,
+    objective: ObjectiveOpt = None,
+    defer: DeferOpt = None,
+    task_size: TaskSizeOpt = None,
     model: ModelOpt = None,
     input_column: Annotated[str | None, _column_option("Prompt", "ContextTokens, input_tokens")] = None,
     output_column: Annotated[str | None, _column_option("Output", "GeneratedTokens, output_tokens")] = None,
@@ -112,10 +125,15 @@ def simulate(
     from hpcqueue.planner.simulate import load_trace
     from hpcqueue.planner.simulate import simulate as run_simulation
     from hpcqueue.profiles.store import profile_search_path
+    from hpcqueue.sites import load_sites
 
     try:
         settings = resolve_settings(
-            config, policy=policy, model=model, **{"lambda": lam, "deadline": deadline}
+            config,
+            policy=policy,
+            model=model,
+            task_size=task_size,
+            **planning_flags(lam, deadline, start, slot, objective, defer),
         )
         frame = load_trace(trace, input_column=input_column, output_column=output_column)
         targets = list(settings.targets.values())
@@ -124,7 +142,8 @@ def simulate(
             targets, settings.model, profile_search_path(settings.profile_dirs), notes=notes
         )
         _require_all_models(targets, cost_models, settings)
-        report = run_simulation(frame, targets, cost_models, PlanOptions.from_settings(settings))
+        sites = load_sites(settings.sites)
+        report = run_simulation(frame, targets, cost_models, PlanOptions.from_settings(settings), sites)
     except HpcqueueError as exc:
         fail(exc)
     report = {"input": str(trace), **report, "warnings": notes + report["warnings"]}
@@ -155,6 +174,8 @@ def _require_all_models(targets: list[Any], cost_models: dict[str, Any], setting
 
 def render_comparison(report: dict[str, Any]) -> None:
     """The human view of :func:`hpcqueue.planner.policies.compare`'s report."""
+    from hpcqueue.planner.schedule import TIME_BASELINES
+
     deadline = report.get("deadline_s")
     out.print(
         f"policy [bold]{report['policy']}[/], λ = {report['lambda']:g}, "
@@ -198,6 +219,8 @@ def render_comparison(report: dict[str, Any]) -> None:
         "policy", "energy (kWh)", "runtime (h)", "makespan (h)", "meets deadline", "this plan saves"
     )
     for name, row in report["baselines"].items():
+        if name in TIME_BASELINES:
+            continue
         label = name + (" (this plan)" if name == report["policy"] else "")
         if "error" in row:
             add_row(baselines, label, "-", "-", "-", "-", row["error"])
@@ -225,8 +248,85 @@ def render_comparison(report: dict[str, Any]) -> None:
         f"against the unaware split (requests dealt out by slots, token counts ignored) it saves "
         f"{_percent(report['savings_vs_unaware'])}"
     )
+    if "time" in report:
+        render_in_time(report)
     for warning in report.get("warnings", []):
         err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+def render_in_time(report: dict[str, Any]) -> None:
+    """Where and when the plan runs, and what it costs against the baselines in time."""
+    from hpcqueue.planner.schedule import TIME_BASELINES
+
+    time = report["time"]
+    objective = ", ".join(f"{name}={weight:g}" for name, weight in time["objective"].items())
+    exact = (
+        "exact"
+        if time["exact"]
+        else ("gap unknown" if time["gap"] is None else f"gap {100 * time['gap']:.3f} %")
+    )
+    out.print(
+        f"in time: from {time['start']} to "
+        + (time["deadline"] or "no deadline")
+        + f", slots of {_duration(time['slot_s'])}, objective {objective} ({time['method']}, {exact})"
+    )
+    starts = Table("target", "site", "tasks start at (tasks/requests)")
+    for name, row in report["per_target"].items():
+        add_row(starts, name, str(row.get("site", "-")), _starts(row.get("starts", [])))
+    out.print(starts)
+    columns = (
+        "facility energy (kWh)",
+        "carbon (kg)",
+        "water (L)",
+        "cost (USD)",
+        "finish (h)",
+        "meets deadline",
+    )
+    table = Table("plan", *columns)
+    rows = [("this plan", report)] + [
+        (name, report["baselines"][name]) for name in TIME_BASELINES if name in report["baselines"]
+    ]
+    for label, row in rows:
+        if "error" in row:
+            add_row(table, label, *["-"] * (len(columns) - 1), row["error"])
+            continue
+        add_row(
+            table,
+            label + (f" ({row['site']})" if row.get("site") else ""),
+            _kwh(row["facility_energy_j"]),
+            _scaled(row["carbon_g"], 1e-3, "{:,.3f}"),
+            _scaled(row["water_l"], 1.0, "{:,.2f}"),
+            _scaled(row["cost_usd"], 1.0, "{:,.2f}"),
+            _hours(row["finish_s"]),
+            "yes" if row["meets_deadline"] else "no",
+        )
+    out.print(table)
+    unknown = [
+        name for name in ("facility_energy_j", "carbon_g", "water_l", "cost_usd") if report[name] is None
+    ]
+    if unknown:
+        out.print(
+            f"unknown: {', '.join(unknown)} (a site that runs work states no such data; see docs/sites.md)",
+            markup=False,
+        )
+
+
+def _starts(starts: list[dict[str, Any]], shown: int = 6) -> str:
+    """``02:00 (5/673), 03:00 (10/2,428)``; past ``shown`` start hours, the first and last and a count."""
+    if not starts:
+        return "-"
+    if len(starts) <= shown:
+        return ", ".join(f"{s['start'][11:16]} ({s['tasks']}/{s['requests']:,})" for s in starts)
+    tasks = sum(s["tasks"] for s in starts)
+    requests = sum(s["requests"] for s in starts)
+    return (
+        f"{len(starts)} start hours from {starts[0]['start'][11:16]} to {starts[-1]['start'][11:16]} "
+        f"({tasks}/{requests:,})"
+    )
+
+
+def _scaled(value: float | None, factor: float, form: str) -> str:
+    return "-" if value is None or value != value else form.format(value * factor)
 
 
 def _fraction(value: float, baseline: float) -> float | None:

@@ -101,17 +101,22 @@ class Plan:
         return out
 
     def compare(self) -> dict[str, Any]:
-        """This plan against every other policy on the same requests (see :func:`policies.compare`)."""
+        """This plan against every other policy on the same requests (see :func:`policies.compare`), and,
+        when it was placed in time, where and when it runs with the baselines in time (see
+        :meth:`hpcqueue.planner.schedule.TimePlan.merge`)."""
         if self.workload is None or self.costs is None:
             raise PlanningError("this plan keeps no cost table to compare policies with")
-        return compare(
+        report = compare(
             self.workload,
             self.costs,
             self.policy,
+            chosen=self.routing,
             lam=self.lam,
             deadline_s=self.deadline_s,
-            chosen=self.routing,
         )
+        if self.in_time is not None:
+            self.in_time.merge(report, self.tasks["target"].tolist(), self.tasks["n_requests"].tolist())
+        return report
 
 
 def resolve_cost_models(

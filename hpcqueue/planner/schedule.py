@@ -28,6 +28,8 @@ from hpcqueue.planner.options import PlanOptions
 from hpcqueue.planner.timing import Capacity, Placement, Schedule, Tasks, TimeGrid
 from hpcqueue.sites import Site, SlotFactors
 
+#: The baselines in time a report's ``baselines`` holds beside the routing policies'.
+TIME_BASELINES = ("run_at_submit", "best_window", "best_single_site")
 #: The per-task columns a placement adds to a plan's task table.
 TASK_COLUMNS = ("start_s", "facility_energy_j", "carbon_g", "water_l", "cost_usd")
 
@@ -75,6 +77,16 @@ class TimePlan:
         }
         out["sites"] = {name: site.describe() for name, site in self.sites.items()}
         return out
+
+    def merge(self, report: dict[str, Any], task_target: Sequence[str], task_requests: Sequence[int]) -> None:
+        """Add :meth:`report` to a policy comparison (:func:`hpcqueue.planner.policies.compare`): the
+        totals in time at the top, ``site`` and ``starts`` in each ``per_target`` row, the baselines in time
+        beside the policies' in ``baselines``, and ``time`` and ``sites``."""
+        in_time = self.report(task_target, task_requests)
+        for name, row in in_time.pop("per_target").items():
+            report["per_target"].setdefault(name, {}).update(row)
+        report["baselines"].update(in_time.pop("baselines"))
+        report.update(in_time)
 
     def _starts(
         self, schedule: Schedule, task_target: Sequence[str], task_requests: Sequence[int]

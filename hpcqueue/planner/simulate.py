@@ -138,26 +138,12 @@ def simulate(
         }
     )
     plan = plan_requests(requests, targets, cost_models, options, sites)
-    report = compare(
-        workload,
-        table,
-        options.policy,
-        chosen=plan.routing,
-        lam=plan.lam,
-        deadline_s=deadline_s,
-        model=options.model,
-    )
+    report = plan.compare()
     report["trace"] = describe(workload)
-    in_time = plan.time_report()
-    for name, row in in_time.pop("per_target").items():
-        report["per_target"][name].update(row)
-    report["baselines"].update(in_time.pop("baselines"))
-    site_names = {t.site for t in targets}
-    if len(site_names) > 1 and sites:
+    if len({t.site for t in targets}) > 1 and sites:
         report["baselines"]["best_single_site"] = _best_single_site(
             requests, targets, cost_models, options, sites, plan
         )
-    report.update(in_time)
     return report
 
 
