@@ -23,11 +23,13 @@ EXAMPLES = REPO / "examples"
 SHIPPED_PROFILES = REPO / "profiles"
 # The Azure LLM code trace (CC BY 4.0) ships with the repository; see examples/traces/README.md.
 AZURE_TRACE = EXAMPLES / "traces" / "AzureLLMInferenceTrace_code.csv"
-# The raw measurements of Wilkins et al. (2024) have no redistribution licence, so they are not in the
-# repository: tests that need them read the directory this variable names (see the paper_data fixture). Read
-# once at start-up, before any test's monkeypatch (hq_env) removes HPCQUEUE_* variables.
+# The raw measurements of Wilkins et al. (2024) have no redistribution licence, and the grid data (carbon
+# intensity under ODbL, market prices under their operators' terms) may not ship either: tests that need them
+# read the directories these variables name (see the paper_data and grid_data fixtures).
 PAPER_DATA_VAR = "HPCQUEUE_PAPER_DATA"
-PAPER_DATA_ENV = os.environ.get(PAPER_DATA_VAR, "")
+GRID_DATA_VAR = "HPCQUEUE_GRID_DATA"
+# Read once at start-up, before any test's monkeypatch (hq_env) removes HPCQUEUE_* variables.
+EXTERNAL_DATA_ENV = {var: os.environ.get(var, "") for var in (PAPER_DATA_VAR, GRID_DATA_VAR)}
 PG_URL = os.environ.get("HPCQUEUE_TEST_PG_URL")
 # PostgreSQL runs whenever a server is given (make test starts one), and always under CI, where a missing
 # server is a failure rather than a silent skip.
@@ -60,25 +62,45 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def paper_data() -> Path:
-    """The directory of the paper's raw measurements (``all-input-stats.csv``, ``all-output-stats.csv``),
-    named by ``HPCQUEUE_PAPER_DATA``. Without it the test is skipped with the reason, except under CI, where
-    a skip would hide a test that did not run: there it fails."""
+def _external_data(var: str, marker: str, what: str) -> Path:
+    """The directory ``var`` names (it must hold ``marker``) for data that may not ship with the repository.
+    Without it the test is skipped with the reason, except under CI, where a skip would hide a test that did
+    not run: there it fails."""
+    value = EXTERNAL_DATA_ENV[var]
     reason = None
-    if not PAPER_DATA_ENV:
-        reason = f"{PAPER_DATA_VAR} is not set"
-    elif not (Path(PAPER_DATA_ENV) / "all-input-stats.csv").is_file():
-        reason = f"{PAPER_DATA_VAR}={PAPER_DATA_ENV} has no all-input-stats.csv"
+    if not value:
+        reason = f"{var} is not set"
+    elif not (Path(value) / marker).exists():
+        reason = f"{var}={value} has no {marker}"
     if reason is None:
-        return Path(PAPER_DATA_ENV).resolve()
-    reason += (
-        ": the paper's raw measurements (Wilkins et al. 2024, no redistribution licence) are not in the "
-        f"repository; point {PAPER_DATA_VAR} at a copy to run this test"
-    )
+        return Path(value).resolve()
+    reason += f": {what} are not in the repository; point {var} at a copy to run this test"
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def paper_data() -> Path:
+    """The paper's raw measurements (``all-input-stats.csv``, ``all-output-stats.csv``), named by
+    ``HPCQUEUE_PAPER_DATA``."""
+    return _external_data(
+        PAPER_DATA_VAR,
+        "all-input-stats.csv",
+        "the paper's raw measurements (Wilkins et al. 2024, no redistribution licence)",
+    )
+
+
+@pytest.fixture(scope="session")
+def grid_data() -> Path:
+    """The real hourly 2023 grid data (``carbon_intensity/``, ``weather/``, ``electricity_prices/``), named by
+    ``HPCQUEUE_GRID_DATA``."""
+    return _external_data(
+        GRID_DATA_VAR,
+        "carbon_intensity",
+        "the real carbon, weather and price data (Electricity Maps ODbL, Open-Meteo CC BY 4.0, market "
+        "operators' terms)",
+    )
 
 
 @pytest.fixture(scope="session")
