@@ -514,6 +514,9 @@ def _describe_validation_error(
             lines.append(f"{source}: {key}: unknown key; valid keys: {valid}")
         else:
             message = error["msg"].removeprefix("Value error, ")
+            if not loc:  # a check across settings: the whole config is no help to show
+                lines.append(f"{source}: {message}")
+                continue
             got = repr(error.get("input"))
             got = got if len(got) <= 80 else got[:77] + "..."
             lines.append(f"{source}: {key}: {message} (got {got})")
