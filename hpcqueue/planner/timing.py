@@ -33,10 +33,12 @@ The solution
     held where the LP puts them (*LP rounding*), improved by moving single tasks; when that is not proven
     within ``EXACT_RTOL`` (0.1 %) and the programme is small (``max_milp_vars``), the whole integer
     programme, within a time limit. A greedy pass (the longest tasks first, each into its cheapest slot that
-    still fits) gives one more candidate. The method and the gap to the bound are reported with the plan. Two baselines are feasible plans of the same problem: ``run_at_submit`` (every
-    task as soon as capacity allows, in task order: what Slurm does with the arrays submitted now) and
-    ``best_window`` (that schedule moved as one block to the cheapest start before the deadline, as CATS
-    does for a whole job). The plan returned is the cheapest of all these, so it is never worse than either.
+    still fits) gives one more candidate. The method and the gap to the bound are reported with the plan.
+
+    Two baselines are feasible plans of the same problem: ``run_at_submit`` (every task as soon as capacity
+    allows, in task order: what Slurm does with the arrays submitted now) and ``best_window`` (that schedule
+    moved as one block to the cheapest start before the deadline, as CATS does for a whole job). The plan
+    returned is the cheapest of all these, so it is never worse than either.
 """
 
 from __future__ import annotations

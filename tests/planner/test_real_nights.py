@@ -1,6 +1,6 @@
-"""Overnight plans on the real 2023 grid data of six zones (HPCQUEUE_GRID_DATA): on every night sampled the plan
-is no worse than the best window, which is no worse than running at submit; a wind-powered site never draws
-more than its turbines give. The whole year is run by bench/year_of_nights.py (results in docs/sites.md)."""
+"""Overnight plans on the real 2023 grid data of six zones (HPCQUEUE_GRID_DATA): on every night sampled the
+plan is no worse than the best window, which is no worse than running at submit; a wind-powered site never
+draws more than its turbines give. The whole year is run by bench/year_of_nights.py (see docs/sites.md)."""
 
 from __future__ import annotations
 
