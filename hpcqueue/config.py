@@ -147,31 +147,18 @@ class SiteSpec(BaseModel):
             ) from None
         return value
 
-    @field_validator("carbon", "wue", "price", "power", "water_per_kwh")
-    @classmethod
-    def _not_negative(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and value < 0:
-            raise ValueError(f"must not be negative, got {value}")
-        return value
-
-    @field_validator("cooling")
-    @classmethod
-    def _pue_at_least_one(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and value < 1:
-            raise ValueError(f"a constant PUE is at least 1, got {value}")
-        return value
-
-    @field_validator("wue")
-    @classmethod
-    def _wue_model(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in WUE_MODELS:
-            raise ValueError(
-                f"wue is a number (L per IT kWh) or one of {', '.join(WUE_MODELS)}, got {value!r}"
-            )
-        return value
-
     @model_validator(mode="after")
     def _models_have_their_inputs(self) -> SiteSpec:
+        for key in ("carbon", "wue", "power", "water_per_kwh"):  # prices may be negative
+            value = getattr(self, key)
+            if isinstance(value, (int, float)) and value < 0:
+                raise ValueError(f"{key} must not be negative, got {value}")
+        if isinstance(self.cooling, (int, float)) and self.cooling < 1:
+            raise ValueError(f"a constant PUE (cooling) is at least 1, got {self.cooling}")
+        if isinstance(self.wue, str) and self.wue not in WUE_MODELS:
+            raise ValueError(
+                f"wue is a number (L per IT kWh) or one of {', '.join(WUE_MODELS)}, got {self.wue!r}"
+            )
         needs_weather = [
             what
             for what, uses in (

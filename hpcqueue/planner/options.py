@@ -40,18 +40,12 @@ class PlanOptions:
     def from_settings(cls, settings: Settings, *, model: str | None = None) -> PlanOptions:
         """The options ``settings`` ask for; ``model`` (e.g. the resolved model's name) stands for
         ``settings.model`` when given."""
+        same = ("policy", "deadline_s", "batch_size", "task_size", "start", "deadline_at", "slot_s", "defer")
         return cls(
-            policy=settings.policy,
             lam=settings.lambda_,
-            deadline_s=settings.deadline_s,
             model=settings.model if model is None else model,
-            batch_size=settings.batch_size,
-            task_size=settings.task_size,
-            start=settings.start,
-            deadline_at=settings.deadline_at,
-            slot_s=settings.slot_s,
             objective=settings.objective,
-            defer=settings.defer,
+            **{name: getattr(settings, name) for name in same},
         )
 
     @property

@@ -42,6 +42,16 @@ def _site(grid: Path, zone: str, **more) -> tuple[SiteSpec, datetime]:
     return spec, first_evening
 
 
+def _overnight(first_evening: datetime, night: int, hours: float, task_size: int) -> PlanOptions:
+    """Carbon-minimising options for a batch submitted on the evening of ``night`` with ``hours`` to go."""
+    return PlanOptions(
+        start=first_evening + timedelta(days=night),
+        deadline_s=hours * 3600.0,
+        objective={"carbon": 1.0},
+        task_size=task_size,
+    )
+
+
 def _requests(azure: pd.DataFrame) -> pd.DataFrame:
     trace = azure.head(3000)
     return pd.DataFrame(
@@ -64,12 +74,7 @@ def test_every_sampled_night_plan_le_best_window_le_run_at_submit(
     requests = _requests(azure)
     savings = []
     for night in NIGHTS:
-        options = PlanOptions(
-            start=first_evening + timedelta(days=night),
-            deadline_s=14 * 3600.0,
-            objective={"carbon": 1.0},
-            task_size=128,
-        )
+        options = _overnight(first_evening, night, hours=14, task_size=128)
         report = plan_requests(requests, targets, models, options, sites).time_report()
         plan = report["carbon_g"]
         window = report["baselines"]["best_window"]["carbon_g"]
@@ -97,12 +102,7 @@ def test_a_wind_powered_site_never_draws_more_than_the_wind_gives(
     requests = _requests(azure).head(600)
     planned = 0
     for night in NIGHTS:
-        options = PlanOptions(
-            start=first_evening + timedelta(days=night),
-            deadline_s=24 * 3600.0,
-            objective={"carbon": 1.0},
-            task_size=64,
-        )
+        options = _overnight(first_evening, night, hours=24, task_size=64)
         try:
             plan = plan_requests(requests, targets, models, options, {spec.name: site})
         except Exception as exc:  # a calm night: no plan fits the wind, and the error says so
