@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 from pathlib import Path
 
 
@@ -21,3 +22,11 @@ def input_ids(path: Path) -> list[str]:
 def ledger_db(env: dict[str, str]) -> sqlite3.Connection:
     """The SQLite ledger of an ``hq_env`` environment, opened directly (as a user's ``sqlite3`` would)."""
     return sqlite3.connect(env["HPCQUEUE_DB_URL"].removeprefix("sqlite:///"))
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """The width and height in pixels of a PNG file, read from its header; fails when it is not a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height

@@ -1,16 +1,16 @@
 """The ``hpcqueue`` command: one typer app, one module per command group.
 
 ``batch`` (submit, status, collect, retry, cancel, results), ``planning`` (plan, simulate), ``ledger`` (ledger
-…), ``profiles`` (profiles …, profile) and ``meters`` (doctor); ``options`` holds the options several commands
-take, ``common`` the consoles and the one place where errors become exit codes. Commands parse, call the
-library and render; no logic lives here.
+…), ``profiles`` (profiles …, profile), ``meters`` (doctor) and ``sites`` (sites …); ``options`` holds the
+options several commands take, ``common`` the consoles and the one place where errors become exit codes.
+Commands parse, call the library and render; no logic lives here.
 """
 
 from __future__ import annotations
 
 import typer
 
-from hpcqueue.cli import batch, meters, planning, profiles
+from hpcqueue.cli import batch, meters, planning, profiles, sites
 from hpcqueue.cli.ledger import ledger_app
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command()(planning.simulate)
 app.add_typer(profiles.profiles_app, name="profiles")
 app.command()(profiles.profile)
 app.command()(meters.doctor)
+app.add_typer(sites.sites_app, name="sites")
 
 
 def main() -> None:

@@ -191,7 +191,7 @@ def plan_requests(
     ``TIME_LIMIT_SHARE`` of the target's time limit (the rest is the margin for loading the model and for
     prediction error); task indices run 0..K−1 over the targets in the order given.
 
-    Then, when there is anything to plan in time (sites, a deadline, a start or an objective; see
+    Then, when the plan is placed in time (sites in the config, or a start or an objective given; see
     :func:`hpcqueue.planner.schedule.wanted`), every task gets a start (:mod:`hpcqueue.planner.schedule`):
     its column ``start_s`` is seconds after the plan's start, with the predicted ``facility_energy_j``,
     ``carbon_g``, ``water_l`` and ``cost_usd`` at the sites (``sites``, by name; NaN where unknown) and
@@ -261,7 +261,7 @@ def plan_requests(
         }
     )
     in_time = None
-    if schedule.wanted(sites, options, deadline_s):
+    if schedule.wanted(sites, options):
         in_time = schedule.place_tasks(
             task_target,
             tasks["predicted_energy_j"].to_numpy(),
@@ -301,7 +301,7 @@ ROUTING_SHARE = 0.9
 def _routing_deadline(
     deadline_s: float | None, sites: Mapping[str, Site], options: PlanOptions
 ) -> float | None:
-    if deadline_s is None or not schedule.wanted(sites, options, deadline_s):
+    if deadline_s is None or not schedule.wanted(sites, options):
         return deadline_s
     return ROUTING_SHARE * deadline_s
 

@@ -226,10 +226,11 @@ def _grid(
     return TimeGrid(start, options.slot_s, max(min(wanted.n_slots, room), need), deadline_s)
 
 
-def wanted(sites: Mapping[str, Site], options: PlanOptions, deadline_s: float | None) -> bool:
-    """Whether a plan has anything to place in time: sites, a deadline, a start or an objective. Without any
-    of them every task runs at submit and a plan is what it was before plans had times."""
-    return bool(sites) or deadline_s is not None or options.start is not None or options.objective is not None
+def wanted(sites: Mapping[str, Site], options: PlanOptions) -> bool:
+    """Whether a plan is placed in time: when the config has sites, or a start or an objective is given.
+    Without them a plan is what it was before plans had times (a deadline alone bounds the routing's
+    capacity, as it always did)."""
+    return bool(sites) or options.start is not None or options.objective is not None
 
 
 #: How far past the deadline the grid may reach to find the run-at-submit baseline and the earliest

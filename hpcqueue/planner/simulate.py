@@ -113,7 +113,7 @@ def simulate(
     other policy: the report of :func:`hpcqueue.planner.policies.compare`, plus ``trace`` statistics. Costs
     are predicted at each target's ``batch_size``, else ``options.batch_size``.
 
-    When the plan has anything to place in time (sites, a deadline, a start or an objective), the trace is
+    When the plan is placed in time (sites, or a start or an objective given), the trace is
     also cut into tasks of ``options.task_size`` (as ``submit`` would) and placed at the ``sites``: the
     report then gains the plan's ``facility_energy_j``, ``carbon_g``, ``water_l`` and ``cost_usd`` (None when
     unknown), each target's ``site`` and planned ``starts`` in ``per_target``, the baselines in time
@@ -124,7 +124,7 @@ def simulate(
     sites = sites or {}
     start = options.start_time()
     deadline_s = options.deadline_after(start)
-    if not schedule.wanted(sites, options, deadline_s):
+    if not schedule.wanted(sites, options):
         report = compare(
             workload, table, options.policy, lam=options.lam, deadline_s=deadline_s, model=options.model
         )

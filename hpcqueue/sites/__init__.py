@@ -15,7 +15,9 @@ model). Bad data raises :class:`~hpcqueue.errors.SiteDataError` naming the file 
 Modules: :mod:`~hpcqueue.sites.series` (the series and the CSV readers), :mod:`~hpcqueue.sites.weather`
 (Open-Meteo JSON/CSV), :mod:`~hpcqueue.sites.cooling` (PUE models), :mod:`~hpcqueue.sites.water` (wet-bulb
 and WUE), :mod:`~hpcqueue.sites.power` (wind power curve), :mod:`~hpcqueue.sites.site` (loading and
-resampling), :mod:`~hpcqueue.sites.tables` (file parsing and checks shared by the readers).
+resampling, and :meth:`SlotFactors.per_it_kwh`), :mod:`~hpcqueue.sites.windows` (the best windows ahead),
+:mod:`~hpcqueue.sites.charts` (the figure of ``sites plot``; not imported here, it needs matplotlib),
+:mod:`~hpcqueue.sites.tables` (file parsing and checks shared by the readers).
 """
 
 from hpcqueue.sites.cooling import (
@@ -28,9 +30,10 @@ from hpcqueue.sites.cooling import (
 )
 from hpcqueue.sites.power import wind_power_kw
 from hpcqueue.sites.series import Series, read_carbon, read_power, read_price
-from hpcqueue.sites.site import Site, SlotFactors, load_site, load_sites
+from hpcqueue.sites.site import PerItKwh, Site, SlotFactors, load_site, load_sites
 from hpcqueue.sites.water import ConstantWUE, WetBulbWUE, WueModel, wet_bulb_c, wue_model
 from hpcqueue.sites.weather import Weather, read_weather
+from hpcqueue.sites.windows import Window, best_window, best_windows, window_means
 
 __all__ = [
     "ChillerPUE",
@@ -38,13 +41,17 @@ __all__ = [
     "ConstantWUE",
     "CoolingModel",
     "EconomizerPUE",
+    "PerItKwh",
     "Series",
     "Site",
     "SlotFactors",
     "TablePUE",
     "Weather",
     "WetBulbWUE",
+    "Window",
     "WueModel",
+    "best_window",
+    "best_windows",
     "cooling_model",
     "load_site",
     "load_sites",
@@ -54,5 +61,6 @@ __all__ = [
     "read_weather",
     "wet_bulb_c",
     "wind_power_kw",
+    "window_means",
     "wue_model",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -45,6 +45,47 @@ class SlotFactors:
     temperature_c: FloatArray | None
     sources: dict[str, str]
     kinds: dict[str, str]
+
+    #: The entry of ``sources`` and ``kinds`` for each per-slot array.
+    FACTOR_OF: ClassVar[dict[str, str]] = {
+        "pue": "pue",
+        "carbon_g_per_kwh": "carbon",
+        "wue_l_per_kwh": "wue",
+        "water_l_per_kwh": "water",
+        "price_usd_per_mwh": "price",
+        "power_kw": "power",
+        "temperature_c": "temperature",
+    }
+
+    def per_it_kwh(self) -> PerItKwh:
+        """What a kWh of IT energy costs per slot, as the planner charges it
+        (:func:`hpcqueue.planner.timing.site_rates`); each rate is ``None`` unless all its parts are known."""
+        carbon = None if self.carbon_g_per_kwh is None else self.pue * self.carbon_g_per_kwh
+        water = None  # on site and off site, or unknown: half of it would look like all of it
+        if self.wue_l_per_kwh is not None and self.water_l_per_kwh is not None:
+            water = self.wue_l_per_kwh + self.pue * self.water_l_per_kwh
+        cost = None if self.price_usd_per_mwh is None else self.pue * self.price_usd_per_mwh
+        return PerItKwh(carbon_g_per_it_kwh=carbon, water_l_per_it_kwh=water, cost_usd_per_it_mwh=cost)
+
+
+@dataclass(frozen=True, eq=False)
+class PerItKwh:
+    """Per slot, what a kWh of IT energy costs at a site, from :meth:`SlotFactors.per_it_kwh`; ``None`` where
+    unknown. :attr:`DERIVATIONS` says how each rate follows from the factors (all are kind ``"derived"``)."""
+
+    carbon_g_per_it_kwh: FloatArray | None
+    water_l_per_it_kwh: FloatArray | None
+    cost_usd_per_it_mwh: FloatArray | None
+
+    DERIVATIONS: ClassVar[dict[str, str]] = {
+        "carbon_g_per_it_kwh": "PUE × carbon intensity",
+        "water_l_per_it_kwh": "WUE (on site) + PUE × off-site water per kWh of electricity",
+        "cost_usd_per_it_mwh": "PUE × price",
+    }
+
+    def rates(self) -> dict[str, FloatArray | None]:
+        """The rates by name (the keys of :attr:`DERIVATIONS`)."""
+        return {name: getattr(self, name) for name in self.DERIVATIONS}
 
 
 @dataclass(frozen=True, eq=False)

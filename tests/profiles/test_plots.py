@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +10,10 @@ import pytest
 from hpcqueue.errors import PlanningError
 from hpcqueue.profiles import Profile, find_profile
 from hpcqueue.profiles.plots import plot_profiles, sweep_series
+from tests.helpers import png_size
 
 M1 = "llama-2-7b-chat.m1-pro.wilkins2024"
 SWING = "llama-2-7b-chat.swing-a100.wilkins2024"
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
 
 
 def test_energy_per_token_matches_the_table_in_the_docs() -> None:
