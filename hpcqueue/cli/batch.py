@@ -20,28 +20,23 @@ from hpcqueue.cli.common import (
     num,
     open_ledger,
     out,
-    planning_flags,
     print_json,
     resolve_settings,
     with_meter,
 )
 from hpcqueue.cli.params import (
+    NO_PLANNING,
     BatchArg,
     BatchIdArg,
     ConfigOpt,
     DbUrlOpt,
-    DeadlineOpt,
-    DeferOpt,
     EveryBatchArg,
     JsonOpt,
-    LambdaOpt,
     MaxNewTokensOpt,
-    ObjectiveOpt,
-    PolicyOpt,
+    PlanningFlags,
     ShowErrorsOpt,
-    SlotOpt,
-    StartOpt,
     TaskSizeOpt,
+    planning_options,
 )
 from hpcqueue.errors import HpcqueueError
 
@@ -68,6 +63,7 @@ def _batch(settings: Any, batch_id: str | None) -> Any:
     return open_batch(settings.batch_root, batch_id) if batch_id else latest_batch(settings.batch_root)
 
 
+@planning_options
 def submit(
     prompts: Annotated[
         Path, typer.Argument(help="JSONL file of requests (simple records or OpenAI Batch lines).")
@@ -77,13 +73,6 @@ def submit(
     model: Annotated[
         str | None, typer.Option(help="Hugging Face id or local path. Default: hpcqueue-demo.")
     ] = None,
-    policy: PolicyOpt = None,
-    lam: LambdaOpt = None,
-    deadline: DeadlineOpt = None,
-    start: StartOpt = None,
-    slot: SlotOpt = None,
-    objective: ObjectiveOpt = None,
-    defer: DeferOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     task_size: TaskSizeOpt = None,
     batch_size: Annotated[
@@ -108,6 +97,7 @@ def submit(
     ] = False,
     as_json: JsonOpt = False,
     show_errors: ShowErrorsOpt = 20,
+    planning: PlanningFlags = NO_PLANNING,
 ) -> None:
     """Validate PROMPTS, plan where each request runs, and submit the batch."""
     from hpcqueue import submission
@@ -117,12 +107,11 @@ def submit(
             config,
             db_url=db_url,
             model=model,
-            policy=policy,
             max_new_tokens=max_new_tokens,
             task_size=task_size,
             batch_size=batch_size,
             max_line_bytes=max_line_bytes,
-            **planning_flags(lam, deadline, start, slot, objective, defer),
+            **planning.settings(),
         )
         if meter is not None:
             settings = _with_meter(settings, meter)

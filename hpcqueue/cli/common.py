@@ -32,25 +32,6 @@ def resolve_settings(config: Path | None, **flags: Any) -> Any:
     return resolve(config, flags=flags)
 
 
-def planning_flags(
-    lam: float | None,
-    deadline: str | None,
-    start: str | None,
-    slot: str | None,
-    objective: str | None,
-    defer: bool | None,
-) -> dict[str, Any]:
-    """The flags of the plan in time, named as :func:`hpcqueue.config.resolve` reads them."""
-    return {
-        "lambda": lam,
-        "deadline": deadline,
-        "start": start,
-        "slot": slot,
-        "objective": objective,
-        "defer": defer,
-    }
-
-
 def open_ledger(settings: Any) -> Any:
     from hpcqueue.ledger import Ledger
 

@@ -7,8 +7,12 @@ here, so that their three defaults read side by side.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -89,3 +93,65 @@ ProfileDirOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Profile directory to write into. Default: the user's profiles."),
 ]
+
+
+@dataclass(frozen=True)
+class PlanningFlags:
+    """The options of how a batch is planned, shared by submit, plan and simulate (see
+    :func:`planning_options`)."""
+
+    policy: str | None = None
+    lam: float | None = None
+    objective: str | None = None
+    start: str | None = None
+    deadline: str | None = None
+    slot: str | None = None
+    defer: bool | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """These flags named as :func:`hpcqueue.config.resolve` reads them (None: not given)."""
+        return {
+            "policy": self.policy,
+            "lambda": self.lam,
+            "objective": self.objective,
+            "start": self.start,
+            "deadline": self.deadline,
+            "slot": self.slot,
+            "defer": self.defer,
+        }
+
+
+NO_PLANNING = PlanningFlags()
+
+_PLANNING_OPTIONS = {
+    "policy": PolicyOpt,
+    "lam": LambdaOpt,
+    "objective": ObjectiveOpt,
+    "start": StartOpt,
+    "deadline": DeadlineOpt,
+    "slot": SlotOpt,
+    "defer": DeferOpt,
+}
+
+
+def planning_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the planning options (--policy, --lambda, --objective, --start, --deadline, --slot,
+    --defer/--no-defer), declared once here, right after its ``config`` option; the command takes them as
+    one keyword ``planning: PlanningFlags``."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "planning"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
+        for name, annotation in _PLANNING_OPTIONS.items()
+    ]
+    at = next((i + 1 for i, p in enumerate(own) if p.name == "config"), len(own))
+    parameters = own[:at] + added + own[at:]
+
+    @functools.wraps(command)
+    def with_planning(**values: Any) -> None:
+        flags = PlanningFlags(**{name: values.pop(name) for name in _PLANNING_OPTIONS})
+        command(planning=flags, **values)
+
+    with_planning.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_planning.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_planning

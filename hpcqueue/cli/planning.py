@@ -15,21 +15,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hpcqueue.cli.common import add_row, err, fail, out, planning_flags, print_json, resolve_settings
+from hpcqueue.cli.common import add_row, err, fail, out, print_json, resolve_settings
 from hpcqueue.cli.params import (
+    NO_PLANNING,
     ConfigOpt,
-    DeadlineOpt,
-    DeferOpt,
     JsonOpt,
-    LambdaOpt,
     MaxNewTokensOpt,
     ModelOpt,
-    ObjectiveOpt,
-    PolicyOpt,
+    PlanningFlags,
     ShowErrorsOpt,
-    SlotOpt,
-    StartOpt,
     TaskSizeOpt,
+    planning_options,
 )
 from hpcqueue.errors import HpcqueueError, PlanningError
 
@@ -37,16 +33,10 @@ from hpcqueue.errors import HpcqueueError, PlanningError
 NEGLIGIBLE_SAVING = 0.01
 
 
+@planning_options
 def plan(
     prompts: Annotated[Path, typer.Argument(help="JSONL file of requests, as for submit.")],
     config: ConfigOpt = None,
-    policy: PolicyOpt = None,
-    lam: LambdaOpt = None,
-    deadline: DeadlineOpt = None,
-    start: StartOpt = None,
-    slot: SlotOpt = None,
-    objective: ObjectiveOpt = None,
-    defer: DeferOpt = None,
     model: ModelOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     task_size: TaskSizeOpt = None,
@@ -55,6 +45,7 @@ def plan(
     ] = False,
     as_json: JsonOpt = False,
     show_errors: ShowErrorsOpt = 20,
+    planning: PlanningFlags = NO_PLANNING,
 ) -> None:
     """Show the plan `submit` would use for PROMPTS, compared with every other policy. Submits nothing."""
     from hpcqueue import submission
@@ -62,11 +53,10 @@ def plan(
     try:
         settings = resolve_settings(
             config,
-            policy=policy,
             model=model,
             max_new_tokens=max_new_tokens,
             task_size=task_size,
-            **planning_flags(lam, deadline, start, slot, objective, defer),
+            **planning.settings(),
         )
         prepared = submission.prepare(prompts, settings, skip_invalid=skip_invalid)
         report = prepared.plan.compare()
@@ -99,24 +89,19 @@ def _column_option(kind: str, names: str) -> Any:
     return typer.Option(help=f"{kind}-token column. Default: found by name ({names}…).")
 
 
+@planning_options
 def simulate(
     trace: Annotated[
         Path,
         typer.Argument(help="CSV or JSONL of token counts, one request per row (e.g. an Azure LLM trace)."),
     ],
     config: ConfigOpt = None,
-    policy: PolicyOpt = None,
-    lam: LambdaOpt = None,
-    deadline: DeadlineOpt = None,
-    start: StartOpt = None,
-    slot: SlotOpt = None,
-    objective: ObjectiveOpt = None,
-    defer: DeferOpt = None,
     task_size: TaskSizeOpt = None,
     model: ModelOpt = None,
     input_column: Annotated[str | None, _column_option("Prompt", "ContextTokens, input_tokens")] = None,
     output_column: Annotated[str | None, _column_option("Output", "GeneratedTokens, output_tokens")] = None,
     as_json: JsonOpt = False,
+    planning: PlanningFlags = NO_PLANNING,
 ) -> None:
     """Plan a token-count TRACE on the configured targets under every policy and compare them.
 
@@ -130,10 +115,9 @@ def simulate(
     try:
         settings = resolve_settings(
             config,
-            policy=policy,
             model=model,
             task_size=task_size,
-            **planning_flags(lam, deadline, start, slot, objective, defer),
+            **planning.settings(),
         )
         frame = load_trace(trace, input_column=input_column, output_column=output_column)
         targets = list(settings.targets.values())
