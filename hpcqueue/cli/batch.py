@@ -25,18 +25,17 @@ from hpcqueue.cli.common import (
     with_meter,
 )
 from hpcqueue.cli.params import (
-    NO_PLANNING,
+    NO_FLAGS,
+    PLANNING,
     BatchArg,
     BatchIdArg,
     ConfigOpt,
     DbUrlOpt,
     EveryBatchArg,
     JsonOpt,
-    MaxNewTokensOpt,
-    PlanningFlags,
+    SettingFlags,
     ShowErrorsOpt,
-    TaskSizeOpt,
-    planning_options,
+    setting_options,
 )
 from hpcqueue.errors import HpcqueueError
 
@@ -63,22 +62,12 @@ def _batch(settings: Any, batch_id: str | None) -> Any:
     return open_batch(settings.batch_root, batch_id) if batch_id else latest_batch(settings.batch_root)
 
 
-@planning_options
+@setting_options("db_url", "model", "max_new_tokens", "task_size", "batch_size", "max_line_bytes", *PLANNING)
 def submit(
     prompts: Annotated[
         Path, typer.Argument(help="JSONL file of requests (simple records or OpenAI Batch lines).")
     ],
     config: ConfigOpt = None,
-    db_url: DbUrlOpt = None,
-    model: Annotated[
-        str | None, typer.Option(help="Hugging Face id or local path. Default: hpcqueue-demo.")
-    ] = None,
-    max_new_tokens: MaxNewTokensOpt = None,
-    task_size: TaskSizeOpt = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Prompts per generation batch in a worker.", min=1)
-    ] = None,
-    max_line_bytes: Annotated[int | None, typer.Option(help="Longest accepted input line, in bytes.")] = None,
     meter: Annotated[
         str | None,
         typer.Option(
@@ -97,22 +86,13 @@ def submit(
     ] = False,
     as_json: JsonOpt = False,
     show_errors: ShowErrorsOpt = 20,
-    planning: PlanningFlags = NO_PLANNING,
+    flags: SettingFlags = NO_FLAGS,
 ) -> None:
     """Validate PROMPTS, plan where each request runs, and submit the batch."""
     from hpcqueue import submission
 
     try:
-        settings = resolve_settings(
-            config,
-            db_url=db_url,
-            model=model,
-            max_new_tokens=max_new_tokens,
-            task_size=task_size,
-            batch_size=batch_size,
-            max_line_bytes=max_line_bytes,
-            **planning.settings(),
-        )
+        settings = resolve_settings(config, **flags)
         if meter is not None:
             settings = _with_meter(settings, meter)
         prepared = submission.prepare(prompts, settings, skip_invalid=skip_invalid)

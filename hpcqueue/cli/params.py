@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,63 +94,66 @@ ProfileDirOpt = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class PlanningFlags:
-    """The options of how a batch is planned, shared by submit, plan and simulate (see
-    :func:`planning_options`)."""
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Prompts per generation batch in a worker.", min=1)]
+MaxLineBytesOpt = Annotated[int | None, typer.Option(help="Longest accepted input line, in bytes.")]
 
-    policy: str | None = None
-    lam: float | None = None
-    objective: str | None = None
-    start: str | None = None
-    deadline: str | None = None
-    slot: str | None = None
-    defer: bool | None = None
-
-    def settings(self) -> dict[str, Any]:
-        """These flags named as :func:`hpcqueue.config.resolve` reads them (None: not given)."""
-        return {
-            "policy": self.policy,
-            "lambda": self.lam,
-            "objective": self.objective,
-            "start": self.start,
-            "deadline": self.deadline,
-            "slot": self.slot,
-            "defer": self.defer,
-        }
-
-
-NO_PLANNING = PlanningFlags()
-
-_PLANNING_OPTIONS = {
-    "policy": PolicyOpt,
-    "lam": LambdaOpt,
-    "objective": ObjectiveOpt,
-    "start": StartOpt,
-    "deadline": DeadlineOpt,
-    "slot": SlotOpt,
-    "defer": DeferOpt,
+#: Options that set one setting each, declared once: parameter name → (the setting's name as
+#: :func:`hpcqueue.config.resolve` reads it, the option). Commands take them with :func:`setting_options`.
+SETTING_OPTIONS: dict[str, tuple[str, Any]] = {
+    "db_url": ("db_url", DbUrlOpt),
+    "model": ("model", ModelOpt),
+    "max_new_tokens": ("max_new_tokens", MaxNewTokensOpt),
+    "task_size": ("task_size", TaskSizeOpt),
+    "batch_size": ("batch_size", BatchSizeOpt),
+    "max_line_bytes": ("max_line_bytes", MaxLineBytesOpt),
+    "policy": ("policy", PolicyOpt),
+    "lam": ("lambda", LambdaOpt),
+    "objective": ("objective", ObjectiveOpt),
+    "start": ("start", StartOpt),
+    "deadline": ("deadline", DeadlineOpt),
+    "slot": ("slot", SlotOpt),
+    "defer": ("defer", DeferOpt),
 }
+#: How a batch is planned: the options submit, plan and simulate share.
+PLANNING = ("policy", "lam", "objective", "start", "deadline", "slot", "defer")
+#: What a command decorated with :func:`setting_options` receives: the values of its setting options.
+SettingFlags = dict[str, Any]
+NO_FLAGS: SettingFlags = {}
 
 
-def planning_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the planning options (--policy, --lambda, --objective, --start, --deadline, --slot,
-    --defer/--no-defer), declared once here, right after its ``config`` option; the command takes them as
-    one keyword ``planning: PlanningFlags``."""
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "planning"]
-    added = [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
-        for name, annotation in _PLANNING_OPTIONS.items()
-    ]
-    at = next((i + 1 for i, p in enumerate(own) if p.name == "config"), len(own))
-    parameters = own[:at] + added + own[at:]
+_ANY_WAY = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
-    @functools.wraps(command)
-    def with_planning(**values: Any) -> None:
-        flags = PlanningFlags(**{name: values.pop(name) for name in _PLANNING_OPTIONS})
-        command(planning=flags, **values)
 
-    with_planning.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    with_planning.__annotations__ = {p.name: p.annotation for p in parameters}
-    return with_planning
+def setting_options(*names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the options ``names`` of :data:`SETTING_OPTIONS`, right after its ``config`` option.
+    The command takes their values as one keyword, ``flags``: a dict keyed by setting name, ready for
+    ``resolve_settings(config, **flags)`` (options not given are None, which ``resolve`` ignores)."""
+    unknown = sorted(set(names) - set(SETTING_OPTIONS))
+    if unknown:
+        raise ValueError(f"no setting option(s) {', '.join(unknown)}")
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "flags"]
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=None,
+                annotation=SETTING_OPTIONS[name][1],
+            )
+            for name in names
+        ]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == "config"), len(own))
+        parameters = own[:at] + added + own[at:]
+
+        @functools.wraps(command)
+        def with_settings(**values: Any) -> None:
+            flags = {SETTING_OPTIONS[name][0]: values.pop(name) for name in names}
+            command(flags=flags, **values)
+
+        with_settings.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        with_settings.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_settings
+
+    return decorate

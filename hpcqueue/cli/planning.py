@@ -17,15 +17,13 @@ from rich.table import Table
 
 from hpcqueue.cli.common import add_row, err, fail, out, print_json, resolve_settings
 from hpcqueue.cli.params import (
-    NO_PLANNING,
+    NO_FLAGS,
+    PLANNING,
     ConfigOpt,
     JsonOpt,
-    MaxNewTokensOpt,
-    ModelOpt,
-    PlanningFlags,
+    SettingFlags,
     ShowErrorsOpt,
-    TaskSizeOpt,
-    planning_options,
+    setting_options,
 )
 from hpcqueue.errors import HpcqueueError, PlanningError
 
@@ -33,31 +31,22 @@ from hpcqueue.errors import HpcqueueError, PlanningError
 NEGLIGIBLE_SAVING = 0.01
 
 
-@planning_options
+@setting_options("model", "max_new_tokens", "task_size", *PLANNING)
 def plan(
     prompts: Annotated[Path, typer.Argument(help="JSONL file of requests, as for submit.")],
     config: ConfigOpt = None,
-    model: ModelOpt = None,
-    max_new_tokens: MaxNewTokensOpt = None,
-    task_size: TaskSizeOpt = None,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Plan the valid lines and report the invalid ones.")
     ] = False,
     as_json: JsonOpt = False,
     show_errors: ShowErrorsOpt = 20,
-    planning: PlanningFlags = NO_PLANNING,
+    flags: SettingFlags = NO_FLAGS,
 ) -> None:
     """Show the plan `submit` would use for PROMPTS, compared with every other policy. Submits nothing."""
     from hpcqueue import submission
 
     try:
-        settings = resolve_settings(
-            config,
-            model=model,
-            max_new_tokens=max_new_tokens,
-            task_size=task_size,
-            **planning.settings(),
-        )
+        settings = resolve_settings(config, **flags)
         prepared = submission.prepare(prompts, settings, skip_invalid=skip_invalid)
         report = prepared.plan.compare()
     except HpcqueueError as exc:
@@ -89,19 +78,17 @@ def _column_option(kind: str, names: str) -> Any:
     return typer.Option(help=f"{kind}-token column. Default: found by name ({names}…).")
 
 
-@planning_options
+@setting_options("model", "task_size", *PLANNING)
 def simulate(
     trace: Annotated[
         Path,
         typer.Argument(help="CSV or JSONL of token counts, one request per row (e.g. an Azure LLM trace)."),
     ],
     config: ConfigOpt = None,
-    task_size: TaskSizeOpt = None,
-    model: ModelOpt = None,
     input_column: Annotated[str | None, _column_option("Prompt", "ContextTokens, input_tokens")] = None,
     output_column: Annotated[str | None, _column_option("Output", "GeneratedTokens, output_tokens")] = None,
     as_json: JsonOpt = False,
-    planning: PlanningFlags = NO_PLANNING,
+    flags: SettingFlags = NO_FLAGS,
 ) -> None:
     """Plan a token-count TRACE on the configured targets under every policy and compare them.
 
@@ -113,12 +100,7 @@ def simulate(
     from hpcqueue.sites import load_sites
 
     try:
-        settings = resolve_settings(
-            config,
-            model=model,
-            task_size=task_size,
-            **planning.settings(),
-        )
+        settings = resolve_settings(config, **flags)
         frame = load_trace(trace, input_column=input_column, output_column=output_column)
         targets = list(settings.targets.values())
         notes: list[str] = []
