@@ -33,8 +33,11 @@ from hpcqueue.cli.params import (
     DbUrlOpt,
     EveryBatchArg,
     JsonOpt,
+    MeterOpt,
     SettingFlags,
     ShowErrorsOpt,
+    SkipInvalidOpt,
+    flag,
     setting_options,
 )
 from hpcqueue.errors import HpcqueueError
@@ -68,25 +71,13 @@ def submit(
         Path, typer.Argument(help="JSONL file of requests (simple records or OpenAI Batch lines).")
     ],
     config: ConfigOpt = None,
-    meter: Annotated[
-        str | None,
-        typer.Option(
-            help="Energy meter for every target (auto, rapl, nvml, ..., estimate); one that cannot "
-            "work on a node fails that task loudly instead of falling back."
-        ),
-    ] = None,
-    skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="Reject invalid lines into rejects.jsonl and run the rest.")
-    ] = False,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the batch to finish, then print its summary.")
-    ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and plan; submit and write nothing.")
-    ] = False,
+    flags: SettingFlags = NO_FLAGS,
+    meter: MeterOpt = None,
+    skip_invalid: SkipInvalidOpt = False,
+    wait: Annotated[bool, flag("--wait", "Wait for the batch to finish, then print its summary.")] = False,
+    dry_run: Annotated[bool, flag("--dry-run", "Validate and plan; submit and write nothing.")] = False,
     as_json: JsonOpt = False,
     show_errors: ShowErrorsOpt = 20,
-    flags: SettingFlags = NO_FLAGS,
 ) -> None:
     """Validate PROMPTS, plan where each request runs, and submit the batch."""
     from hpcqueue import submission
@@ -264,9 +255,7 @@ def status(
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
     as_json: JsonOpt = False,
-    watch: Annotated[
-        bool, typer.Option("--watch", help="Show live progress until the batch finishes.")
-    ] = False,
+    watch: Annotated[bool, flag("--watch", "Show live progress until the batch finishes.")] = False,
 ) -> None:
     """Progress of a batch: tasks and requests per target, Slurm states, energy so far."""
     from hpcqueue import submission
@@ -421,9 +410,7 @@ def retry(
     batch_id: BatchIdArg,
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the retried tasks, then print the summary.")
-    ] = False,
+    wait: Annotated[bool, flag("--wait", "Wait for the retried tasks, then print the summary.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run again only what did not finish: failed or lost tasks (finished outputs are kept)."""
@@ -486,7 +473,7 @@ def results(
     ] = None,
     config: ConfigOpt = None,
     allow_partial: Annotated[
-        bool, typer.Option("--allow-partial", help="Write unfinished requests as 'pending' errors.")
+        bool, flag("--allow-partial", "Write unfinished requests as 'pending' errors.")
     ] = False,
 ) -> None:
     """Outputs of a batch merged in input order: one line per input line, in the input's format."""

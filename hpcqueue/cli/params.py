@@ -24,7 +24,14 @@ ConfigOpt = Annotated[
 DbUrlOpt = Annotated[
     str | None, typer.Option("--db-url", help="Ledger database URL. Default: $HPCQUEUE_DB_URL, else SQLite.")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+def flag(name: str, help: str) -> Any:
+    """An on/off option a command takes alone: ``wait: Annotated[bool, flag("--wait", "...")] = False``."""
+    return typer.Option(name, help=help)
+
+
+JsonOpt = Annotated[bool, flag("--json", "Print one JSON object instead of tables.")]
 # The batch id, by what a command does without one: the most recent batch, every batch, or it needs one.
 BatchArg = Annotated[str | None, typer.Argument(help="Batch id (hq-…). Default: the most recent batch.")]
 EveryBatchArg = Annotated[
@@ -94,6 +101,20 @@ ProfileDirOpt = Annotated[
 ]
 
 
+MeterOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Energy meter (auto, rapl, nvml, pyjoules, powermetrics, zeus, estimate, a+b); a named meter "
+        "that cannot work is an error, never a silent fallback."
+    ),
+]
+SkipInvalidOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-invalid",
+        help="Go on with the valid lines and report the invalid ones (submit keeps them in rejects.jsonl).",
+    ),
+]
 BatchSizeOpt = Annotated[int | None, typer.Option(help="Prompts per generation batch in a worker.", min=1)]
 MaxLineBytesOpt = Annotated[int | None, typer.Option(help="Longest accepted input line, in bytes.")]
 

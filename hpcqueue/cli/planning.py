@@ -23,6 +23,7 @@ from hpcqueue.cli.params import (
     JsonOpt,
     SettingFlags,
     ShowErrorsOpt,
+    SkipInvalidOpt,
     setting_options,
 )
 from hpcqueue.errors import HpcqueueError, PlanningError
@@ -35,12 +36,10 @@ NEGLIGIBLE_SAVING = 0.01
 def plan(
     prompts: Annotated[Path, typer.Argument(help="JSONL file of requests, as for submit.")],
     config: ConfigOpt = None,
-    skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="Plan the valid lines and report the invalid ones.")
-    ] = False,
+    flags: SettingFlags = NO_FLAGS,
+    skip_invalid: SkipInvalidOpt = False,
     as_json: JsonOpt = False,
     show_errors: ShowErrorsOpt = 20,
-    flags: SettingFlags = NO_FLAGS,
 ) -> None:
     """Show the plan `submit` would use for PROMPTS, compared with every other policy. Submits nothing."""
     from hpcqueue import submission
@@ -85,10 +84,10 @@ def simulate(
         typer.Argument(help="CSV or JSONL of token counts, one request per row (e.g. an Azure LLM trace)."),
     ],
     config: ConfigOpt = None,
+    flags: SettingFlags = NO_FLAGS,
     input_column: Annotated[str | None, _column_option("Prompt", "ContextTokens, input_tokens")] = None,
     output_column: Annotated[str | None, _column_option("Output", "GeneratedTokens, output_tokens")] = None,
     as_json: JsonOpt = False,
-    flags: SettingFlags = NO_FLAGS,
 ) -> None:
     """Plan a token-count TRACE on the configured targets under every policy and compare them.
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpcqueue.cli.common import add_row, fail, out, print_json, resolve_settings, with_meter
-from hpcqueue.cli.params import ConfigOpt, JsonOpt, ModelOpt, ProfileDirOpt
+from hpcqueue.cli.params import ConfigOpt, JsonOpt, MeterOpt, ModelOpt, ProfileDirOpt, flag
 from hpcqueue.errors import HpcqueueError
 
 profiles_app = typer.Typer(
@@ -366,20 +366,12 @@ def profile(
     target: Annotated[str, typer.Argument(help="Target to measure (a [targets.NAME] of the config).")],
     model: ModelOpt = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="A small grid with few trials: minutes instead of hours.")
+        bool, flag("--quick", "A small grid with few trials: minutes instead of hours.")
     ] = False,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the sweep to finish, then print the profile.")
-    ] = False,
+    wait: Annotated[bool, flag("--wait", "Wait for the sweep to finish, then print the profile.")] = False,
     output: ProfileDirOpt = None,
     config: ConfigOpt = None,
-    meter: Annotated[
-        str | None,
-        typer.Option(
-            help="Energy meter (auto, rapl, nvml, pyjoules, powermetrics, zeus, estimate, a+b); "
-            "a named meter that cannot work is an error, never a silent fallback."
-        ),
-    ] = None,
+    meter: MeterOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a model's runtime and energy on a target over input and output token counts (a profile).
