@@ -62,6 +62,22 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
+#: Data that may not ship: the variable naming a copy, a file or folder the copy holds, and what it is.
+EXTERNAL_DATA = {
+    "paper": (
+        PAPER_DATA_VAR,
+        "all-input-stats.csv",
+        "the paper's raw measurements (Wilkins et al. 2024, no redistribution licence)",
+    ),
+    "grid": (
+        GRID_DATA_VAR,
+        "carbon_intensity",
+        "the real carbon, weather and price data (Electricity Maps ODbL, Open-Meteo CC BY 4.0, market "
+        "operators' terms)",
+    ),
+}
+
+
 def _external_data(var: str, marker: str, what: str) -> Path:
     """The directory ``var`` names (it must hold ``marker``) for data that may not ship with the repository.
     Without it the test is skipped with the reason, except under CI, where a skip would hide a test that did
@@ -84,23 +100,14 @@ def _external_data(var: str, marker: str, what: str) -> Path:
 def paper_data() -> Path:
     """The paper's raw measurements (``all-input-stats.csv``, ``all-output-stats.csv``), named by
     ``HPCQUEUE_PAPER_DATA``."""
-    return _external_data(
-        PAPER_DATA_VAR,
-        "all-input-stats.csv",
-        "the paper's raw measurements (Wilkins et al. 2024, no redistribution licence)",
-    )
+    return _external_data(*EXTERNAL_DATA["paper"])
 
 
 @pytest.fixture(scope="session")
 def grid_data() -> Path:
     """The real hourly 2023 grid data (``carbon_intensity/``, ``weather/``, ``electricity_prices/``), named by
     ``HPCQUEUE_GRID_DATA``."""
-    return _external_data(
-        GRID_DATA_VAR,
-        "carbon_intensity",
-        "the real carbon, weather and price data (Electricity Maps ODbL, Open-Meteo CC BY 4.0, market "
-        "operators' terms)",
-    )
+    return _external_data(*EXTERNAL_DATA["grid"])
 
 
 @pytest.fixture(scope="session")
@@ -164,12 +171,7 @@ def run_cli(
     args: list[str], env: dict[str, str], cwd: Path = REPO, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run the real ``hpcqueue`` command (as a user would) and capture its output."""
+    command = [sys.executable, "-m", "hpcqueue", *args]
     return subprocess.run(
-        [sys.executable, "-m", "hpcqueue", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -317,16 +317,8 @@ def test_a_failing_profile_job_raises_with_its_log(hq_cache: Path, tmp_path: Pat
 def test_an_unknown_hardware_class_is_refused_before_submitting(tmp_path: Path) -> None:
     target = Target(name="bench", executor="local", hardware="no-such-class")
     with pytest.raises(HpcqueueError, match="known classes"):
-        profile_target(
-            target,
-            model=DEMO_MODEL,
-            quick=True,
-            out_dir=tmp_path,
-            cache_dir=tmp_path,
-            wait=True,
-            batch_root=tmp_path,
-        )
-    assert not (tmp_path / "profiles").exists()
+        profile_tiny(target, tmp_path, tmp_path)
+    assert not (tmp_path / "profiles").exists() and not (tmp_path / "batches").exists()
 
 
 # ------------------------------------------------------------------------------------ real Slurm
