@@ -237,15 +237,8 @@ def _render_report(report: dict[str, Any]) -> None:
     )
     table = Table("target", "requests", "succeeded", "failed", "pending", "energy (J)")
     for name, row in sorted(report.get("per_target", {}).items()):
-        add_row(
-            table,
-            name,
-            str(row["requests"]),
-            str(row["succeeded"]),
-            str(row["failed"]),
-            str(row["pending"]),
-            num(row.get("energy_j")),
-        )
+        counts = (str(row[key]) for key in ("requests", "succeeded", "failed", "pending"))
+        add_row(table, name, *counts, num(row.get("energy_j")))
     out.print(table)
     out.print(f"results: hpcqueue results {report['batch_id']} -o results.jsonl")
 

@@ -161,24 +161,8 @@ def render_comparison(report: dict[str, Any]) -> None:
         out.print(f"optimal assignment: {solver['method']} ({exact})")
     table = Table("target", "requests", "share", "energy (kWh)", "runtime (h)", "makespan (h)")
     for name, row in report["per_target"].items():
-        add_row(
-            table,
-            name,
-            f"{row['requests']:,}",
-            f"{100 * row['share']:.1f} %",
-            _kwh(row["energy_j"]),
-            _hours(row["runtime_s"]),
-            _hours(row["makespan_s"]),
-        )
-    add_row(
-        table,
-        "total",
-        f"{report['requests']:,}",
-        "",
-        _kwh(report["energy_j"]),
-        _hours(report["runtime_s"]),
-        _hours(report["makespan_s"]),
-    )
+        add_row(table, name, f"{row['requests']:,}", f"{100 * row['share']:.1f} %", *_work(row))
+    add_row(table, "total", f"{report['requests']:,}", "", *_work(report))
     out.print(table)
     baselines = Table(
         "policy", "energy (kWh)", "runtime (h)", "makespan (h)", "meets deadline", "this plan saves"
@@ -191,15 +175,8 @@ def render_comparison(report: dict[str, Any]) -> None:
             add_row(baselines, label, "-", "-", "-", "-", row["error"])
             continue
         saving = None if name == report["policy"] else _fraction(report["cost"], row["cost"])
-        add_row(
-            baselines,
-            label,
-            _kwh(row["energy_j"]),
-            _hours(row["runtime_s"]),
-            _hours(row["makespan_s"]),
-            "-" if row["meets_deadline"] is None else ("yes" if row["meets_deadline"] else "no"),
-            "-" if saving is None else f"{100 * saving:+.2f} %",
-        )
+        meets = "-" if row["meets_deadline"] is None else ("yes" if row["meets_deadline"] else "no")
+        add_row(baselines, label, *_work(row), meets, "-" if saving is None else f"{100 * saving:+.2f} %")
     out.print(baselines)
     what = "energy" if report["lambda"] == 1 else ("runtime" if report["lambda"] == 0 else "weighted cost")
     best, vs_best = report.get("best_single"), report.get("savings_vs_best_single")
@@ -292,6 +269,11 @@ def _starts(starts: list[dict[str, Any]], shown: int = 6) -> str:
 
 def _scaled(value: float | None, factor: float, form: str) -> str:
     return "-" if value is None or value != value else form.format(value * factor)
+
+
+def _work(row: dict[str, Any]) -> tuple[str, str, str]:
+    """Energy (kWh), runtime (h) and makespan (h) of a report or one of its rows."""
+    return _kwh(row["energy_j"]), _hours(row["runtime_s"]), _hours(row["makespan_s"])
 
 
 def _fraction(value: float, baseline: float) -> float | None:
