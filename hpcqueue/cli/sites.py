@@ -180,7 +180,7 @@ def _series_text(series: Series, detail: str = "") -> str:
 def _cooling_text(site: Site) -> str:
     parameters = site.cooling.parameters()
     if parameters["model"] == "constant":
-        return f"assumed PUE {parameters['pue']:g}"
+        return f"assumed PUE {parameters['value']:g}"
     if parameters["model"] == "table":
         return f"model: table {Path(parameters['source']).name}"
     return f"model: {parameters['model']}"
@@ -191,7 +191,7 @@ def _wue_text(site: Site) -> str:
         return "-"
     parameters = site.wue.parameters()
     if parameters["model"] == "constant":
-        return f"assumed {parameters['wue_l_per_kwh']:g} L/IT kWh"
+        return f"assumed {parameters['value']:g} L/IT kWh"
     return f"model: {parameters['model']}"
 
 

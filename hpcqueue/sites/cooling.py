@@ -11,9 +11,9 @@ Four models, chosen by a site's ``cooling`` key (:func:`cooling_model`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,32 @@ from hpcqueue.sites.tables import FloatArray, read_table
 DEFAULT_PUE_NOTE = "Uptime Institute Global Data Center Survey 2023 average"
 #: The highest effective chiller COP :class:`ChillerPUE` allows (a small lift does not make cooling free).
 MAX_COP = 20.0
+
+
+def ramp(values: npt.ArrayLike, low: float, high: float) -> FloatArray:
+    """0 at or below ``low``, 1 at or above ``high``, linear between (a step at ``high`` when they are
+    equal): the share of a load that a second way of cooling takes over as the temperature rises."""
+    x = np.asarray(values, dtype=np.float64)
+    if high > low:
+        return np.asarray(np.clip((x - low) / (high - low), 0.0, 1.0), dtype=np.float64)
+    return (x >= high).astype(np.float64)
+
+
+class Parameters:
+    """``parameters()`` of a site model (a dataclass): its ``model`` name, then its fields under their own
+    names — the site config's keys — with arrays as lists and a nested model as its own parameters."""
+
+    model: ClassVar[str]
+
+    def parameters(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model}
+        for item in fields(self):  # type: ignore[arg-type]
+            if item.init:
+                value = getattr(self, item.name)
+                if isinstance(value, Parameters):
+                    value = value.parameters()
+                out[item.name] = value.tolist() if isinstance(value, np.ndarray) else value
+        return out
 
 
 class CoolingModel(Protocol):
@@ -45,9 +71,10 @@ class CoolingModel(Protocol):
 
 
 @dataclass(frozen=True)
-class ConstantPUE:
+class ConstantPUE(Parameters):
     """One PUE at every temperature (kind ``"assumed"``); ``note`` says where the number comes from."""
 
+    model: ClassVar[str] = "constant"
     value: float
     note: str = DEFAULT_PUE_NOTE
     needs_weather: bool = field(default=False, init=False, repr=False)
@@ -59,15 +86,13 @@ class ConstantPUE:
     def describe(self) -> str:
         return f"constant PUE {self.value:g} ({self.note})"
 
-    def parameters(self) -> dict[str, Any]:
-        return {"model": "constant", "pue": self.value, "note": self.note}
-
 
 @dataclass(frozen=True, eq=False)
-class TablePUE:
+class TablePUE(Parameters):
     """PUE interpolated linearly in a table of (temperature °C, PUE), held at the table's first and last PUE
     outside it."""
 
+    model: ClassVar[str] = "table"
     temperatures_c: FloatArray
     pues: FloatArray
     source: str
@@ -109,14 +134,6 @@ class TablePUE:
             "between points, held outside"
         )
 
-    def parameters(self) -> dict[str, Any]:
-        return {
-            "model": "table",
-            "source": self.source,
-            "temperature_c": self.temperatures_c.tolist(),
-            "pue": self.pues.tolist(),
-        }
-
 
 def moore_cop(supply_c: npt.ArrayLike) -> FloatArray:
     """Chiller coefficient of performance at a chilled-air supply temperature (°C): the fit of Moore et al.
@@ -126,7 +143,7 @@ def moore_cop(supply_c: npt.ArrayLike) -> FloatArray:
 
 
 @dataclass(frozen=True)
-class ChillerPUE:
+class ChillerPUE(Parameters):
     """Mechanical cooling: PUE = 1 + overhead + 1 / COP_eff(T_ambient).
 
     hpcqueue's combination of two standard pieces, not a published model:
@@ -141,48 +158,48 @@ class ChillerPUE:
       :data:`MAX_COP`. Colder outside: a smaller lift, a better COP, a lower PUE; at the design ambient the
       PUE is 1 + overhead + 1 / COP(T_supply).
 
-    ``overhead`` is the non-cooling overhead (power distribution, lighting) as a share of IT energy.
+    ``facility_overhead`` is the non-cooling overhead (power distribution, lighting) as a share of IT energy.
     """
 
-    supply_c: float
-    overhead: float
+    model: ClassVar[str] = "chiller"
+    supply_temperature_c: float
+    facility_overhead: float
     design_ambient_c: float = 35.0
     needs_weather: bool = field(default=True, init=False, repr=False)
     kind: str = field(default="model", init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.design_ambient_c > self.supply_c:
+        if not self.design_ambient_c > self.supply_temperature_c:
             raise SiteDataError(
                 f"chiller model: the design ambient ({self.design_ambient_c:g} °C) must be above the supply "
-                f"temperature ({self.supply_c:g} °C); lower supply_temperature_c"
+                f"temperature ({self.supply_temperature_c:g} °C); lower supply_temperature_c"
             )
-        if not self.overhead >= 0:
-            raise SiteDataError(f"chiller model: facility_overhead must not be negative, got {self.overhead}")
+        if not self.facility_overhead >= 0:
+            raise SiteDataError(
+                f"chiller model: facility_overhead must not be negative, got {self.facility_overhead}"
+            )
 
     def cop(self, temp_c: npt.ArrayLike) -> FloatArray:
         """The chiller's effective COP at the ambient temperature ``temp_c`` (°C)."""
-        lift = np.maximum(np.asarray(temp_c, dtype=np.float64) - self.supply_c, 1.0)
-        design_lift = self.design_ambient_c - self.supply_c
-        return np.minimum(moore_cop(self.supply_c) * design_lift / lift, MAX_COP)
+        lift = np.maximum(np.asarray(temp_c, dtype=np.float64) - self.supply_temperature_c, 1.0)
+        design_lift = self.design_ambient_c - self.supply_temperature_c
+        return np.minimum(moore_cop(self.supply_temperature_c) * design_lift / lift, MAX_COP)
 
     def pue(self, temp_c: npt.ArrayLike) -> FloatArray:
-        return 1.0 + self.overhead + 1.0 / self.cop(temp_c)
+        return 1.0 + self.facility_overhead + 1.0 / self.cop(temp_c)
 
     def describe(self) -> str:
         return (
-            f"chiller PUE = 1 + overhead {self.overhead:g} + 1/COP: COP fit of Moore et al. 2005 "
-            f"(USENIX ATC) at supply {self.supply_c:g} °C ({float(moore_cop(self.supply_c)):.3g}), "
+            f"chiller PUE = 1 + overhead {self.facility_overhead:g} + 1/COP: COP fit of Moore et al. 2005 "
+            f"(USENIX ATC) at supply {self.supply_temperature_c:g} °C "
+            f"({float(moore_cop(self.supply_temperature_c)):.3g}), "
             f"scaled by the Carnot lift to the ambient, design ambient {self.design_ambient_c:g} °C, "
             f"COP at most {MAX_COP:g} (hpcqueue's combination)"
         )
 
     def parameters(self) -> dict[str, Any]:
-        return {
-            "model": "chiller",
-            "supply_temperature_c": self.supply_c,
-            "facility_overhead": self.overhead,
-            "design_ambient_c": self.design_ambient_c,
-            "cop_at_supply": float(moore_cop(self.supply_c)),
+        return super().parameters() | {
+            "cop_at_supply": float(moore_cop(self.supply_temperature_c)),
             "max_cop": MAX_COP,
             "source": "COP(T) = 0.0068 T² + 0.0008 T + 0.458, Moore et al. 2005, USENIX ATC; Carnot lift "
             "scaling to the ambient (hpcqueue)",
@@ -190,56 +207,47 @@ class ChillerPUE:
 
 
 @dataclass(frozen=True)
-class EconomizerPUE:
+class EconomizerPUE(Parameters):
     """Free air cooling when it is cool enough, the chiller when it is not.
 
-    At or below ``free_below_c`` the PUE is ``free_pue``; at or above ``mechanical_above_c`` it is the
-    chiller's (never below ``free_pue``: a site would not run the chiller where free cooling does better);
-    in between, the share of the load on the chiller grows linearly. The PUE never falls as the
-    temperature rises.
+    At or below ``free_cooling_below_c`` the PUE is ``free_cooling_pue``; at or above ``mechanical_above_c``
+    it is the chiller's (never below ``free_cooling_pue``: a site would not run the chiller where free
+    cooling does better); in between, the share of the load on the chiller grows linearly. The PUE never
+    falls as the temperature rises.
     """
 
-    free_below_c: float
+    model: ClassVar[str] = "economizer"
+    free_cooling_below_c: float
     mechanical_above_c: float
-    free_pue: float
+    free_cooling_pue: float
     chiller: ChillerPUE
     needs_weather: bool = field(default=True, init=False, repr=False)
     kind: str = field(default="model", init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.mechanical_above_c < self.free_below_c:
+        if self.mechanical_above_c < self.free_cooling_below_c:
             raise SiteDataError(
                 f"economizer model: mechanical_above_c ({self.mechanical_above_c:g}) is below "
-                f"free_cooling_below_c ({self.free_below_c:g})"
+                f"free_cooling_below_c ({self.free_cooling_below_c:g})"
             )
-        if not self.free_pue >= 1:
-            raise SiteDataError(f"economizer model: free_cooling_pue must be at least 1, got {self.free_pue}")
+        if not self.free_cooling_pue >= 1:
+            raise SiteDataError(
+                f"economizer model: free_cooling_pue must be at least 1, got {self.free_cooling_pue}"
+            )
 
     def pue(self, temp_c: npt.ArrayLike) -> FloatArray:
         t = np.asarray(temp_c, dtype=np.float64)
-        width = self.mechanical_above_c - self.free_below_c
-        if width > 0:
-            share = np.clip((t - self.free_below_c) / width, 0.0, 1.0)
-        else:
-            share = (t >= self.mechanical_above_c).astype(np.float64)
-        mechanical = np.maximum(self.chiller.pue(t), self.free_pue)
-        return self.free_pue + share * (mechanical - self.free_pue)
+        share = ramp(t, self.free_cooling_below_c, self.mechanical_above_c)
+        mechanical = np.maximum(self.chiller.pue(t), self.free_cooling_pue)
+        return self.free_cooling_pue + share * (mechanical - self.free_cooling_pue)
 
     def describe(self) -> str:
         return (
-            f"economizer: free cooling PUE {self.free_pue:g} at or below {self.free_below_c:g} °C, "
+            f"economizer: free cooling PUE {self.free_cooling_pue:g} at or below "
+            f"{self.free_cooling_below_c:g} °C, "
             f"chiller at or above {self.mechanical_above_c:g} °C, linear blend between; "
             f"chiller: {self.chiller.describe()}"
         )
-
-    def parameters(self) -> dict[str, Any]:
-        return {
-            "model": "economizer",
-            "free_cooling_below_c": self.free_below_c,
-            "mechanical_above_c": self.mechanical_above_c,
-            "free_cooling_pue": self.free_pue,
-            "chiller": self.chiller.parameters(),
-        }
 
 
 def cooling_model(spec: SiteSpec) -> CoolingModel:
@@ -254,12 +262,7 @@ def cooling_model(spec: SiteSpec) -> CoolingModel:
         )
     if cooling not in COOLING_MODELS:
         return TablePUE.from_csv(cooling)
-    chiller = ChillerPUE(supply_c=spec.supply_temperature_c, overhead=spec.facility_overhead)
+    chiller = ChillerPUE(spec.supply_temperature_c, spec.facility_overhead)
     if cooling == "chiller":
         return chiller
-    return EconomizerPUE(
-        free_below_c=spec.free_cooling_below_c,
-        mechanical_above_c=spec.mechanical_above_c,
-        free_pue=spec.free_cooling_pue,
-        chiller=chiller,
-    )
+    return EconomizerPUE(spec.free_cooling_below_c, spec.mechanical_above_c, spec.free_cooling_pue, chiller)

@@ -10,13 +10,14 @@ electricity.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from hpcqueue.config import SiteSpec
 from hpcqueue.errors import SiteDataError
+from hpcqueue.sites.cooling import Parameters, ramp
 from hpcqueue.sites.tables import FloatArray
 
 #: Latent heat of vaporisation of water at about 20 °C (MJ/kg), and 1 kWh in MJ.
@@ -66,9 +67,10 @@ class WueModel(Protocol):
 
 
 @dataclass(frozen=True)
-class ConstantWUE:
+class ConstantWUE(Parameters):
     """One WUE (L per IT kWh) at all times (kind ``"assumed"``)."""
 
+    model: ClassVar[str] = "constant"
     value: float
     note: str = ""
     needs_weather: bool = field(default=False, init=False, repr=False)
@@ -80,12 +82,9 @@ class ConstantWUE:
     def describe(self) -> str:
         return f"constant WUE {self.value:g} L per IT kWh" + (f" ({self.note})" if self.note else "")
 
-    def parameters(self) -> dict[str, Any]:
-        return {"model": "constant", "wue_l_per_kwh": self.value, "note": self.note}
-
 
 @dataclass(frozen=True)
-class WetBulbWUE:
+class WetBulbWUE(Parameters):
     """A cooling tower's make-up water per IT kWh as a function of the wet-bulb temperature.
 
     A simple physical model, not one fitted to measurements:
@@ -99,6 +98,7 @@ class WetBulbWUE:
       above ``full_above_wb_c`` all the heat goes through evaporation; linear in between.
     """
 
+    model: ClassVar[str] = "wet-bulb"
     free_below_wb_c: float = 10.0
     full_above_wb_c: float = 20.0
     cycles_of_concentration: float = 5.0
@@ -125,12 +125,7 @@ class WetBulbWUE:
     def wue(self, temp_c: npt.ArrayLike, rh_pct: npt.ArrayLike | None) -> FloatArray:
         if rh_pct is None:
             raise SiteDataError("wue = 'wet-bulb' needs the relative humidity, and the weather has none")
-        wet_bulb = wet_bulb_c(temp_c, rh_pct)
-        width = self.full_above_wb_c - self.free_below_wb_c
-        if width > 0:
-            share = np.clip((wet_bulb - self.free_below_wb_c) / width, 0.0, 1.0)
-        else:
-            share = (wet_bulb >= self.full_above_wb_c).astype(np.float64)
+        share = ramp(wet_bulb_c(temp_c, rh_pct), self.free_below_wb_c, self.full_above_wb_c)
         return share * self.max_l_per_kwh
 
     def describe(self) -> str:
@@ -142,14 +137,7 @@ class WetBulbWUE:
         )
 
     def parameters(self) -> dict[str, Any]:
-        return {
-            "model": "wet-bulb",
-            "free_below_wb_c": self.free_below_wb_c,
-            "full_above_wb_c": self.full_above_wb_c,
-            "cycles_of_concentration": self.cycles_of_concentration,
-            "max_l_per_kwh": self.max_l_per_kwh,
-            "wet_bulb": "Stull 2011, J. Appl. Meteor. Climatol. 50",
-        }
+        return super().parameters() | {"max_l_per_kwh": self.max_l_per_kwh}
 
 
 def wue_model(spec: SiteSpec) -> WueModel | None:

@@ -74,7 +74,7 @@ def test_moores_cop_fit() -> None:
 
 
 def test_the_chiller_matches_moore_at_the_design_ambient_and_improves_when_colder() -> None:
-    chiller = ChillerPUE(supply_c=18.0, overhead=0.1)
+    chiller = ChillerPUE(supply_temperature_c=18.0, facility_overhead=0.1)
     at_design = chiller.pue(np.array([35.0]))[0]
     assert at_design == pytest.approx(1 + 0.1 + 1 / moore_cop(18.0))
     pue = chiller.pue(TEMPS)
@@ -87,13 +87,15 @@ def test_the_chiller_matches_moore_at_the_design_ambient_and_improves_when_colde
 
 def test_the_chiller_needs_a_design_ambient_above_its_supply() -> None:
     with pytest.raises(SiteDataError, match="design ambient"):
-        ChillerPUE(supply_c=36.0, overhead=0.1)
+        ChillerPUE(supply_temperature_c=36.0, facility_overhead=0.1)
 
 
 @pytest.mark.parametrize("free_pue", [1.05, 1.1, 1.3])
 def test_the_economizer_is_free_below_chiller_above_and_blends_between(free_pue: float) -> None:
-    chiller = ChillerPUE(supply_c=18.0, overhead=0.1)
-    model = EconomizerPUE(free_below_c=18.0, mechanical_above_c=27.0, free_pue=free_pue, chiller=chiller)
+    chiller = ChillerPUE(supply_temperature_c=18.0, facility_overhead=0.1)
+    model = EconomizerPUE(
+        free_cooling_below_c=18.0, mechanical_above_c=27.0, free_cooling_pue=free_pue, chiller=chiller
+    )
     cold, hot = np.array([-5.0, 10.0, 18.0]), np.array([27.0, 35.0, 45.0])
     assert model.pue(cold) == pytest.approx([free_pue] * 3)
     assert model.pue(hot) == pytest.approx(np.maximum(chiller.pue(hot), free_pue))
@@ -112,9 +114,9 @@ def test_cooling_model_follows_the_spec(tmp_path: Path) -> None:
     assert isinstance(stated, ConstantPUE) and stated.value == 1.2 and "config" in stated.note
     for keyword in ("economizer", "economiser"):
         model = cooling_model(SiteSpec(name="c", cooling=keyword, weather="w.json", free_cooling_pue=1.05))
-        assert isinstance(model, EconomizerPUE) and model.free_pue == 1.05
+        assert isinstance(model, EconomizerPUE) and model.free_cooling_pue == 1.05
     chiller = cooling_model(SiteSpec(name="d", cooling="chiller", weather="w.json", supply_temperature_c=20))
-    assert isinstance(chiller, ChillerPUE) and chiller.supply_c == 20
+    assert isinstance(chiller, ChillerPUE) and chiller.supply_temperature_c == 20
     table = write_csv(tmp_path / "pue.csv", "t,pue", [[0, 1.1], [30, 1.4]])
     assert isinstance(cooling_model(SiteSpec(name="e", cooling=str(table), weather="w.json")), TablePUE)
     with pytest.raises(SiteDataError, match="not found"):
