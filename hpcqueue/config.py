@@ -122,6 +122,7 @@ class SiteSpec(BaseModel):
     mechanical_above_c: float = 27.0
     free_cooling_pue: float = Field(default=1.10, ge=1.0)
     supply_temperature_c: float = 18.0
+    design_ambient_c: float = Field(default=35.0, description="where the chiller's COP fit applies as is")
     facility_overhead: float = Field(default=0.10, ge=0.0, description="non-cooling overhead, share of IT")
     wue: float | str | None = Field(default=None, description='on-site L per IT kWh, or "wet-bulb"')
     cycles_of_concentration: float = Field(default=5.0, gt=1.0)
@@ -174,6 +175,11 @@ class SiteSpec(BaseModel):
             raise ValueError(
                 f"mechanical_above_c ({self.mechanical_above_c}) is below free_cooling_below_c "
                 f"({self.free_cooling_below_c})"
+            )
+        if not self.supply_temperature_c < self.design_ambient_c:
+            raise ValueError(
+                f"the chiller's supply temperature ({self.supply_temperature_c:g} °C) must be below its "
+                f"design ambient ({self.design_ambient_c:g} °C): lower supply_temperature_c"
             )
         if not self.wind_cut_in_ms < self.wind_rated_ms < self.wind_cut_out_ms:
             raise ValueError("wind speeds must satisfy wind_cut_in_ms < wind_rated_ms < wind_cut_out_ms")

@@ -54,8 +54,8 @@ class Parameters:
         return out
 
 
-class CoolingModel(Protocol):
-    """What the site needs from a cooling model."""
+class SiteModel(Protocol):
+    """What the site needs from any of its models (cooling, water)."""
 
     @property
     def needs_weather(self) -> bool: ...
@@ -63,11 +63,15 @@ class CoolingModel(Protocol):
     @property
     def kind(self) -> str: ...
 
-    def pue(self, temp_c: npt.ArrayLike) -> FloatArray: ...
-
     def describe(self) -> str: ...
 
     def parameters(self) -> dict[str, Any]: ...
+
+
+class CoolingModel(SiteModel, Protocol):
+    """A cooling model: PUE at the ambient temperature."""
+
+    def pue(self, temp_c: npt.ArrayLike) -> FloatArray: ...
 
 
 @dataclass(frozen=True)
@@ -168,17 +172,6 @@ class ChillerPUE(Parameters):
     needs_weather: bool = field(default=True, init=False, repr=False)
     kind: str = field(default="model", init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if not self.design_ambient_c > self.supply_temperature_c:
-            raise SiteDataError(
-                f"chiller model: the design ambient ({self.design_ambient_c:g} °C) must be above the supply "
-                f"temperature ({self.supply_temperature_c:g} °C); lower supply_temperature_c"
-            )
-        if not self.facility_overhead >= 0:
-            raise SiteDataError(
-                f"chiller model: facility_overhead must not be negative, got {self.facility_overhead}"
-            )
-
     def cop(self, temp_c: npt.ArrayLike) -> FloatArray:
         """The chiller's effective COP at the ambient temperature ``temp_c`` (°C)."""
         lift = np.maximum(np.asarray(temp_c, dtype=np.float64) - self.supply_temperature_c, 1.0)
@@ -224,17 +217,6 @@ class EconomizerPUE(Parameters):
     needs_weather: bool = field(default=True, init=False, repr=False)
     kind: str = field(default="model", init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.mechanical_above_c < self.free_cooling_below_c:
-            raise SiteDataError(
-                f"economizer model: mechanical_above_c ({self.mechanical_above_c:g}) is below "
-                f"free_cooling_below_c ({self.free_cooling_below_c:g})"
-            )
-        if not self.free_cooling_pue >= 1:
-            raise SiteDataError(
-                f"economizer model: free_cooling_pue must be at least 1, got {self.free_cooling_pue}"
-            )
-
     def pue(self, temp_c: npt.ArrayLike) -> FloatArray:
         t = np.asarray(temp_c, dtype=np.float64)
         share = ramp(t, self.free_cooling_below_c, self.mechanical_above_c)
@@ -262,7 +244,7 @@ def cooling_model(spec: SiteSpec) -> CoolingModel:
         )
     if cooling not in COOLING_MODELS:
         return TablePUE.from_csv(cooling)
-    chiller = ChillerPUE(spec.supply_temperature_c, spec.facility_overhead)
+    chiller = ChillerPUE(spec.supply_temperature_c, spec.facility_overhead, spec.design_ambient_c)
     if cooling == "chiller":
         return chiller
     return EconomizerPUE(spec.free_cooling_below_c, spec.mechanical_above_c, spec.free_cooling_pue, chiller)

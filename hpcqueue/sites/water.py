@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from hpcqueue.config import SiteSpec
 from hpcqueue.errors import SiteDataError
-from hpcqueue.sites.cooling import Parameters, ramp
+from hpcqueue.sites.cooling import Parameters, SiteModel, ramp
 from hpcqueue.sites.tables import FloatArray
 
 #: Latent heat of vaporisation of water at about 20 °C (MJ/kg), and 1 kWh in MJ.
@@ -50,20 +50,10 @@ def wet_bulb_c(temp_c: npt.ArrayLike, rh_pct: npt.ArrayLike) -> FloatArray:
     return np.minimum(tw, t)
 
 
-class WueModel(Protocol):
-    """What the site needs from an on-site water model."""
-
-    @property
-    def needs_weather(self) -> bool: ...
-
-    @property
-    def kind(self) -> str: ...
+class WueModel(SiteModel, Protocol):
+    """An on-site water model: litres per IT kWh at the temperature and humidity."""
 
     def wue(self, temp_c: npt.ArrayLike, rh_pct: npt.ArrayLike | None) -> FloatArray: ...
-
-    def describe(self) -> str: ...
-
-    def parameters(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

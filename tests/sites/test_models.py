@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from hpcqueue.config import DEFAULT_PUE, SiteSpec
 from hpcqueue.errors import SiteDataError
@@ -86,8 +87,12 @@ def test_the_chiller_matches_moore_at_the_design_ambient_and_improves_when_colde
 
 
 def test_the_chiller_needs_a_design_ambient_above_its_supply() -> None:
-    with pytest.raises(SiteDataError, match="design ambient"):
-        ChillerPUE(supply_temperature_c=36.0, facility_overhead=0.1)
+    with pytest.raises(ValidationError, match="must be below its design ambient"):
+        SiteSpec(name="hot", cooling="chiller", weather="w.json", supply_temperature_c=36.0)
+    with pytest.raises(ValidationError, match=r"mechanical_above_c .* is below free_cooling_below_c"):
+        SiteSpec(name="odd", cooling="economizer", weather="w.json", free_cooling_below_c=30.0)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        SiteSpec(name="odd", cooling="economizer", weather="w.json", free_cooling_pue=0.9)
 
 
 @pytest.mark.parametrize("free_pue", [1.05, 1.1, 1.3])
