@@ -15,15 +15,32 @@ from typing import Annotated, Any
 
 import typer
 
+#: Options that set one setting each: parameter name → (the setting's name as :func:`hpcqueue.config.resolve`
+#: reads it, the option). Filled by :func:`setting` as the options are declared below; commands take them
+#: with :func:`setting_options`.
+SETTING_OPTIONS: dict[str, tuple[str, Any]] = {}
+
+
+def setting(key: str, option: Any, *, param: str | None = None) -> Any:
+    """Declare ``option`` as the one that sets the setting ``key``; commands name it ``param`` (default:
+    ``key``). Returns the option, to bind to its alias."""
+    SETTING_OPTIONS[param or key] = (key, option)
+    return option
+
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--config", "-c", help="Cluster config (TOML). Default: $HPCQUEUE_CONFIG, else the user config."
     ),
 ]
-DbUrlOpt = Annotated[
-    str | None, typer.Option("--db-url", help="Ledger database URL. Default: $HPCQUEUE_DB_URL, else SQLite.")
-]
+DbUrlOpt = setting(
+    "db_url",
+    Annotated[
+        str | None,
+        typer.Option("--db-url", help="Ledger database URL. Default: $HPCQUEUE_DB_URL, else SQLite."),
+    ],
+)
 
 
 def flag(name: str, help: str) -> Any:
@@ -38,63 +55,94 @@ EveryBatchArg = Annotated[
     str | None, typer.Argument(help="Batch id. Default: every batch under the batch root.")
 ]
 BatchIdArg = Annotated[str, typer.Argument(help="Batch id (hq-…).")]
-ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Model id, alias or local path. Default: the config's model.")
-]
-MaxNewTokensOpt = Annotated[
-    int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)
-]
-TaskSizeOpt = Annotated[int | None, typer.Option(help="Requests per task (array element).", min=1)]
+ModelOpt = setting(
+    "model",
+    Annotated[
+        str | None,
+        typer.Option("--model", help="Model id, alias or local path. Default: the config's model."),
+    ],
+)
+MaxNewTokensOpt = setting(
+    "max_new_tokens",
+    Annotated[int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)],
+)
+TaskSizeOpt = setting(
+    "task_size", Annotated[int | None, typer.Option(help="Requests per task (array element).", min=1)]
+)
 ShowErrorsOpt = Annotated[int, typer.Option(help="How many input errors to list.", min=1)]
-PolicyOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="threshold | optimal | unaware | single:TARGET. Default: the config's policy (threshold)."
-    ),
-]
-LambdaOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--lambda",
-        help="Weight of energy in the cost λ·E + (1−λ)·R, both normalised by the workload's mean per "
-        "request: 1 = energy only (default), 0 = runtime only.",
-        min=0.0,
-        max=1.0,
-    ),
-]
-DeadlineOpt = Annotated[
-    str | None,
-    typer.Option(
-        help='Finish by this time: a duration after the start (seconds or e.g. "90m", "14h", "1h30m") or an '
-        "ISO 8601 time (2023-06-02T08:00-04:00). Bounds each target's work to slots (array_parallelism) × "
-        "deadline, and the plan in time."
-    ),
-]
-StartOpt = Annotated[
-    str | None,
-    typer.Option(
-        help='When the batch may start: an ISO 8601 time with its offset (2023-06-01T18:00-04:00) or "now" '
-        "(default)."
-    ),
-]
-SlotOpt = Annotated[
-    str | None, typer.Option(help='Planning slot: "1h" (default), "30m", "15m"; series are resampled to it.')
-]
-ObjectiveOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="What the plan minimises: energy (facility energy), carbon, water, cost, runtime, or weights "
-        'such as "carbon=1,water=0.1". --lambda λ is shorthand for energy=λ,runtime=1−λ; give one of them.'
-    ),
-]
-DeferOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--defer/--no-defer",
-        help="--no-defer: every task starts as soon as capacity allows (the run-now plan). Default: defer "
-        "work to the hours and sites that cost least before the deadline.",
-    ),
-]
+PolicyOpt = setting(
+    "policy",
+    Annotated[
+        str | None,
+        typer.Option(
+            help="threshold | optimal | unaware | single:TARGET. Default: the config's policy (threshold)."
+        ),
+    ],
+)
+LambdaOpt = setting(
+    "lambda",
+    Annotated[
+        float | None,
+        typer.Option(
+            "--lambda",
+            help="Weight of energy in the cost λ·E + (1−λ)·R, both normalised by the workload's mean per "
+            "request: 1 = energy only (default), 0 = runtime only.",
+            min=0.0,
+            max=1.0,
+        ),
+    ],
+    param="lam",
+)
+DeadlineOpt = setting(
+    "deadline",
+    Annotated[
+        str | None,
+        typer.Option(
+            help='Finish by this time: a duration after the start (seconds or e.g. "90m", "14h", "1h30m") '
+            "or an ISO 8601 time (2023-06-02T08:00-04:00). Bounds each target's work to slots "
+            "(array_parallelism) × deadline, and the plan in time."
+        ),
+    ],
+)
+StartOpt = setting(
+    "start",
+    Annotated[
+        str | None,
+        typer.Option(
+            help="When the batch may start: an ISO 8601 time with its offset (2023-06-01T18:00-04:00) or "
+            '"now" (default).'
+        ),
+    ],
+)
+SlotOpt = setting(
+    "slot",
+    Annotated[
+        str | None,
+        typer.Option(help='Planning slot: "1h" (default), "30m", "15m"; series are resampled to it.'),
+    ],
+)
+ObjectiveOpt = setting(
+    "objective",
+    Annotated[
+        str | None,
+        typer.Option(
+            help="What the plan minimises: energy (facility energy), carbon, water, cost, runtime, or "
+            'weights such as "carbon=1,water=0.1". --lambda λ is shorthand for energy=λ,runtime=1−λ; give '
+            "one of them."
+        ),
+    ],
+)
+DeferOpt = setting(
+    "defer",
+    Annotated[
+        bool | None,
+        typer.Option(
+            "--defer/--no-defer",
+            help="--no-defer: every task starts as soon as capacity allows (the run-now plan). Default: "
+            "defer work to the hours and sites that cost least before the deadline.",
+        ),
+    ],
+)
 ProfileDirOpt = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="Profile directory to write into. Default: the user's profiles."),
@@ -115,26 +163,13 @@ SkipInvalidOpt = Annotated[
         help="Go on with the valid lines and report the invalid ones (submit keeps them in rejects.jsonl).",
     ),
 ]
-BatchSizeOpt = Annotated[int | None, typer.Option(help="Prompts per generation batch in a worker.", min=1)]
-MaxLineBytesOpt = Annotated[int | None, typer.Option(help="Longest accepted input line, in bytes.")]
+BatchSizeOpt = setting(
+    "batch_size", Annotated[int | None, typer.Option(help="Prompts per generation batch in a worker.", min=1)]
+)
+MaxLineBytesOpt = setting(
+    "max_line_bytes", Annotated[int | None, typer.Option(help="Longest accepted input line, in bytes.")]
+)
 
-#: Options that set one setting each, declared once: parameter name → (the setting's name as
-#: :func:`hpcqueue.config.resolve` reads it, the option). Commands take them with :func:`setting_options`.
-SETTING_OPTIONS: dict[str, tuple[str, Any]] = {
-    "db_url": ("db_url", DbUrlOpt),
-    "model": ("model", ModelOpt),
-    "max_new_tokens": ("max_new_tokens", MaxNewTokensOpt),
-    "task_size": ("task_size", TaskSizeOpt),
-    "batch_size": ("batch_size", BatchSizeOpt),
-    "max_line_bytes": ("max_line_bytes", MaxLineBytesOpt),
-    "policy": ("policy", PolicyOpt),
-    "lam": ("lambda", LambdaOpt),
-    "objective": ("objective", ObjectiveOpt),
-    "start": ("start", StartOpt),
-    "deadline": ("deadline", DeadlineOpt),
-    "slot": ("slot", SlotOpt),
-    "defer": ("defer", DeferOpt),
-}
 #: How a batch is planned: the options submit, plan and simulate share.
 PLANNING = ("policy", "lam", "objective", "start", "deadline", "slot", "defer")
 #: What a command decorated with :func:`setting_options` receives: the values of its setting options.
