@@ -240,7 +240,7 @@ def render_in_time(report: dict[str, Any]) -> None:
             _scaled(row["water_l"], 1.0, "{:,.2f}"),
             _scaled(row["cost_usd"], 1.0, "{:,.2f}"),
             _hours(row["finish_s"]),
-            "yes" if row["meets_deadline"] else "no",
+            "-" if row["meets_deadline"] is None else ("yes" if row["meets_deadline"] else "no"),
         )
     out.print(table)
     unknown = [
@@ -248,7 +248,8 @@ def render_in_time(report: dict[str, Any]) -> None:
     ]
     if unknown:
         out.print(
-            f"unknown: {', '.join(unknown)} (a site that runs work states no such data; see docs/sites.md)",
+            f"unknown: {', '.join(unknown)} (a target without a profile, or a site that runs work and states "
+            "no such data; see docs/sites.md)",
             markup=False,
         )
 

@@ -168,7 +168,10 @@ def summarize(
         "runtime_s": float(runtime.sum()),
         "makespan_s": makespan_s,
         "cost": float(cost_t.sum()),
-        "meets_deadline": None if deadline_s is None else bool(makespan_s <= deadline_s * (1 + 1e-9)),
+        # unknown (None) without a deadline, or when a target without a cost model has work
+        "meets_deadline": None
+        if deadline_s is None or not np.isfinite(makespan_s)
+        else bool(makespan_s <= deadline_s * (1 + 1e-9)),
         "extrapolated_share": float((counts * table.extrapolated).sum() / max(len(workload), 1))
         if used.any()
         else 0.0,

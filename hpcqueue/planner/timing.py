@@ -177,7 +177,8 @@ class Schedule:
 
     def totals(self) -> dict[str, Any]:
         onsite, offsite = self.total("water_onsite_l"), self.total("water_offsite_l")
-        finish = self.metrics["finish_s"]
+        finish = self.total("finish_s") if self.metrics["finish_s"].size else 0.0
+        last = None if finish is None else float(np.max(self.metrics["finish_s"], initial=0.0))
         return {
             "energy_j": self.total("energy_j"),
             "facility_energy_j": self.total("facility_energy_j"),
@@ -186,9 +187,9 @@ class Schedule:
             "water_onsite_l": onsite,
             "water_offsite_l": offsite,
             "cost_usd": self.total("cost_usd"),
-            "finish_s": float(finish.max()) if finish.size else 0.0,
+            "finish_s": last,
             "objective": self.objective,
-            "meets_deadline": self.meets_deadline,
+            "meets_deadline": None if last is None else self.meets_deadline,
         }
 
 
@@ -296,7 +297,12 @@ def _problem(
     deadline = grid.deadline_s if grid.deadline_s is not None else grid.end_s
     within = fits_grid & (finish <= deadline * (1 + _RTOL) + 1e-6)
 
-    metrics: dict[str, FloatArray] = {"energy_j": np.repeat(energy[:, None], s, axis=1), "finish_s": finish}
+    # a task on a target without a cost model: it takes room as a task of no length, its figures unknown
+    known = np.isfinite(np.asarray(tasks.energy_j, dtype=float))[:, None]
+    metrics: dict[str, FloatArray] = {
+        "energy_j": np.where(known, np.repeat(energy[:, None], s, axis=1), np.nan),
+        "finish_s": np.where(np.isfinite(np.asarray(tasks.runtime_s, dtype=float))[:, None], finish, np.nan),
+    }
     for metric in RATE_METRICS:
         rate = np.asarray(rates[metric], dtype=float)
         padded = np.concatenate([rate, np.full((rate.shape[0], width), np.nan)], axis=1)
@@ -308,7 +314,7 @@ def _problem(
         # a task whose energy is known but whose site does not state the rate: unknown
         unknown = np.isnan(rate).any(axis=1)[tasks.target]
         total[unknown] = np.nan
-        total[~fits_grid] = np.nan
+        total[~fits_grid | ~known] = np.nan
         metrics[metric] = total
 
     lengths = np.minimum(grid.slot_s, grid.end_s - offsets)
@@ -741,7 +747,7 @@ def _late_message(problem: _Problem, asap: Schedule | None) -> str:
             "where the plan's time grid (or a site's data) ends; give a later deadline, more capacity "
             "(array_parallelism) or, at a site with limited power, more power"
         )
-    finish = float(asap.metrics["finish_s"].max())
+    finish = float(np.nanmax(asap.metrics["finish_s"], initial=0.0))
     earliest = grid.time_at(math.ceil(finish / 60.0) * 60.0)
     return (
         f"no plan finishes by the deadline {deadline.isoformat(timespec='minutes')}: run as soon as possible "

@@ -183,3 +183,14 @@ def test_simulate_reports_plan_and_baselines_with_the_same_keys(tmp_path: Path, 
     # the policy comparison of the routing stays in the same report
     assert "unaware" in report["baselines"] and report["requests"] == 2000
     assert math.isfinite(report["time"]["scales"]["carbon"])
+
+
+def test_a_target_without_a_profile_leaves_its_figures_unknown_never_zero(tmp_path: Path) -> None:
+    sites = {"dc": _site(tmp_path, "dc", NIGHT)}
+    targets = [Target(name="cpu", hardware="no-profile-here", site="dc", array_parallelism=2)]
+    models = resolve_cost_models(targets, "x")
+    assert models == {"cpu": None}
+    report = plan_requests(_requests(), targets, models, _options(objective=None), sites).time_report()
+    for key in ("energy_j", "facility_energy_j", "carbon_g", "finish_s", "meets_deadline"):
+        assert report[key] is None, key
+        assert report["baselines"]["run_at_submit"][key] is None, key
