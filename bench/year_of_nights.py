@@ -292,7 +292,7 @@ def run_zone(
     """Every night at one zone: per night and case, the totals of the plan and its baselines (and, at the
     wind zone, the carbon plan's busy elements per slot, which the wind case compares with its power)."""
     from hpcqueue.errors import SiteDataError
-    from hpcqueue.planner.timing import evaluate, site_rates
+    from hpcqueue.planner.timing import reprice, site_rates
     from hpcqueue.sites import load_site
 
     site = load_site(site_spec(grid_dir, zone))
@@ -330,6 +330,7 @@ def run_zone(
                         row[f"{key}/{name}/{metric}"] = value
                 row[f"{key}/gap"] = placement.plan.gap if placement.plan.gap is not None else np.nan
                 if objective == "carbon":
+                    by_carbon = placement
                     today[deadline] = (
                         (grid.starts[0], grid.n_slots, grid.deadline_s),
                         placement.plan.start_slot,
@@ -356,7 +357,7 @@ def run_zone(
                     continue
                 forecast_rates = site_rates([forecast], [0], grid.n_slots)
                 guess_start = placer.place(tasks, grid, capacity, forecast_rates, weights).plan.start_slot
-            judged = evaluate(tasks, grid, capacity, rates, weights, guess_start)
+            judged = reprice(by_carbon, rates, guess_start)
             assert judged is not None, "the naive plan's starts break capacity under the same capacity"
             for metric, value in totals(judged).items():
                 row[f"{deadline}/naive/{metric}"] = value

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -203,6 +203,7 @@ class Placement:
     weights: dict[str, float]
     scales: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    inputs: Inputs | None = field(default=None, repr=False)
 
     @property
     def start_s(self) -> FloatArray:
@@ -270,14 +271,25 @@ class _Problem:
         return self.grid.n_slots
 
 
-def _problem(
-    tasks: Tasks,
-    grid: TimeGrid,
-    cap: Capacity,
-    rates: Mapping[str, FloatArray],
-    weights: Mapping[str, float],
-    scales: Mapping[str, float] | None,
-) -> tuple[_Problem, dict[str, float]]:
+@dataclass(frozen=True)
+class Inputs:
+    """What a placement was made from: the tasks, the grid, the capacity, the rates and the objective."""
+
+    tasks: Tasks
+    grid: TimeGrid
+    capacity: Capacity
+    rates: Mapping[str, FloatArray]
+    weights: Mapping[str, float]
+
+
+def _problem(inputs: Inputs, scales: Mapping[str, float] | None) -> tuple[_Problem, dict[str, float]]:
+    tasks, grid, cap, rates, weights = (
+        inputs.tasks,
+        inputs.grid,
+        inputs.capacity,
+        inputs.rates,
+        inputs.weights,
+    )
     n, s = len(tasks), grid.n_slots
     energy = np.nan_to_num(np.asarray(tasks.energy_j, dtype=float), nan=0.0)
     runtime = np.nan_to_num(np.asarray(tasks.runtime_s, dtype=float), nan=0.0)
@@ -627,7 +639,7 @@ def place(
     weights: Mapping[str, float],
     *,
     defer: bool = True,
-    time_limit_s: float = 10.0,
+    time_limit_s: float = 4.0,
     max_exact_vars: int = 2_000_000,
     max_milp_vars: int = 5_000,
     scales: Mapping[str, float] | None = None,
@@ -643,7 +655,8 @@ def place(
     """
     if not weights:
         raise ConfigError("an objective needs at least one weight")
-    problem, scales = _problem(tasks, grid, capacity, rates, weights, scales)
+    inputs = Inputs(tasks, grid, capacity, rates, weights)
+    problem, scales = _problem(inputs, scales)
     notes: list[str] = []
     asap_start = _as_soon_as_possible(problem)
     asap = _schedule(problem, "run_at_submit", asap_start) if asap_start is not None else None
@@ -668,7 +681,7 @@ def place(
                 "no deadline: every task starts as soon as capacity allows; give --deadline to defer"
             )
         plan = _with_method(_renamed(asap, "plan"), "run at submit", exact=None)
-        return Placement(plan, baselines, grid, dict(weights), scales, notes)
+        return Placement(plan, baselines, grid, dict(weights), scales, notes, inputs)
 
     candidates = [b for b in baselines.values() if b.meets_deadline]
     greedy_start = _greedy(problem)
@@ -703,24 +716,21 @@ def place(
     plan = Schedule(**{**best.__dict__, "name": "plan", "exact": exact, "gap": gap})
     if best.method not in ("milp", "greedy", "lp-rounding"):
         plan = Schedule(**{**plan.__dict__, "method": f"{best.name} (no better schedule found)"})
-    return Placement(plan, baselines, grid, dict(weights), scales, notes)
+    return Placement(plan, baselines, grid, dict(weights), scales, notes, inputs)
 
 
-def evaluate(
-    tasks: Tasks,
-    grid: TimeGrid,
-    capacity: Capacity,
-    rates: Mapping[str, FloatArray],
-    weights: Mapping[str, float],
-    start_slot: npt.ArrayLike,
-    *,
-    scales: Mapping[str, float] | None = None,
-    name: str = "evaluated",
+def reprice(
+    placement: Placement, rates: Mapping[str, FloatArray], start_slot: npt.ArrayLike | None = None
 ) -> Schedule | None:
-    """What given starts cost under ``rates`` — e.g. a plan made with a forecast, judged on what happened;
-    None when the starts break a capacity or power limit under ``capacity``."""
-    problem, _ = _problem(tasks, grid, capacity, rates, weights, scales)
-    return _schedule(problem, name, np.asarray(start_slot, dtype=np.int64))
+    """What the plan of ``placement`` (or other starts, ``start_slot``) costs under other ``rates`` — a plan
+    made with a forecast, judged on what happened — by the placement's own yardsticks. None when the starts
+    break a capacity or power limit."""
+    if placement.inputs is None:
+        raise PlanningError("this placement keeps no inputs to price again")
+    inputs = replace(placement.inputs, rates=rates)
+    problem, _ = _problem(inputs, placement.scales)
+    starts = placement.plan.start_slot if start_slot is None else np.asarray(start_slot, dtype=np.int64)
+    return _schedule(problem, "repriced", starts)
 
 
 def _with_method(schedule: Schedule, method: str, exact: bool | None) -> Schedule:
