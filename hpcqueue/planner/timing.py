@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -271,25 +271,12 @@ class _Problem:
         return self.grid.n_slots
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """What a placement was made from: the tasks, the grid, the capacity, the rates and the objective."""
-
-    tasks: Tasks
-    grid: TimeGrid
-    capacity: Capacity
-    rates: Mapping[str, FloatArray]
-    weights: Mapping[str, float]
+#: What a placement is made from: the tasks, the grid, the capacity, the rates and the objective's weights.
+Inputs = tuple[Tasks, TimeGrid, Capacity, Mapping[str, FloatArray], Mapping[str, float]]
 
 
 def _problem(inputs: Inputs, scales: Mapping[str, float] | None) -> tuple[_Problem, dict[str, float]]:
-    tasks, grid, cap, rates, weights = (
-        inputs.tasks,
-        inputs.grid,
-        inputs.capacity,
-        inputs.rates,
-        inputs.weights,
-    )
+    tasks, grid, cap, rates, weights = inputs
     n, s = len(tasks), grid.n_slots
     energy = np.nan_to_num(np.asarray(tasks.energy_j, dtype=float), nan=0.0)
     runtime = np.nan_to_num(np.asarray(tasks.runtime_s, dtype=float), nan=0.0)
@@ -655,7 +642,7 @@ def place(
     """
     if not weights:
         raise ConfigError("an objective needs at least one weight")
-    inputs = Inputs(tasks, grid, capacity, rates, weights)
+    inputs = (tasks, grid, capacity, rates, weights)
     problem, scales = _problem(inputs, scales)
     notes: list[str] = []
     asap_start = _as_soon_as_possible(problem)
@@ -727,8 +714,8 @@ def reprice(
     break a capacity or power limit."""
     if placement.inputs is None:
         raise PlanningError("this placement keeps no inputs to price again")
-    inputs = replace(placement.inputs, rates=rates)
-    problem, _ = _problem(inputs, placement.scales)
+    tasks, grid, capacity, _, weights = placement.inputs
+    problem, _ = _problem((tasks, grid, capacity, rates, weights), placement.scales)
     starts = placement.plan.start_slot if start_slot is None else np.asarray(start_slot, dtype=np.int64)
     return _schedule(problem, "repriced", starts)
 
