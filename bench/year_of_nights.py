@@ -502,11 +502,13 @@ def run_wind(
     """The batch at a site whose power is derived from the wind: the plan within that power, and the
     available power per slot. The same site without the power limit is the wind zone's own site, whose
     plans :func:`run_zone` makes; ``with_unlimited`` makes them here too (when that zone is not run)."""
+    from hpcqueue.config import WindTurbines
     from hpcqueue.errors import PlanningError, SiteDataError
     from hpcqueue.planner.timing import Capacity, site_rates
     from hpcqueue.sites import load_site
 
-    site = load_site(site_spec(grid_dir, WIND_ZONE, name="wind", power="wind", wind_rated_kw=WIND_RATED_KW))
+    turbines = WindTurbines(rated_kw=WIND_RATED_KW)
+    site = load_site(site_spec(grid_dir, WIND_ZONE, name="wind", power="wind", wind=turbines))
     placer = Placer(exact)
     weights = {"carbon": 1.0}
     rows: list[dict[str, Any]] = []

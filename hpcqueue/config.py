@@ -28,7 +28,17 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hpcqueue.durations import parse_duration
 from hpcqueue.errors import ConfigError
@@ -98,6 +108,27 @@ SITE_PATH_KEYS = ("carbon", "weather", "cooling", "price", "power")
 DEFAULT_PUE = 1.58
 
 
+class WindTurbines(BaseModel):
+    """The turbines that power a site with ``power = "wind"`` (``[sites.NAME.wind]``): how many, each one's
+    rated power, its hub height, the wind shear exponent and its power curve's speeds (m/s at the hub)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    turbines: PositiveInt = 1
+    rated_kw: PositiveFloat = 2000.0
+    hub_height_m: PositiveFloat = 80.0
+    shear_alpha: NonNegativeFloat = 0.14
+    cut_in_ms: NonNegativeFloat = 3.0
+    rated_ms: PositiveFloat = 12.0
+    cut_out_ms: PositiveFloat = 25.0
+
+    @model_validator(mode="after")
+    def _speeds_in_order(self) -> WindTurbines:
+        if not self.cut_in_ms < self.rated_ms < self.cut_out_ms:
+            raise ValueError("wind speeds must satisfy cut_in_ms < rated_ms < cut_out_ms")
+        return self
+
+
 class SiteSpec(BaseModel):
     """Where targets physically are, as the config states it (``[sites.NAME]``); :mod:`hpcqueue.sites` loads
     the series and models it names.
@@ -129,13 +160,7 @@ class SiteSpec(BaseModel):
     water_per_kwh: float | None = Field(default=None, ge=0.0, description="off-site L per kWh of electricity")
     price: str | float | None = Field(default=None, description="USD/MWh: a constant or a CSV")
     power: float | str | None = Field(default=None, description='kW available: a constant, a CSV, or "wind"')
-    wind_rated_kw: float = Field(default=2000.0, gt=0)
-    wind_turbines: int = Field(default=1, ge=1)
-    wind_hub_height_m: float = Field(default=80.0, gt=0)
-    wind_shear_alpha: float = Field(default=0.14, ge=0)
-    wind_cut_in_ms: float = Field(default=3.0, ge=0)
-    wind_rated_ms: float = Field(default=12.0, gt=0)
-    wind_cut_out_ms: float = Field(default=25.0, gt=0)
+    wind: WindTurbines = Field(default_factory=lambda: WindTurbines(), description='for power = "wind"')
 
     @field_validator("timezone")
     @classmethod
@@ -181,8 +206,6 @@ class SiteSpec(BaseModel):
                 f"the chiller's supply temperature ({self.supply_temperature_c:g} °C) must be below its "
                 f"design ambient ({self.design_ambient_c:g} °C): lower supply_temperature_c"
             )
-        if not self.wind_cut_in_ms < self.wind_rated_ms < self.wind_cut_out_ms:
-            raise ValueError("wind speeds must satisfy wind_cut_in_ms < wind_rated_ms < wind_cut_out_ms")
         return self
 
 
@@ -497,6 +520,8 @@ def _describe_validation_error(
         if error["type"] == "extra_forbidden":
             tables: dict[str, type[BaseModel]] = {"targets": Target, "sites": SiteSpec}
             model = tables.get(loc[0], Settings) if len(loc) >= 3 else Settings
+            if loc[0] == "sites" and len(loc) >= 4 and loc[2] == "wind":
+                model = WindTurbines
             valid = ", ".join(
                 sorted(
                     info.alias or name

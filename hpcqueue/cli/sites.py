@@ -148,7 +148,7 @@ def _summary(site: Site, targets: list[str]) -> dict[str, Any]:
     if site.power is None:
         power = "unlimited"
     elif site.power.kind == "derived":
-        power = f"derived: wind, {spec.wind_turbines} × {spec.wind_rated_kw:g} kW"
+        power = f"derived: wind, {spec.wind.turbines} × {spec.wind.rated_kw:g} kW"
     else:
         power = _series_text(site.power)
     return {

@@ -17,7 +17,7 @@ import numpy as np
 from hpcqueue.config import SiteSpec
 from hpcqueue.errors import SiteDataError
 from hpcqueue.sites.cooling import CoolingModel, cooling_model
-from hpcqueue.sites.power import wind_power_kw
+from hpcqueue.sites.power import describe_turbines, wind_power_kw
 from hpcqueue.sites.series import Series, read_carbon, read_power, read_price
 from hpcqueue.sites.tables import FloatArray, TimeArray, format_time
 from hpcqueue.sites.water import WueModel, wue_model
@@ -297,21 +297,9 @@ def _wind_power(spec: SiteSpec, weather: Weather | None) -> Series:
             f"{spec.weather}: site {spec.name} has power = 'wind', which needs the wind speed "
             "(windspeed_10m or wind_speed_10m), and the weather file has none"
         )
-    values = wind_power_kw(
-        wind.values,
-        rated_kw=spec.wind_rated_kw,
-        turbines=spec.wind_turbines,
-        hub_height_m=spec.wind_hub_height_m,
-        shear_alpha=spec.wind_shear_alpha,
-        cut_in_ms=spec.wind_cut_in_ms,
-        rated_ms=spec.wind_rated_ms,
-        cut_out_ms=spec.wind_cut_out_ms,
-    )
+    values = wind_power_kw(wind.values, spec.wind)
     note = (
         f"derived: turbine power curve from the wind speed of {wind.source} ({wind.note}); hub speed by the "
-        f"power law v_h = v_10·(h/10)^α with α = {spec.wind_shear_alpha:g}, "
-        f"hub {spec.wind_hub_height_m:g} m; {spec.wind_turbines} × {spec.wind_rated_kw:g} kW rated; "
-        f"0 below cut-in {spec.wind_cut_in_ms:g} m/s, cubic to rated {spec.wind_rated_ms:g} m/s, "
-        f"flat to cut-out {spec.wind_cut_out_ms:g} m/s, 0 above"
+        + describe_turbines(spec.wind)
     )
     return Series("available power", "kW", wind.source, "derived", wind.times, values, wind.step_s, note)

@@ -71,7 +71,7 @@ wue = "wet-bulb"
 water_per_kwh = 2.0
 price = "price.csv"
 power = "wind"
-wind_turbines = 2
+wind = { turbines = 2 }
 
 [sites.east]
 timezone = "America/New_York"

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpcqueue.config import SiteSpec, Target
+from hpcqueue.config import SiteSpec, Target, WindTurbines
 from hpcqueue.planner import PlanOptions, resolve_cost_models
 from hpcqueue.planner.plan import plan_requests
 from hpcqueue.sites import load_site
@@ -90,7 +90,7 @@ def test_every_sampled_night_plan_le_best_window_le_run_at_submit(
 def test_a_wind_powered_site_never_draws_more_than_the_wind_gives(
     grid_data: Path, azure: pd.DataFrame
 ) -> None:
-    spec, first_evening = _site(grid_data, "GB", power="wind", wind_rated_kw=2.0, wind_turbines=1)
+    spec, first_evening = _site(grid_data, "GB", power="wind", wind=WindTurbines(rated_kw=2.0))
     site = load_site(spec)
     assert site.power is not None and site.power.kind == "derived"
     targets = [

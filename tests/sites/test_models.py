@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from hpcqueue.config import DEFAULT_PUE, SiteSpec
+from hpcqueue.config import DEFAULT_PUE, SiteSpec, WindTurbines
 from hpcqueue.errors import SiteDataError
 from hpcqueue.sites import (
     ChillerPUE,
@@ -173,16 +173,8 @@ def test_wue_model_follows_the_spec() -> None:
 def farm_kw(speed_ms: list[float] | np.ndarray, hub_height_m: float = 10.0) -> np.ndarray:
     """Three 2 MW turbines (cut-in 3, rated 12, cut-out 25 m/s) at a 10 m wind of ``speed_ms``; with the
     hub at 10 m the hub speed is the 10 m speed."""
-    return wind_power_kw(
-        np.asarray(speed_ms, dtype=float) * 3.6,
-        rated_kw=2000.0,
-        turbines=3,
-        hub_height_m=hub_height_m,
-        shear_alpha=0.14,
-        cut_in_ms=3.0,
-        rated_ms=12.0,
-        cut_out_ms=25.0,
-    )
+    turbines = WindTurbines(turbines=3, rated_kw=2000.0, hub_height_m=hub_height_m)
+    return wind_power_kw(np.asarray(speed_ms, dtype=float) * 3.6, turbines)
 
 
 def test_the_wind_power_curve() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from hpcqueue.config import DEFAULT_PUE, SiteSpec
+from hpcqueue.config import DEFAULT_PUE, SiteSpec, WindTurbines
 from hpcqueue.errors import SiteDataError
 from hpcqueue.sites import Site, load_site, load_sites, wind_power_kw
 from tests.sites import write_csv, write_em_csv, write_open_meteo_json
@@ -66,7 +66,7 @@ def full_site(files: dict[str, Path]) -> Site:
         water_per_kwh=2.0,
         price=str(files["price"]),
         power="wind",
-        wind_turbines=2,
+        wind=WindTurbines(turbines=2),
     )
     return load_site(spec)
 
@@ -110,16 +110,7 @@ def test_wind_power_is_derived_from_the_weather(files: dict[str, Path]) -> None:
     site = full_site(files)
     assert site.power is not None and site.weather is not None and site.weather.wind_speed_kmh is not None
     assert site.power.kind == "derived" and site.power.source == str(files["weather"])
-    expected = wind_power_kw(
-        site.weather.wind_speed_kmh.values,
-        rated_kw=2000.0,
-        turbines=2,
-        hub_height_m=80.0,
-        shear_alpha=0.14,
-        cut_in_ms=3.0,
-        rated_ms=12.0,
-        cut_out_ms=25.0,
-    )
+    expected = wind_power_kw(site.weather.wind_speed_kmh.values, WindTurbines(turbines=2))
     assert site.power.values == pytest.approx(expected)
     assert site.power.times.tolist() == site.weather.wind_speed_kmh.times.tolist()
     assert site.power.note.startswith("derived: turbine power curve") and "2 × 2000 kW" in site.power.note
