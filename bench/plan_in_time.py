@@ -73,29 +73,19 @@ def sample(trace: Path, n: int, seed: int) -> pd.DataFrame:
 def targets_at(sites: dict[str, str], parallelism: int) -> list[Any]:
     from hpcqueue.config import Target
 
-    out = []
-    for site in sites:
-        out.append(
-            Target(
-                name=f"a100-{site}",
-                hardware="a100-40g",
-                profile=A100,
-                array_parallelism=parallelism,
-                site=site,
-                power_w=400.0,
-            )
+    kinds = (("a100", "a100-40g", A100, 400.0), ("v100", "v100-16g", V100, 300.0))
+    return [
+        Target(
+            name=f"{kind}-{site}",
+            hardware=hardware,
+            profile=profile,
+            array_parallelism=parallelism,
+            site=site,
+            power_w=power_w,
         )
-        out.append(
-            Target(
-                name=f"v100-{site}",
-                hardware="v100-16g",
-                profile=V100,
-                array_parallelism=parallelism,
-                site=site,
-                power_w=300.0,
-            )
-        )
-    return out
+        for site in sites
+        for kind, hardware, profile, power_w in kinds
+    ]
 
 
 def best_of(repeat: int, fn: Callable[[], T]) -> tuple[T, float]:
@@ -238,64 +228,14 @@ def main() -> None:
                 if parts is not None:
                     parts_rows.append([str(parallelism), power, policy, *parts])
 
+    case = ["elements", "site power", "policy"]
+    whole = ["plan_requests s", "tasks", "tasks per target", "routing solver", "placement method", "gap %"]
+    carbon = ["carbon kg: plan", "run_at_submit", "best_window", "plan vs submit %", "plan vs window %"]
     print()
-    print(
-        table(
-            [
-                "elements",
-                "site power",
-                "policy",
-                "plan_requests s",
-                "tasks",
-                "tasks per target",
-                "routing solver",
-                "placement method",
-                "gap %",
-                "carbon kg: plan",
-                "run_at_submit",
-                "best_window",
-                "plan vs submit %",
-                "plan vs window %",
-                "meets deadline",
-            ],
-            rows,
-            right=[
-                True,
-                False,
-                False,
-                True,
-                True,
-                False,
-                False,
-                False,
-                True,
-                True,
-                True,
-                True,
-                True,
-                True,
-                False,
-            ],
-        )
-    )
+    print(table([*case, *whole, *carbon, "meets deadline"], rows, [a == "r" for a in "rllrrlllrrrrrrl"]))
+    parts = ["group s", "predict s", "routing weights s", "route s", "place_tasks s", "whole call s"]
     print()
-    print(
-        table(
-            [
-                "elements",
-                "site power",
-                "policy",
-                "group s",
-                "predict s",
-                "routing weights s",
-                "route s",
-                "place_tasks s",
-                "whole call s",
-            ],
-            parts_rows,
-            right=[True, False, False, True, True, True, True, True, True],
-        )
-    )
+    print(table([*case, *parts], parts_rows, [a == "r" for a in "rllrrrrrr"]))
     slowest = max(float(r[3]) for r in rows)
     verdict = "met" if slowest < 10 else "NOT met"
     print(

@@ -62,7 +62,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -305,13 +305,7 @@ def run_zone(
     for i, night in enumerate(nights(site.spec.timezone, n_nights), start=1):
         row: dict[str, Any] = {"day": night.day.isoformat()}
         today: dict[str, tuple[tuple[Any, int, float | None], np.ndarray]] = {}
-        for deadline, deadline_s in night.deadline_s.items():
-            grid = night_grid(night.start, deadline_s)
-            try:
-                factors = site.factors(grid.starts, SLOT_S)
-            except SiteDataError:
-                row[f"{deadline}/skipped"] = True
-                continue
+        for deadline, grid, factors in night_factors(site, night, row):
             capacity = unlimited([parallelism], grid.n_slots)
             rates = site_rates([factors], [0], grid.n_slots)
             objectives = ["carbon"] + (
@@ -503,7 +497,7 @@ def run_wind(
     available power per slot. The same site without the power limit is the wind zone's own site, whose
     plans :func:`run_zone` makes; ``with_unlimited`` makes them here too (when that zone is not run)."""
     from hpcqueue.config import WindTurbines
-    from hpcqueue.errors import PlanningError, SiteDataError
+    from hpcqueue.errors import PlanningError
     from hpcqueue.planner.timing import Capacity, site_rates
     from hpcqueue.sites import load_site
 
@@ -515,13 +509,7 @@ def run_wind(
     progress = Progress("wind", n_nights)
     for i, night in enumerate(nights(site.spec.timezone, n_nights), start=1):
         row: dict[str, Any] = {"day": night.day.isoformat()}
-        for deadline, deadline_s in night.deadline_s.items():
-            grid = night_grid(night.start, deadline_s)
-            try:
-                factors = site.factors(grid.starts, SLOT_S)
-            except SiteDataError:
-                row[f"{deadline}/skipped"] = True
-                continue
+        for deadline, grid, factors in night_factors(site, night, row):
             available_w = np.asarray(factors.power_kw, dtype=float) * 1000.0
             limited = Capacity(
                 parallelism=np.array([parallelism]),
@@ -576,6 +564,21 @@ def add_unlimited(wind: dict, free_rows: Sequence[dict[str, Any]]) -> None:
             row[f"{deadline}/unlimited"] = free[f"{deadline}/carbon/plan/carbon_g"]
             row[f"{deadline}/unlimited_submit"] = free[f"{deadline}/carbon/run_at_submit/carbon_g"]
             row[f"{deadline}/bound"] = bool((np.asarray(nodes) * WIND_NODE_W > available_w + 1e-6).any())
+
+
+def night_factors(site: Any, night: Any, row: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
+    """Each deadline of ``night`` with its grid and the site's factors on it; a deadline whose data do not
+    cover its grid is marked skipped in ``row`` and left out."""
+    from hpcqueue.errors import SiteDataError
+
+    for deadline, deadline_s in night.deadline_s.items():
+        grid = night_grid(night.start, deadline_s)
+        try:
+            factors = site.factors(grid.starts, SLOT_S)
+        except SiteDataError:
+            row[f"{deadline}/skipped"] = True
+            continue
+        yield deadline, grid, factors
 
 
 # --- tables ------------------------------------------------------------------------------------------
