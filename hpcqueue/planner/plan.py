@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -223,9 +223,14 @@ def plan_requests(
     workload = Workload.from_tokens(n_in, n_out)
     costs = CostTable.build(workload, targets, cost_models, options.batch_size)
     lam, multiplier = schedule.routing_weights(targets, sites, options, start, deadline_s)
+    routed = costs.weighted(multiplier)
+    if sites and deadline_s is not None and policy in ("threshold", "optimal"):
+        slots = schedule.routing_slots(targets, sites, options, start, deadline_s)
+        if slots is not None:
+            routed = replace(routed, slots=slots)
     routing = route(
         workload,
-        costs.weighted(multiplier),
+        routed,
         policy,
         lam=lam,
         deadline_s=_routing_deadline(deadline_s, sites, options),

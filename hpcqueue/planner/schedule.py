@@ -312,5 +312,33 @@ def routing_weights(
     return lam, multiplier
 
 
+def routing_slots(
+    targets: Sequence[Target],
+    sites: Mapping[str, Site],
+    options: PlanOptions,
+    start: datetime,
+    deadline_s: float,
+) -> np.ndarray | None:
+    """The array elements each target can keep busy on average to the deadline, for the routing's capacity:
+    its ``array_parallelism``, less at a site whose power is limited — the site's power shared among its
+    targets in proportion to what they draw at full parallelism. None when no site limits power."""
+    names = _site_names(targets, sites)
+    order = list(dict.fromkeys(names))
+    grid = TimeGrid(start, options.slot_s, max(1, math.ceil(deadline_s / options.slot_s - 1e-9)), None)
+    factors = _factors(order, sites, grid)
+    if all(f is None or f.power_kw is None for f in factors):
+        return None
+    capacity = _capacity(targets, [order.index(n) for n in names], factors, grid.n_slots)
+    draw = capacity.parallelism * np.nan_to_num(capacity.power_w, nan=0.0)
+    site_draw = np.bincount(capacity.site, weights=draw, minlength=len(order))
+    share = np.divide(
+        draw, site_draw[capacity.site], out=np.zeros_like(draw), where=site_draw[capacity.site] > 0
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nodes = np.floor(capacity.site_power_w[capacity.site] * share[:, None] / capacity.power_w[:, None])
+    nodes = np.minimum(np.nan_to_num(nodes, nan=np.inf, posinf=np.inf), capacity.parallelism[:, None])
+    return np.asarray(np.floor(nodes.mean(axis=1)), dtype=np.int64)
+
+
 def time_after(start: datetime, seconds: float) -> datetime:
     return start + timedelta(seconds=float(seconds))

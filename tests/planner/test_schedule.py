@@ -194,3 +194,29 @@ def test_a_target_without_a_profile_leaves_its_figures_unknown_never_zero(tmp_pa
     for key in ("energy_j", "facility_energy_j", "carbon_g", "finish_s", "meets_deadline"):
         assert report[key] is None, key
         assert report["baselines"]["run_at_submit"][key] is None, key
+
+
+def test_routing_sees_a_site_whose_power_is_limited(tmp_path: Path) -> None:
+    """The cleaner site can run only one of its eight A100 elements at a time: routing gives it what one
+    element can do before the deadline, and the placement then fits instead of failing."""
+    clean = _site(tmp_path, "clean", [100.0] * 96, power=0.7)
+    dirty = _site(tmp_path, "dirty", [500.0] * 96)
+    targets = [
+        Target(name="a100", hardware="x", profile=A100, site="clean", array_parallelism=8, power_w=700.0),
+        Target(name="v100", hardware="x", profile=V100, site="dirty", array_parallelism=32, power_w=450.0),
+    ]
+    models = resolve_cost_models(targets, "x")
+    options = _options(policy="optimal", deadline_s=4 * 3600.0)
+    unlimited = plan_requests(
+        _requests(3000),
+        targets,
+        models,
+        options,
+        {"clean": _site(tmp_path, "free", [100.0] * 96), "dirty": dirty},
+    )
+    limited = plan_requests(_requests(3000), targets, models, options, {"clean": clean, "dirty": dirty})
+    on_clean = lambda plan: int((plan.assignments["target"] == "a100").sum())  # noqa: E731
+    assert 0 < on_clean(limited) < on_clean(unlimited)
+    placement = limited.in_time.placement
+    assert np.all(placement.plan.site_power_w[0] <= 700.0 + 1e-6)
+    assert placement.plan.meets_deadline
