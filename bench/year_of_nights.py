@@ -26,7 +26,7 @@ night (a violation is printed and the script exits with status 1).
 Forecasts. The main result plans with the actual series as the forecast (perfect knowledge, as Let's Wait
 Awhile and GAIA report their oracle results). The naive forecast plans with the same hours of the previous
 day (the site's factors on the grid shifted by -24 h) and its starts are then priced under the actual series
-(:func:`hpcqueue.planner.timing.evaluate`). Yesterday's hours are yesterday's grid, so the naive plan of a
+(:func:`hpcqueue.planner.timing.reprice`). Yesterday's hours are yesterday's grid, so the naive plan of a
 night is the perfect-knowledge plan of the night before (place() is deterministic) and is taken from it; only
 after a DST change, when the hours differ, is it solved anew.
 

@@ -22,9 +22,9 @@ Capacity and power
 The objective
     Σₘ wₘ · Mₘ / scaleₘ over the weighted metrics m — ``energy`` (facility energy; IT energy where no site
     states a PUE), ``carbon``, ``water`` (on-site plus off-site), ``cost`` and ``runtime`` (the sum of the
-    tasks' finish times after the start) — each divided by its value when every task runs as soon as it can
-    (so that weights compare like with like; a single objective needs no scale). Among equal plans the
-    earlier start wins.
+    tasks' finish times after the start) — each divided by a yardstick: its total if every task started in
+    the first slot, capacity aside (so that weights compare like with like; a single objective needs no
+    scale). Among equal plans the earlier start wins.
 
 The solution
     :func:`place` solves the integer programme — binary yⱼₛ (task j starts in slot s) and integer nₜ(u) —
