@@ -24,7 +24,7 @@ that works, printed. With 20 elements both policies send everything to the A100 
 Timed, pinned to ``--cores`` CPUs, best of ``--repeat``: the whole
 ``plan_requests(requests, targets, cost_models, options, sites=sites)`` call, and its parts run one by one:
 grouping the requests (``Workload.from_tokens``), predicting (``CostTable.build``), the sites' mean rates
-for routing (``schedule.routing_weights``), routing (``route``) and the placement in time of the plan's tasks
+for routing (``schedule.routing_view``), routing (``route``) and the placement in time of the plan's tasks
 (``schedule.place_tasks``). Reading the sites' files (``load_sites``) happens once, before, and is timed
 apart.
 
@@ -150,10 +150,10 @@ def run_case(
     n_in, n_out = requests["input_tokens"], requests["max_new_tokens"]
     workload, t_group = best_of(repeat, lambda: Workload.from_tokens(n_in, n_out))
     costs, t_predict = best_of(repeat, lambda: CostTable.build(workload, targets, models))
-    weights, t_weights = best_of(
-        repeat, lambda: schedule.routing_weights(targets, sites, options, start, deadline_s)
+    view, t_weights = best_of(
+        repeat, lambda: schedule.routing_view(targets, sites, options, start, deadline_s)
     )
-    lam, multiplier = weights
+    lam, multiplier = view.lam, view.multiplier
     routing_deadline = ROUTING_SHARE * DEADLINE_S
     _, t_route = best_of(
         repeat,

@@ -371,7 +371,7 @@ def run_two_site(
     from hpcqueue.errors import PlanningError, SiteDataError
     from hpcqueue.planner import CostTable, PlanOptions, Workload, resolve_cost_models, route
     from hpcqueue.planner.plan import ROUTING_SHARE
-    from hpcqueue.planner.schedule import routing_weights
+    from hpcqueue.planner.schedule import routing_view
     from hpcqueue.planner.timing import site_rates
     from hpcqueue.sites import load_sites
 
@@ -416,9 +416,13 @@ def run_two_site(
             progress.step(i)
             continue
         options = PlanOptions(policy="optimal", start=night.start, deadline_s=deadline_s, objective=weights)
-        lam, multiplier = routing_weights(targets, sites, options, night.start, deadline_s)
+        view = routing_view(targets, sites, options, night.start, deadline_s)
         routing = route(
-            workload, costs.weighted(multiplier), "optimal", lam=lam, deadline_s=ROUTING_SHARE * deadline_s
+            workload,
+            costs.weighted(view.multiplier),
+            "optimal",
+            lam=view.lam,
+            deadline_s=ROUTING_SHARE * deadline_s,
         )
         idx = routing.target_idx
         row["requests_gb"] = int((idx == 0).sum())

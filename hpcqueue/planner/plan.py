@@ -222,12 +222,10 @@ def plan_requests(
         )
     workload = Workload.from_tokens(n_in, n_out)
     costs = CostTable.build(workload, targets, cost_models, options.batch_size)
-    lam, multiplier = schedule.routing_weights(targets, sites, options, start, deadline_s)
-    routed = costs.weighted(multiplier)
-    if sites and deadline_s is not None and policy in ("threshold", "optimal"):
-        slots = schedule.routing_slots(targets, sites, options, start, deadline_s)
-        if slots is not None:
-            routed = replace(routed, slots=slots)
+    view = schedule.routing_view(targets, sites, options, start, deadline_s)
+    lam, routed = view.lam, costs.weighted(view.multiplier)
+    if view.slots is not None and policy in ("threshold", "optimal"):  # the others ignore capacity
+        routed = replace(routed, slots=view.slots)
     routing = route(
         workload,
         routed,

@@ -270,67 +270,69 @@ def place_tasks(
     return TimePlan(placement, [t.name for t in targets], names, [factors[i] for i in site_index], used)
 
 
-def routing_weights(
+@dataclass(frozen=True)
+class RoutingView:
+    """What the routing policies see of the plan in time: λ, a per-target multiplier of energy, and each
+    target's array elements for its capacity (None: its ``array_parallelism``)."""
+
+    lam: float
+    multiplier: np.ndarray
+    slots: np.ndarray | None = None
+
+
+def routing_view(
     targets: Sequence[Target],
     sites: Mapping[str, Site],
     options: PlanOptions,
     start: datetime,
     deadline_s: float | None,
-) -> tuple[float, np.ndarray]:
-    """λ and a per-target multiplier of energy for the routing policies: each weighted objective other
-    than runtime contributes its mean rate at the target's site over the horizon (to the deadline, else one
-    slot), relative to the mean over the targets, so that the routing cost favours sites that are cheaper in
-    the objective. Without sites (or rates) the multipliers are 1 and λ is the options' own."""
+) -> RoutingView:
+    """The routing's view of the sites over the horizon (to the deadline, else one slot), read once:
+
+    * λ: the share of the objective's weights that is not runtime (without an objective, the options' λ);
+    * the multiplier: each weighted objective other than runtime contributes its mean rate at the target's
+      site, relative to the mean over the targets, so that the routing cost favours sites that are cheaper in
+      the objective (1 where rates are unknown);
+    * the slots: at a site whose power is limited, the elements each target can keep busy on average before
+      the deadline — the site's power shared among its targets in proportion to what they draw at full
+      parallelism (None when no site limits power, or without a deadline).
+    """
     weights = options.weights
-    runtime_w = weights.get("runtime", 0.0)
     other = {k: w for k, w in weights.items() if k != "runtime"}
-    lam = sum(other.values()) / (sum(other.values()) + runtime_w) if other else 0.0
-    if options.objective is None:
-        lam = options.lam
+    lam = options.lam
+    if options.objective is not None:
+        lam = sum(other.values()) / sum(weights.values()) if other else 0.0
     multiplier = np.ones(len(targets))
-    if not sites or not other:
-        return lam, multiplier
+    if not sites:
+        return RoutingView(lam, multiplier)
     names = _site_names(targets, sites)
     order = list(dict.fromkeys(names))
-    grid = TimeGrid.covering(start, options.slot_s, deadline_s, options.slot_s)
-    if deadline_s is not None:
-        grid = TimeGrid(start, options.slot_s, max(1, math.ceil(deadline_s / options.slot_s - 1e-9)), None)
+    site_index = [order.index(n) for n in names]
+    n_slots = max(1, math.ceil(deadline_s / options.slot_s - 1e-9)) if deadline_s is not None else 1
+    grid = TimeGrid(start, options.slot_s, n_slots, None)
     factors = _factors(order, sites, grid)
-    rates = timing.site_rates(factors, [order.index(n) for n in names], grid.n_slots)
-    total = np.zeros(len(targets))
-    for name, weight in other.items():
-        per_target = np.zeros(len(targets))
-        for metric in timing.OBJECTIVE_METRICS[name]:
-            per_target = per_target + np.nanmean(rates[metric], axis=1)
-        if name == "energy":
-            per_target = np.where(np.isnan(per_target), 1.0, per_target)
-        if np.isnan(per_target).any() or not np.nanmean(np.abs(per_target)) > 0:
-            continue  # unknown somewhere: the placement says so; routing ignores it
-        total += weight / sum(other.values()) * per_target / np.mean(np.abs(per_target))
-    if total.any():
+    if other:
+        rates = timing.site_rates(factors, site_index, grid.n_slots)
+        total = np.zeros(len(targets))
+        for name, weight in other.items():
+            per_target = sum(np.nanmean(rates[metric], axis=1) for metric in timing.OBJECTIVE_METRICS[name])
+            if name == "energy":
+                per_target = np.where(np.isnan(per_target), 1.0, per_target)
+            if np.isnan(per_target).any() or not np.nanmean(np.abs(per_target)) > 0:
+                continue  # unknown somewhere: the placement says so; routing ignores it
+            total += weight / sum(other.values()) * per_target / np.mean(np.abs(per_target))
         multiplier = np.where(total > 0, total, multiplier)
-    return lam, multiplier
+    limited = any(f is not None and f.power_kw is not None for f in factors)
+    slots = (
+        _busy_elements(_capacity(targets, site_index, factors, n_slots)) if limited and deadline_s else None
+    )
+    return RoutingView(lam, multiplier, slots)
 
 
-def routing_slots(
-    targets: Sequence[Target],
-    sites: Mapping[str, Site],
-    options: PlanOptions,
-    start: datetime,
-    deadline_s: float,
-) -> np.ndarray | None:
-    """The array elements each target can keep busy on average to the deadline, for the routing's capacity:
-    its ``array_parallelism``, less at a site whose power is limited — the site's power shared among its
-    targets in proportion to what they draw at full parallelism. None when no site limits power."""
-    names = _site_names(targets, sites)
-    order = list(dict.fromkeys(names))
-    grid = TimeGrid(start, options.slot_s, max(1, math.ceil(deadline_s / options.slot_s - 1e-9)), None)
-    factors = _factors(order, sites, grid)
-    if all(f is None or f.power_kw is None for f in factors):
-        return None
-    capacity = _capacity(targets, [order.index(n) for n in names], factors, grid.n_slots)
+def _busy_elements(capacity: Capacity) -> np.ndarray:
+    """Per target, the elements its share of the site's power keeps busy, averaged over the slots."""
     draw = capacity.parallelism * np.nan_to_num(capacity.power_w, nan=0.0)
-    site_draw = np.bincount(capacity.site, weights=draw, minlength=len(order))
+    site_draw = np.bincount(capacity.site, weights=draw, minlength=capacity.site_power_w.shape[0])
     share = np.divide(
         draw, site_draw[capacity.site], out=np.zeros_like(draw), where=site_draw[capacity.site] > 0
     )

@@ -149,7 +149,7 @@ class CostTable:
 
     def weighted(self, multiplier: npt.ArrayLike) -> CostTable:
         """This table with each target's energy multiplied by ``multiplier`` (T,) — what the routing sees
-        when a site's rates weigh its energy (see :func:`hpcqueue.planner.schedule.routing_weights`). The
+        when a site's rates weigh its energy (see :func:`hpcqueue.planner.schedule.routing_view`). The
         energy scale stays this table's, so λ keeps its meaning; all ones returns ``self``."""
         factor = np.asarray(multiplier, dtype=float)
         if np.all(factor == 1.0):
