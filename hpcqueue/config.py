@@ -115,12 +115,12 @@ class WindTurbines(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     turbines: PositiveInt = 1
-    rated_kw: PositiveFloat = 2000.0
+    rated_kw: PositiveFloat = Field(default=2000.0, description="one turbine's rated power (kW)")
     hub_height_m: PositiveFloat = 80.0
-    shear_alpha: NonNegativeFloat = 0.14
-    cut_in_ms: NonNegativeFloat = 3.0
-    rated_ms: PositiveFloat = 12.0
-    cut_out_ms: PositiveFloat = 25.0
+    shear_alpha: NonNegativeFloat = Field(default=0.14, description="power-law exponent, open land")
+    cut_in_ms: NonNegativeFloat = Field(default=3.0, description="below it the turbine gives nothing")
+    rated_ms: PositiveFloat = Field(default=12.0, description="from it on, the rated power")
+    cut_out_ms: PositiveFloat = Field(default=25.0, description="above it the turbine stops")
 
     @model_validator(mode="after")
     def _speeds_in_order(self) -> WindTurbines:
