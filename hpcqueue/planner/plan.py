@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -217,7 +218,7 @@ def plan_requests(
     deadline_s = options.deadline_after(start)
     if deadline_s is not None and deadline_s <= 0:
         raise ConfigError(
-            f"the deadline {schedule.time_after(start, deadline_s).isoformat()} is not after the start "
+            f"the deadline {(start + timedelta(seconds=deadline_s)).isoformat()} is not after the start "
             f"{start.isoformat()}"
         )
     workload = Workload.from_tokens(n_in, n_out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,6 @@ class TimePlan:
     placement: Placement
     targets: list[str]
     site_names: list[str]
-    factors: list[SlotFactors | None]
     sites: dict[str, Site]
 
     @property
@@ -267,7 +266,7 @@ def place_tasks(
         tasks, grid, capacity, rates, options.weights, defer=options.defer, scales=scales
     )
     used = {n: sites[n] for n in site_order if n in sites}
-    return TimePlan(placement, [t.name for t in targets], names, [factors[i] for i in site_index], used)
+    return TimePlan(placement, [t.name for t in targets], names, used)
 
 
 @dataclass(frozen=True)
@@ -340,7 +339,3 @@ def _busy_elements(capacity: Capacity) -> np.ndarray:
         nodes = np.floor(capacity.site_power_w[capacity.site] * share[:, None] / capacity.power_w[:, None])
     nodes = np.minimum(np.nan_to_num(nodes, nan=np.inf, posinf=np.inf), capacity.parallelism[:, None])
     return np.asarray(np.floor(nodes.mean(axis=1)), dtype=np.int64)
-
-
-def time_after(start: datetime, seconds: float) -> datetime:
-    return start + timedelta(seconds=float(seconds))

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -119,8 +119,6 @@ class TimeGrid:
         return self.n_slots * self.slot_s
 
     def time_at(self, offset_s: float) -> datetime:
-        from datetime import timedelta
-
         return self.start + timedelta(seconds=float(offset_s))
 
 
@@ -177,8 +175,8 @@ class Schedule:
 
     def totals(self) -> dict[str, Any]:
         onsite, offsite = self.total("water_onsite_l"), self.total("water_offsite_l")
-        finish = self.total("finish_s") if self.metrics["finish_s"].size else 0.0
-        last = None if finish is None else float(np.max(self.metrics["finish_s"], initial=0.0))
+        finish = self.metrics["finish_s"]
+        last = None if np.isnan(finish).any() else float(np.max(finish, initial=0.0))
         return {
             "energy_j": self.total("energy_j"),
             "facility_energy_j": self.total("facility_energy_j"),
