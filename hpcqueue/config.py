@@ -238,6 +238,17 @@ def parse_objective(value: str | Mapping[str, Any]) -> dict[str, float]:
     return {name: w for name, w in weights.items() if w > 0}
 
 
+def deadline_from(value: str, *, now: float) -> float:
+    """A deadline as a person types it — an ISO 8601 time, or a duration after ``now`` ("8h", "90m") — in
+    epoch seconds. Raises ConfigError naming what is wrong."""
+    try:
+        if _looks_like_time(value):
+            return parse_time(value).timestamp()
+        return now + parse_duration(value, bare_unit="s")
+    except ValueError as exc:
+        raise ConfigError(f"deadline {value!r}: {exc}") from None
+
+
 def parse_time(value: str | datetime) -> datetime:
     """An ISO 8601 time with its offset (``2023-06-01T18:00-04:00``, ``...Z``); a time without one is read
     in this machine's local zone."""

@@ -20,7 +20,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (batch.submit, batch.status, batch.collect, batch.retry, batch.cancel, batch.results):
+for command in (
+    batch.submit,
+    batch.status,
+    batch.collect,
+    batch.retry,
+    batch.replan,
+    batch.cancel,
+    batch.results,
+):
     app.command()(command)
 app.add_typer(ledger_app, name="ledger")
 app.command()(planning.plan)

@@ -1,4 +1,4 @@
-"""The batch commands: ``submit``, ``status``, ``collect``, ``retry``, ``cancel``, ``results``.
+"""The batch commands: ``submit``, ``status``, ``collect``, ``retry``, ``replan``, ``cancel``, ``results``.
 
 They parse options, call :mod:`hpcqueue.submission` (and the stages under it) and render the answer.
 """
@@ -92,9 +92,6 @@ def submit(
         if dry_run:
             _render_plan(prepared, as_json)
             return
-        deferred = submission.deferral_warning(prepared)
-        if deferred:
-            err.print(f"[yellow]warning:[/] {escape(deferred)}", soft_wrap=True)
         ledger = open_ledger(settings)
         outcome = submission.submit(prepared, ledger)
         if not wait:
@@ -152,6 +149,8 @@ def _render_plan(prepared: Any, as_json: bool) -> None:
 
 
 def _render_submitted(prepared: Any, outcome: Any, as_json: bool) -> None:
+    from hpcqueue import submission
+
     info = {
         "batch_id": outcome.batch.batch_id,
         "status": "submitted" if outcome.submitted_tasks else "nothing to submit",
@@ -162,6 +161,8 @@ def _render_submitted(prepared: Any, outcome: Any, as_json: bool) -> None:
         "submitted_tasks": len(outcome.submitted_tasks),
         "already_running_tasks": len(outcome.already_running),
         "batch_dir": str(outcome.batch.path),
+        "deadline_at": outcome.batch.deadline_at(),
+        "deferred": submission.deferred_starts(outcome.batch, outcome.submitted_tasks),
     }
     if as_json:
         print_json(info)
@@ -171,7 +172,30 @@ def _render_submitted(prepared: Any, outcome: Any, as_json: bool) -> None:
         f"batch [bold]{info['batch_id']}[/] {verb}: {info['requests']} requests in {info['tasks']} tasks; "
         f"{info['submitted_tasks']} task(s) submitted"
     )
+    _print_deferred(info["deferred"], info["deadline_at"])
     out.print(f"follow it with: hpcqueue status {info['batch_id']}")
+
+
+def clock(when: float | None) -> str:
+    """An epoch time as the local time a person reads: ``02:00`` today, ``Tue 01 Dec 02:00`` otherwise."""
+    from datetime import datetime
+
+    if when is None:
+        return "-"
+    moment = datetime.fromtimestamp(when).astimezone()
+    today = datetime.now().astimezone().date()
+    return moment.strftime("%H:%M" if moment.date() == today else "%a %d %b %H:%M")
+
+
+def _print_deferred(deferred: dict[str, list[dict[str, Any]]], deadline_at: float | None) -> None:
+    """``gpu: 4 task(s) deferred until 02:00, 2 until 03:00`` per target, and the deadline."""
+    for name, starts in deferred.items():
+        parts = [f"{s['tasks']} task(s) deferred until {clock(s['begin_at'])}" for s in starts[:1]]
+        parts += [f"{s['tasks']} until {clock(s['begin_at'])}" for s in starts[1:6]]
+        more = f", and {len(starts) - 6} later start(s)" if len(starts) > 6 else ""
+        out.print(f"  {name}: {', '.join(parts)}{more}")
+    if deadline_at is not None:
+        out.print(f"  deadline {clock(deadline_at)}: Slurm removes work that can no longer finish by then")
 
 
 def _wait_with_progress(outcome: Any, ledger: Any, *, quiet: bool) -> dict[int, Any]:
@@ -271,7 +295,15 @@ def status(
         f"{info['requests']} requests, {info['rejected']} rejected"
     )
     table = Table(
-        "target", "tasks done", "queued", "running", "failed", "lost", "requests done", "energy (J)"
+        "target",
+        "tasks done",
+        "queued",
+        "deferred",
+        "running",
+        "failed",
+        "lost",
+        "requests done",
+        "energy (J)",
     )
     for name, row in sorted(info["per_target"].items()):
         add_row(
@@ -279,21 +311,28 @@ def status(
             name,
             f"{row['completed']}/{row['tasks']}",
             str(row["queued"] + row["pending"]),
+            str(row["deferred"]),
             str(row["running"]),
-            str(row["failed"]),
+            str(row["failed"] + row["expired"]),
             str(row["lost"] + row["cancelled"]),
             f"{row['requests_done']}/{row['requests']}",
             num(row.get("energy_j")),
         )
     out.print(table)
     out.print(f"energy so far: {num(info['energy_j'])} J ({info['energy_method'] or 'nothing measured yet'})")
+    _print_deferred(info["deferred"], info["deadline_at"])
     problems = info["problems"]
     for task in problems[:10]:
         out.print(
             f"  task {task['task_index']} ({task['target']}): {task['status']}"
             + (f", Slurm {task['slurm_state']} on {task['node'] or '?'}" if task["slurm_state"] else "")
         )
-    if problems:
+    if any(task["status"] == "expired" for task in problems):
+        out.print(
+            f"the deadline cut some tasks: re-plan them before a new one with "
+            f"hpcqueue retry {info['batch_id']} --deadline 8h"
+        )
+    elif problems:
         out.print(f"run them again with: hpcqueue retry {info['batch_id']}")
 
 
@@ -303,7 +342,8 @@ def _status_printer(batch: Any, quiet: bool) -> Any:
     def show(views: dict[int, Any]) -> None:
         counts = _task_counts(views)
         line = ", ".join(
-            f"{counts.get(k, 0)} {k}" for k in ("completed", "running", "queued", "failed", "lost")
+            f"{counts.get(k, 0)} {k}"
+            for k in ("completed", "running", "queued", "deferred", "failed", "expired", "lost")
         )
         if not quiet and (not last or last[-1] != line):
             err.print(f"{batch.batch_id}: {line}")
@@ -312,10 +352,22 @@ def _status_printer(batch: Any, quiet: bool) -> Any:
     return show
 
 
-_STATUSES = ("pending", "queued", "running", "completed", "failed", "lost", "cancelled")
+_STATUSES = (
+    "pending",
+    "queued",
+    "deferred",
+    "running",
+    "completed",
+    "failed",
+    "expired",
+    "lost",
+    "cancelled",
+)
 
 
 def _status_info(batch: Any, ledger: Any, views: dict[int, Any]) -> dict[str, Any]:
+    from hpcqueue import submission
+
     manifest = batch.manifest()
     report = ledger.batch_report(batch.batch_id)
     per_target: dict[str, dict[str, Any]] = {}
@@ -343,7 +395,7 @@ def _status_info(batch: Any, ledger: Any, views: dict[int, Any]) -> dict[str, An
             "node": v.node,
         }
         for v in views.values()
-        if v.status in ("failed", "lost", "cancelled")
+        if v.status in ("failed", "expired", "lost", "cancelled")
     ]
     return {
         "batch_id": batch.batch_id,
@@ -362,6 +414,10 @@ def _status_info(batch: Any, ledger: Any, views: dict[int, Any]) -> dict[str, An
         "energy_j": report["energy_j"],
         "energy_method": report["energy_method"],
         "done": all(v.finished for v in views.values()),
+        "deadline_at": batch.deadline_at(),
+        "deferred": submission.deferred_starts(
+            batch, [v.task_index for v in views.values() if v.status == "deferred"]
+        ),
     }
 
 
@@ -404,14 +460,25 @@ def retry(
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
     wait: Annotated[bool, flag("--wait", "Wait for the retried tasks, then print the summary.")] = False,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help='A new deadline: a duration from now ("8h") or an ISO 8601 time. The tasks to run are '
+            "placed again in time before it (needed once the batch's deadline has passed)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run again only what did not finish: failed or lost tasks (finished outputs are kept)."""
+    """Run again only what did not finish: failed, lost or cut tasks (finished outputs are kept)."""
+    import time
+
     from hpcqueue import submission
+    from hpcqueue.config import deadline_from
 
     settings, batch, ledger = _open_recorded(config, db_url, batch_id)
     try:
-        outcome = submission.retry(batch, ledger, settings)
+        deadline_at = None if deadline is None else deadline_from(deadline, now=time.time())
+        outcome = submission.retry(batch, ledger, settings, deadline_at=deadline_at)
         info: dict[str, Any] = {
             "batch_id": batch.batch_id,
             "submitted_tasks": len(outcome.submitted_tasks),
@@ -430,10 +497,54 @@ def retry(
         )
     else:
         out.print(f"batch {batch.batch_id}: {len(outcome.submitted_tasks)} task(s) submitted again")
+        _print_deferred(submission.deferred_starts(batch, outcome.submitted_tasks), batch.deadline_at())
         if wait:
             _render_report({**info, **ledger.batch_report(batch.batch_id)})
     if wait and (info.get("failed") or info.get("pending")):
         raise typer.Exit(1)
+
+
+def replan(
+    batch_id: BatchIdArg,
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Place again in time the tasks that have not started (with the config's site series now), and move
+    them: Slurm jobs by their begin time. Running and finished tasks stay; nothing moves past the
+    deadline, and no task changes target."""
+    from hpcqueue import submission
+
+    settings, batch, ledger = _open_recorded(config, db_url, batch_id)
+    try:
+        outcome = submission.replan(batch, ledger, settings)
+    except HpcqueueError as exc:
+        fail(exc)
+    info = {
+        "batch_id": batch.batch_id,
+        "deadline_at": outcome.deadline_at,
+        "moved": [vars(move) for move in outcome.moved],
+        "unchanged_tasks": len(outcome.unchanged),
+        "left_alone": outcome.left_alone,
+        "refused": {str(i): why for i, why in outcome.refused.items()},
+    }
+    if as_json:
+        print_json(info)
+        return
+    alone = ", ".join(f"{n} {status}" for status, n in sorted(outcome.left_alone.items())) or "none"
+    out.print(
+        f"batch {batch.batch_id}: {len(outcome.moved)} task(s) moved, {len(outcome.unchanged)} keep their "
+        f"start; left alone: {alone}"
+    )
+    if outcome.moved:
+        table = Table("task", "target", "was", "now")
+        for move in outcome.moved:
+            was = clock(move.old_begin_at) if move.old_begin_at else "at once"
+            now = clock(move.new_begin_at) if move.new_begin_at else "at once"
+            add_row(table, str(move.task_index), move.target, was, now)
+        out.print(table)
+    for index, why in sorted(outcome.refused.items()):
+        out.print(f"  task {index} not moved: {escape(why)}")
 
 
 def cancel(

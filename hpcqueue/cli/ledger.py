@@ -46,16 +46,53 @@ def ledger_batches(
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
-    """The most recent batches in the ledger."""
+    """The most recent batches in the ledger: progress, energy and carbon, and the plan's predicted carbon
+    against running everything at submission (JSON and CSV: every plan and baseline figure)."""
     frame = _query(config, db_url, lambda ledger: ledger.list_batches(limit))
     if _printed_as_data(frame, fmt, iso_dates=True):
         return
-    if not frame.empty:
-        frame = frame.drop(columns=["host", "input_path"], errors="ignore")
-        frame["created_at"] = frame["created_at"].map(
-            lambda t: f"{t:%Y-%m-%d %H:%M}" if t is not None else "-"
-        )
-    _render_frame(frame.rename(columns={"n_requests": "requests", "n_rejected": "rejected"}), title="batches")
+    _render_frame(_batches_for_humans(frame), title="batches")
+
+
+#: The figures of ``ledger batches`` the table leaves to JSON and CSV.
+_BATCH_DETAILS = [
+    "host",
+    "input_path",
+    "plan_start_at",
+    "facility_energy_j",
+    "water_onsite_l",
+    "water_offsite_l",
+    "cost_usd",
+    "plan",
+    "baselines",
+]
+
+
+def _batches_for_humans(frame: Any) -> Any:
+    """A compact batch table: times to the minute, actual carbon beside the plan's and running everything
+    at submission's; the deadline, carbon and accounting columns only when some batch has them."""
+    if frame.empty:
+        return frame
+    frame = frame.copy()
+    frame["plan carbon g"] = [_carbon(plan) for plan in frame["plan"]]
+    frame["at submit carbon g"] = [_carbon(b.get("run_at_submit")) for b in frame["baselines"]]
+    optional = ["deadline_at", "carbon_g", "plan carbon g", "at submit carbon g"]
+    unused = [c for c in optional if frame[c].isna().all()]
+    unused += [c for c in ("accounted_tasks", "tasks_with_assumed_inputs") if (frame[c] == 0).all()]
+    frame = frame.drop(columns=[*_BATCH_DETAILS, *unused])
+    for column in ("created_at", "deadline_at"):
+        if column in frame:
+            frame[column] = frame[column].map(_minute)
+    headers = {"n_requests": "requests", "n_rejected": "rejected", "tasks_with_assumed_inputs": "assumed"}
+    return frame.rename(columns=headers)
+
+
+def _carbon(costs: Any) -> float | None:
+    return costs.get("carbon_g") if isinstance(costs, dict) else None
+
+
+def _minute(when: Any) -> str:
+    return "-" if when is None or when != when else f"{when:%Y-%m-%d %H:%M}"  # None or NaT
 
 
 def _query(config: Path | None, db_url: str | None, query: Callable[[Any], Any]) -> Any:
@@ -69,7 +106,7 @@ def _query(config: Path | None, db_url: str | None, query: Callable[[Any], Any])
 def _printed_as_data(frame: Any, fmt: str, *, iso_dates: bool = False) -> bool:
     """CSV or JSON records on stdout (True), or nothing (False: the caller renders a table)."""
     if fmt == "csv":
-        sys.stdout.write(frame.to_csv(index=False))
+        sys.stdout.write(frame.map(lambda v: json.dumps(v) if isinstance(v, dict) else v).to_csv(index=False))
     elif fmt == "json":
         dates = {"date_format": "iso"} if iso_dates else {}
         print_json(json.loads(frame.to_json(orient="records", **dates)))
@@ -84,6 +121,13 @@ _SUMMARY_HEADERS = {
     "energy_j": "energy J",
     "j_per_output_token": "J/out token",
     "energy_method": "method",
+    "facility_energy_j": "facility J",
+    "carbon_g": "carbon g",
+    "water_onsite_l": "water on-site L",
+    "water_offsite_l": "water off-site L",
+    "cost_usd": "cost USD",
+    "accounted_tasks": "accounted",
+    "tasks_with_assumed_inputs": "assumed",
 }
 
 

@@ -19,6 +19,7 @@ import getpass
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -53,6 +54,8 @@ MANIFEST = "batch.json"
 PLAN = "plan.parquet"
 REJECTS = "rejects.jsonl"
 JOBS = "jobs.json"
+SCHEDULE = "schedule.json"  # when each task may start and when the batch must end; re-planning rewrites it
+SCHEDULE_LOCK = "schedule.lock"  # held while the schedule is rewritten, so two re-plans never lose an update
 LOGS = "logs"
 TASKS = "tasks"
 #: The columns of plan.parquet: one row per valid request, where the planner put it and what it predicted.
@@ -119,6 +122,41 @@ def task_dir_name(task_index: int) -> str:
     return f"{task_index:06d}"
 
 
+def task_location(task_dir: Path) -> tuple[BatchDir, int] | None:
+    """The batch and task index of a task directory (``<batch>/tasks/<NNNNNN>``); None for a directory that
+    is not in a batch (a task made by hand), which has no schedule."""
+    task_dir = Path(task_dir)
+    if task_dir.parent.name != TASKS or not task_dir.name.isdigit():
+        return None
+    return BatchDir(task_dir.parent.parent), int(task_dir.name)
+
+
+def _epoch(value: Any, what: str) -> float:
+    try:
+        when = float(value)
+    except (TypeError, ValueError):
+        when = math.nan
+    if not math.isfinite(when) or isinstance(value, bool):
+        raise ValueError(f"{what} must be a time in epoch seconds, not {value!r}")
+    return when
+
+
+def _schedule(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A schedule as written to ``schedule.json``: a float or null deadline, begin times keyed by the task
+    index as text (JSON keys are text), null begin times dropped."""
+    data = data or {}
+    deadline = data.get("deadline_at")
+    begins = data.get("begin_at") or {}
+    return {
+        "deadline_at": None if deadline is None else _epoch(deadline, "deadline_at"),
+        "begin_at": {
+            str(int(index)): _epoch(when, f"begin_at of task {index}")
+            for index, when in begins.items()
+            if when is not None
+        },
+    }
+
+
 def attempt_metrics_name(attempt: int) -> str:
     """Where a failed attempt's metrics.json is kept when the task runs again (never read as its state)."""
     return f"metrics.attempt-{attempt}.json"
@@ -145,6 +183,7 @@ class BatchDir:
         return self.path.name
 
     manifest_path = _Child(MANIFEST)
+    schedule_path = _Child(SCHEDULE)
     logs_dir = _Child(LOGS)
     tasks_dir = _Child(TASKS)
     rejects_path = _Child(REJECTS)
@@ -211,6 +250,64 @@ class BatchDir:
             if path.exists():
                 return sum(1 for _ in read_jsonl(path))
         return 0
+
+    def schedule(self) -> dict[str, Any]:
+        """``schedule.json``: ``{"deadline_at": epoch | None, "begin_at": {"<task_index>": epoch}}``.
+
+        A batch created before schedules existed has no file: no deadline, every task starts when submitted.
+        """
+        try:
+            text = self.schedule_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"deadline_at": None, "begin_at": {}}
+        try:
+            return _schedule(json.loads(text))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"{self.schedule_path} is not a batch schedule ({exc}); it should read "
+                '{"deadline_at": <epoch seconds or null>, "begin_at": {"<task index>": <epoch seconds>}}'
+            ) from exc
+
+    def begin_times(self) -> dict[int, float]:
+        """When each deferred task may start (epoch seconds); a task not listed starts when submitted."""
+        return {int(index): when for index, when in self.schedule()["begin_at"].items()}
+
+    def deadline_at(self) -> float | None:
+        """When the batch's work must have ended (epoch seconds), None when it has no deadline."""
+        deadline: float | None = self.schedule()["deadline_at"]
+        return deadline
+
+    def set_begin_times(self, updates: Mapping[int, float | None]) -> None:
+        """Merge new begin times into the schedule; ``None`` removes a task's (it starts when submitted).
+
+        Waiting workers read the schedule again while they wait, so a local task moves with this alone; a
+        Slurm job's own begin time is moved with ``scontrol`` (``dispatch.slurm.scontrol_update_begin``).
+        """
+        with self._schedule_update() as schedule:
+            for index, when in updates.items():
+                key = str(int(index))
+                if when is None:
+                    schedule["begin_at"].pop(key, None)
+                else:
+                    schedule["begin_at"][key] = _epoch(when, f"the begin time of task {index}")
+
+    def set_deadline(self, deadline_at: float | None) -> None:
+        """Replace the batch's deadline (``hpcqueue retry --deadline``); None: no deadline."""
+        with self._schedule_update() as schedule:
+            schedule["deadline_at"] = None if deadline_at is None else _epoch(deadline_at, "the deadline")
+
+    @contextmanager
+    def _schedule_update(self) -> Iterator[dict[str, Any]]:
+        """Read, change and atomically rewrite the schedule under its lock (owner-only files)."""
+        with private_umask():
+            fd = os.open(self.path / SCHEDULE_LOCK, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                schedule = self.schedule()
+                yield schedule
+                atomic_write_json(self.schedule_path, schedule)
+            finally:
+                os.close(fd)  # closing drops the lock
 
     def jobs(self) -> list[dict[str, Any]]:
         path = self.path / JOBS
@@ -363,12 +460,14 @@ def create_batch(
     task_specs: Sequence[Mapping[str, Any]],
     raw_lines: pd.Series,
     rejected: Sequence[Rejected] = (),
+    schedule: Mapping[str, Any] | None = None,
 ) -> BatchDir:
     """Write a complete batch directory under a temporary name, then rename it into place.
 
     ``plan`` has one row per valid request (``line``, ``task_index`` …) aligned with ``raw_lines``, the
-    requests' JSON text; each task's ``input.jsonl`` gets its rows in planned order. Everything is written
-    owner-only.
+    requests' JSON text; each task's ``input.jsonl`` gets its rows in planned order. ``schedule``
+    (``{"deadline_at": epoch | None, "begin_at": {task_index: epoch}}``) becomes ``schedule.json``; without
+    one the batch has no deadline and every task starts when submitted. Everything is written owner-only.
     """
     root = batch_root(root, create=True)
     final = root / batch_id
@@ -383,6 +482,8 @@ def create_batch(
             _write_task_inputs(staging, plan, raw_lines, task_specs)
             if rejected:
                 write_rejects(staging / REJECTS, list(rejected))
+            if schedule is not None:
+                atomic_write_json(staging / SCHEDULE, _schedule(schedule))
             atomic_write_json(staging / MANIFEST, dict(manifest))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

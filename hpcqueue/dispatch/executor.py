@@ -12,12 +12,16 @@ guessed from whether ``srun`` is on PATH).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from hpcqueue.config import Target
+from hpcqueue.dispatch.slurm import format_slurm_time
 from hpcqueue.errors import DispatchError, HpcqueueError
 from hpcqueue.fileio import private_umask
 
@@ -63,6 +67,78 @@ def executor_parameters(target: Target, *, tasks_in_job: int = 1) -> dict[str, A
     return params
 
 
+#: Where submitit's local controllers write what they print (in the job folder; see ``_controller_output``).
+LOCAL_CONTROLLER_LOG = "controller.log"
+#: The margin ``--time-min`` gives a job over twice its predicted runtime (model load, a slow node).
+TIME_MIN_MARGIN_S = 300.0
+#: A job without ``--begin`` reaches sbatch a little after ``now``: its deadline window counts from then.
+SUBMIT_SLACK_S = 30.0
+
+
+def time_parameters(
+    params: Mapping[str, Any],
+    *,
+    cluster: Cluster,
+    now: float,
+    begin_at: float | None = None,
+    deadline_at: float | None = None,
+    predicted_runtime_s: Sequence[float | None] = (),
+) -> dict[str, Any]:
+    """``params`` (one job's :func:`executor_parameters`) with when the job may start and by when it must end.
+
+    A pure function of its arguments (``now`` included), so the golden tests cover it.
+
+    Slurm (``begin_at``: the array's begin time, None to start when submitted): ``--begin`` holds a deferred
+    array until its time, and with a deadline ``--deadline`` makes Slurm remove work that can no longer
+    finish by then (state DEADLINE) instead of running it late. Slurm removes a job that cannot *end* before
+    the deadline with its minimum time, which without ``--time-min`` is the whole time limit — a job with a
+    long limit would be removed as soon as it became eligible. So ``--time-min`` (minutes) is
+    ``max(1, min(time limit, ⌈(2 × longest predicted runtime + 300 s) / 60⌉, ⌊(deadline − begin) / 60⌋))``;
+    an unknown prediction (None or NaN) counts as the time limit, and a job that starts at once counts its
+    begin as ``now + SUBMIT_SLACK_S``. Times are the submitting machine's local time, which is how sbatch
+    reads them; the begin is rounded up and the deadline down to the second. (sbatch refuses a job whose
+    deadline leaves less than its ``--time-min``.)
+
+    Local (``begin_at``: the latest begin time among the job's tasks): the worker waits for each task's
+    begin time itself, so submitit's time limit for the worker grows by the wait — until the deadline when
+    there is one (a re-plan never moves a task past it), else until the latest begin time.
+    """
+    out = dict(params)
+    limit_min = int(params["timeout_min"])
+    if cluster == "local":
+        wait_until = deadline_at if deadline_at is not None else begin_at
+        if wait_until is not None and wait_until > now:
+            out["timeout_min"] = limit_min + math.ceil((wait_until - now) / 60)
+        return out
+    extra: dict[str, Any] = {}
+    if begin_at is not None:
+        extra["begin"] = format_slurm_time(math.ceil(begin_at))
+    if deadline_at is not None:
+        # sbatch refuses a --time-min longer than the time left, which it measures when it runs: a job that
+        # starts at once counts from a little after now; the window is taken from the times as formatted.
+        start = math.ceil(begin_at) if begin_at is not None else now + SUBMIT_SLACK_S
+        extra["deadline"] = format_slurm_time(math.floor(deadline_at))
+        extra["time_min"] = time_min_minutes(limit_min, start, deadline_at, predicted_runtime_s)
+    if extra:
+        out["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}), **extra}
+    return out
+
+
+def time_min_minutes(
+    limit_min: int, start: float, deadline_at: float, predicted_runtime_s: Sequence[float | None]
+) -> int:
+    """A job's ``--time-min`` (minutes) when it may start at ``start`` and must end by ``deadline_at``:
+    ``max(1, min(limit_min, ⌈(2 × longest predicted runtime + 300 s) / 60⌉, ⌊(deadline − start) / 60⌋))``, an
+    unknown prediction (None or NaN) counting as the time limit (see :func:`time_parameters`)."""
+    runtimes = [float("nan") if r is None else float(r) for r in predicted_runtime_s]
+    if runtimes and all(math.isfinite(r) for r in runtimes):
+        needed_min = math.ceil((2 * max(runtimes) + TIME_MIN_MARGIN_S) / 60)
+    else:
+        needed_min = limit_min
+    window_min = math.floor((math.floor(deadline_at) - start) / 60)
+    return max(1, min(limit_min, needed_min, window_min))
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Where and how a job runs, and what to say when it cannot be submitted.
@@ -102,6 +178,39 @@ def _executor(job: JobSpec) -> Iterator[Any]:
         with private_umask() if job.private else contextlib.nullcontext():
             executor = submitit.AutoExecutor(folder=job.folder, cluster=job.cluster)
             executor.update_parameters(**job.parameters)
-            yield executor
+            with _controller_output(job) if job.cluster == "local" else contextlib.nullcontext():
+                yield executor
     except Exception as exc:  # submitit raises plain exceptions (sbatch output, missing binaries)
         raise job.error(f"could not submit {job.what}: {exc}{job.hint}") from exc
+
+
+@contextlib.contextmanager
+def _controller_output(job: JobSpec) -> Iterator[None]:
+    """Send what submitit's local controllers print to ``LOCAL_CONTROLLER_LOG`` in the job folder.
+
+    A local controller outlives the submitting process and inherits its stdout and stderr; a worker that
+    waits hours for a begin time would keep the pipe of whoever reads ``hpcqueue submit``'s output
+    (``| jq``, a subprocess capturing it) open, and the reader would wait with it. The workers' own output
+    goes to submitit's log files as before.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    folder = Path(job.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(folder / LOCAL_CONTROLLER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no stdout or stderr to protect (a daemon)
+        os.close(log_fd)
+        yield
+        return
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log_fd):
+            os.close(fd)

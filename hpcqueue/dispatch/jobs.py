@@ -1,15 +1,19 @@
-"""A batch's tasks → jobs: one job array per target, the collect job after them, and cancelling them.
+"""A batch's tasks → jobs: one job array per target and start time, the collect job after them, cancelling.
 
 Jobs are submitted through :mod:`hpcqueue.dispatch.executor`. What they run is given by the caller (the
 orchestrator passes the worker's ``TaskRunner`` and the ledger's collect job), so this module decides how work
 is placed on the cluster, not what the work is.
 
-Local targets run through submitit's local executor: ``array_parallelism`` worker processes, each running its
-share of the tasks in order (so a two-core machine is not asked to load the model eight times at once, and a
-worker reuses its loaded model across tasks). Slurm targets get one job array per target per submission, one
-array element per task, throttled by ``array_parallelism``, split into several arrays when the cluster's
-``MaxArraySize`` is smaller than the number of tasks. After the arrays, a small **collect job** that depends
-on all of them (``afterany``) reads the results into the ledger, so the ledger fills while the user is away.
+The batch's schedule (``schedule.json``: each deferred task's begin time and the batch's deadline) says when
+the work may run. Local targets run through submitit's local executor: ``array_parallelism`` worker processes,
+each running its share of the tasks in order of begin time and waiting for each (so a two-core machine is not
+asked to load the model eight times at once, and a worker reuses its loaded model across tasks). Slurm
+targets get one job array per target and begin time per submission, one array element per task, throttled
+by ``array_parallelism`` (per array: the planner keeps start slots within the target's capacity), split
+into several arrays when the cluster's ``MaxArraySize`` is smaller than the number of tasks; Slurm holds a
+deferred array until its ``--begin`` and removes work that can no longer end by the ``--deadline``. After
+the arrays, a small **collect job** that depends on all of them (``afterany``) reads the results into the
+ledger, so the ledger fills while the user is away.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from typing import Any
 
 from hpcqueue.config import Target
 from hpcqueue.dispatch.batchdir import BatchDir
-from hpcqueue.dispatch.executor import JobSpec, executor_parameters, submit, submit_array
+from hpcqueue.dispatch.executor import JobSpec, executor_parameters, submit, submit_array, time_parameters
 
+#: A begin time at most this far ahead counts as now: its tasks are submitted without ``--begin``.
+NOW_S = 10.0
 #: The collect job reads files and writes the ledger: small and short.
 COLLECT_JOB_TIMEOUT_MIN = 30
 COLLECT_JOB_MEM_GB = 2.0
@@ -79,10 +85,41 @@ class SubmittedJobs:
     collect_job_id: str | None = None
 
 
-def _local_slots(task_indices: Sequence[int], parallelism: int) -> list[list[int]]:
-    """Deal tasks round-robin onto at most ``parallelism`` worker processes (tasks are already length-sorted,
-    so round-robin keeps the slots' work balanced)."""
-    slots = [list(task_indices[i::parallelism]) for i in range(min(parallelism, len(task_indices)))]
+def start_groups(
+    tasks: Mapping[int, str], begin_times: Mapping[int, float], *, now: float
+) -> dict[tuple[str, float | None], list[int]]:
+    """Tasks ({task_index: target}) grouped by (target, begin time): one Slurm array per group.
+
+    A begin time at or before ``now + NOW_S`` (or none) counts as now, ``None``: such tasks go out without
+    ``--begin``. Groups come target by target (in the order of their first task), each target's starting
+    now first, then by begin time; tasks in index order.
+    """
+    groups: dict[tuple[str, float | None], list[int]] = {}
+    for index, name in sorted(tasks.items()):
+        groups.setdefault((name, begin_or_now(begin_times.get(index), now)), []).append(index)
+    targets = list(dict.fromkeys(name for name, _ in groups))
+    return dict(
+        sorted(
+            groups.items(),
+            key=lambda item: (targets.index(item[0][0]), item[0][1] is not None, item[0][1] or 0.0),
+        )
+    )
+
+
+def begin_or_now(when: float | None, now: float) -> float | None:
+    """A begin time, or ``None`` (as soon as submitted) when there is none or it is within ``NOW_S``."""
+    return None if when is None or when <= now + NOW_S else float(when)
+
+
+def _local_slots(
+    task_indices: Sequence[int], parallelism: int, begin_at: Mapping[int, float | None] | None = None
+) -> list[list[int]]:
+    """Deal tasks round-robin onto at most ``parallelism`` worker processes, in order of begin time (then
+    index), so each worker waits for its tasks in turn and starts none before an earlier one. Tasks are
+    length-sorted within a begin time, so round-robin keeps the slots' work balanced."""
+    begin_at = begin_at or {}
+    ordered = sorted(task_indices, key=lambda i: (begin_at.get(i) or 0.0, i))
+    slots = [ordered[i::parallelism] for i in range(min(parallelism, len(ordered)))]
     return [slot for slot in slots if slot]
 
 
@@ -99,53 +136,82 @@ def submit_tasks(
     """Submit ``tasks`` ({task_index: target name}) of ``batch`` to run ``run``; record the jobs in the batch
     directory.
 
+    The batch's schedule (``schedule.json``) says when each task may start and when the batch must end:
+    Slurm gets one array per target and begin time (:func:`start_groups`) with ``--begin``, ``--deadline``
+    and ``--time-min`` (:func:`hpcqueue.dispatch.executor.time_parameters`); a local target keeps its
+    ``array_parallelism`` workers, dealt the tasks in order of begin time, and each worker waits for its
+    next task's time. Each job record carries its ``begin_at`` (None: at once; a local worker's first task).
+
     When Slurm arrays were submitted and ``collect`` is given, a collect job running ``collect`` follows them
     (``db_url`` is the ledger it writes; it must be reachable from the compute nodes).
     """
+    now = time.time()
+    begin_times = batch.begin_times()
+    deadline_at = batch.deadline_at()
+    runtime_s = {int(t["task_index"]): t.get("predicted_runtime_s") for t in batch.manifest()["tasks"]}
     by_target: dict[str, list[int]] = {}
     for index, name in sorted(tasks.items()):
         by_target.setdefault(name, []).append(index)
 
     submitted = SubmittedJobs()
     array_ids: list[str] = []
+    slurm_groups = start_groups(tasks, begin_times, now=now)
+    arrays: list[tuple[str, list[list[int]], float | None]] = []  # (target, elements, begin time)
     for name, indices in by_target.items():
         target = targets[name]
         if target.executor == "local":
-            arrays = [_local_slots(indices, target.array_parallelism)]
-        else:
-            if max_array_size is None:
-                from hpcqueue.dispatch.slurm import max_array_size as read_max_array_size
+            begins = {index: begin_or_now(begin_times.get(index), now) for index in indices}
+            latest = max((when for when in begins.values() if when is not None), default=None)
+            arrays.append((name, _local_slots(indices, target.array_parallelism, begins), latest))
+            continue
+        if max_array_size is None:
+            from hpcqueue.dispatch.slurm import max_array_size as read_max_array_size
 
-                max_array_size = read_max_array_size()
-            arrays = split_for_max_array_size([[index] for index in indices], max_array_size)
-        for groups in arrays:
-            tasks_in_job = max(len(group) for group in groups)
-            jobs = submit_array(
-                run,
-                [([str(batch.task_dir(index)) for index in group],) for group in groups],
-                job=JobSpec(
-                    folder=batch.logs_dir / name / ("%j" if target.executor == "slurm" else ""),
-                    cluster=target.executor,
-                    parameters=executor_parameters(target, tasks_in_job=tasks_in_job),
-                    what=f"{len(groups)} task(s) to target {name!r}",
-                    hint=_slurm_hint(target) if target.executor == "slurm" else "",
-                    private=True,
-                ),
+            max_array_size = read_max_array_size()
+        for (group_target, begin_at), group in slurm_groups.items():
+            if group_target == name:
+                split = split_for_max_array_size([[index] for index in group], max_array_size)
+                arrays += [(name, elements, begin_at) for elements in split]
+
+    for name, groups, begin_at in arrays:
+        target = targets[name]
+        parameters = time_parameters(
+            executor_parameters(target, tasks_in_job=max(len(group) for group in groups)),
+            cluster=target.executor,
+            now=now,
+            begin_at=begin_at,
+            deadline_at=deadline_at,
+            predicted_runtime_s=[runtime_s.get(index) for group in groups for index in group],
+        )
+        jobs = submit_array(
+            run,
+            [([str(batch.task_dir(index)) for index in group],) for group in groups],
+            job=JobSpec(
+                folder=batch.logs_dir / name / ("%j" if target.executor == "slurm" else ""),
+                cluster=target.executor,
+                parameters=parameters,
+                what=f"{len(groups)} task(s) to target {name!r}",
+                hint=_slurm_hint(target, deadline_at) if target.executor == "slurm" else "",
+                private=True,
+            ),
+        )
+        submitted_at = time.time()
+        if target.executor == "slurm":
+            submitted.sbatch_calls += 1
+            array_ids.append(str(jobs[0].job_id).split("_")[0])
+        for job, group in zip(jobs, groups, strict=True):
+            # a local worker's begin time is its first task's (its tasks are in order of begin time)
+            first = begin_at if target.executor == "slurm" else begin_or_now(begin_times.get(group[0]), now)
+            submitted.records.append(
+                {
+                    "job_id": str(job.job_id),
+                    "executor": target.executor,
+                    "target": name,
+                    "task_indices": group,
+                    "submitted_at": submitted_at,
+                    "begin_at": first,
+                }
             )
-            submitted_at = time.time()
-            if target.executor == "slurm":
-                submitted.sbatch_calls += 1
-                array_ids.append(str(jobs[0].job_id).split("_")[0])
-            for job, group in zip(jobs, groups, strict=True):
-                submitted.records.append(
-                    {
-                        "job_id": str(job.job_id),
-                        "executor": target.executor,
-                        "target": name,
-                        "task_indices": group,
-                        "submitted_at": submitted_at,
-                    }
-                )
     if array_ids and collect is not None:
         submitted.collect_job_id = _submit_collect_job(batch, targets, by_target, array_ids, collect, db_url)
         submitted.sbatch_calls += 1
@@ -157,6 +223,7 @@ def submit_tasks(
                 "task_indices": [],
                 "kind": "collect",
                 "submitted_at": time.time(),
+                "begin_at": None,
             }
         )
     batch.add_jobs(submitted.records)
@@ -192,11 +259,17 @@ def _submit_collect_job(
     return str(job.job_id)
 
 
-def _slurm_hint(target: Target) -> str:
-    return (
+def _slurm_hint(target: Target, deadline_at: float | None = None) -> str:
+    hint = (
         f"; check that partition {target.partition!r} exists (`sinfo -p {target.partition}`), that sbatch "
         "works from this machine, and the target's gres/account/qos settings"
     )
+    if deadline_at is not None:
+        hint += (
+            "; an 'Invalid time-min' error means the batch's deadline leaves too little time: re-plan before "
+            "a later one with `hpcqueue retry BATCH --deadline ...`"
+        )
+    return hint
 
 
 def cancel_jobs(records: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -1,16 +1,19 @@
 """The thin layer over Slurm's own commands: ``sacct``, ``scontrol`` and ``scancel``.
 
-Parsing is done by pure functions (``parse_sacct``, ``slurm_seconds``, ``parse_time``...) so that the formats
-Slurm prints can be tested without a cluster. The functions that run a command take a ``runner`` with the
-signature of ``subprocess.run``; tests pass a fake one that returns recorded Slurm output.
+Parsing and formatting are done by pure functions (``parse_sacct``, ``parse_show_jobs``, ``slurm_seconds``,
+``parse_time``, ``format_slurm_time``...) so that the formats Slurm prints and reads can be tested without a
+cluster. The functions that run a command take a ``runner`` with the signature of ``subprocess.run``; tests
+pass a fake one that returns recorded Slurm output.
 
 Being gentle with the scheduler is the rule here: job states are read with one ``sacct`` call for all jobs
-(never one call per job or per array task), and ``SacctPoller`` spaces those calls out while nothing changes.
+(never one call per job or per array task), and ``SacctPoller`` spaces those calls out while nothing changes;
+a re-plan moves all the jobs bound for one begin time with one ``scontrol update``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -123,6 +126,15 @@ def parse_time(text: str | None) -> float | None:
         return None
 
 
+def format_slurm_time(epoch: float) -> str:
+    """Epoch seconds → ``2026-11-21T22:30:01`` in this machine's local time, to the second (truncated).
+
+    This is how ``sbatch --begin/--deadline`` and ``scontrol update StartTime=`` read a time: as local time of
+    the machine running them, which is the machine that formats it (the inverse of :func:`parse_time`).
+    """
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def expand_array_indices(ranges: str) -> list[int]:
     """The inside of ``123_[...]`` → task ids: ``"1-3,7"`` → [1, 2, 3, 7]; ``"0-6:2%2"`` → [0, 2, 4, 6].
 
@@ -230,6 +242,33 @@ def parse_key_values(text: str) -> dict[str, str]:
     return values
 
 
+def parse_show_jobs(text: str) -> dict[str, dict[str, str]]:
+    """``scontrol show job -o`` output (one record per line) → ``{job id: {key: value}}``.
+
+    Array elements are keyed ``<ArrayJobId>_<task>``; a record for the not-yet-split rest of an array
+    (``ArrayTaskId=1-5%2`` or ``0,3``) gives one entry per element, each with its own ``ArrayTaskId``. Other
+    jobs are keyed by ``JobId``. Values are Slurm's text (``JobState``, ``EligibleTime``, ``StartTime``,
+    ``Deadline``, ``TimeMin``...); times read with :func:`parse_time`.
+    """
+    jobs: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        record = parse_key_values(line)
+        if "JobId" not in record:
+            continue
+        array_id, tasks = record.get("ArrayJobId"), record.get("ArrayTaskId")
+        if not array_id or not tasks:
+            jobs[record["JobId"]] = record
+            continue
+        try:
+            indices = expand_array_indices(tasks)
+        except ValueError:
+            logger.warning("skipping a job record whose ArrayTaskId hpcqueue does not understand: %r", line)
+            continue
+        for index in indices:
+            jobs[f"{array_id}_{index}"] = {**record, "ArrayTaskId": str(index)}
+    return jobs
+
+
 def base_job_id(job_id: str) -> str:
     """``"123_4"`` → ``"123"``: sacct is asked about whole arrays, as it omits pending tasks asked by id."""
     return re.split(r"[_+.]", job_id.strip(), maxsplit=1)[0]
@@ -287,6 +326,63 @@ def sacct(job_ids: Sequence[str], *, runner: Runner = subprocess.run) -> dict[st
         for job_id, state in by_id.items()
         if job_id in wanted or (state.array_job_id is not None and state.array_job_id in wanted)
     }
+
+
+def show_jobs(job_ids: Sequence[str], *, runner: Runner = subprocess.run) -> dict[str, dict[str, str]]:
+    """What slurmctld holds about jobs and array elements right now (``scontrol show job -o``), keyed as
+    :func:`parse_show_jobs` keys them: whether each is still PENDING (``JobState``), when it may start
+    (``EligibleTime``; ``StartTime`` is the expected start), its ``Deadline`` and ``TimeMin``.
+
+    Asking for an array id returns all its elements; asking for ``123_4`` returns that element. One
+    ``scontrol`` call per array or job (slurmctld answers from memory, not from the accounting database).
+    Jobs slurmctld no longer knows (ended more than ``MinJobAge`` ago) are absent from the result.
+    """
+    wanted = {job_id.strip() for job_id in job_ids if job_id.strip()}
+    found: dict[str, dict[str, str]] = {}
+    for base in sorted({base_job_id(job_id) for job_id in wanted}, key=lambda b: (len(b), b)):
+        try:
+            output = _run(
+                ["scontrol", "show", "job", "-o", base],
+                runner,
+                what_to_check="Check that slurmctld is reachable: `scontrol ping` should say UP.",
+            )
+        except SlurmError as exc:
+            if "Invalid job id" in str(exc):
+                continue  # ended long ago: slurmctld forgot it
+            raise
+        for job_id, record in parse_show_jobs(output).items():
+            if job_id in wanted or record.get("JobId") in wanted or record.get("ArrayJobId") in wanted:
+                found[job_id] = record
+    return found
+
+
+def scontrol_update_begin(
+    job_ids: Sequence[str],
+    begin_at: float,
+    *,
+    time_min: int | None = None,
+    runner: Runner = subprocess.run,
+) -> None:
+    """Move the begin time of pending jobs or array elements (``123_4``) to ``begin_at`` (epoch seconds,
+    rounded up to the second), with one ``scontrol update JobId=<ids> StartTime=<local time>`` call; with
+    ``time_min`` (minutes) their ``TimeMin`` too, so that a job with a deadline still fits before it from its
+    new begin (Slurm removes a job whose minimum time no longer does).
+
+    Slurm splits a pending element out of its array to give it its own time. Only pending jobs can be moved:
+    for a job that started, or one slurmctld does not know, this raises SlurmError naming it — scontrol has
+    still moved the other ids (see :func:`show_jobs`).
+    """
+    ids = [job_id.strip() for job_id in job_ids if job_id.strip()]
+    if not ids:
+        return
+    start = format_slurm_time(math.ceil(begin_at))
+    extra = [] if time_min is None else [f"TimeMin={int(time_min)}"]
+    _run(
+        ["scontrol", "update", f"JobId={','.join(ids)}", f"StartTime={start}", *extra],
+        runner,
+        what_to_check="Only a pending job's begin time can be moved (`scontrol show job -o ID` shows its "
+        "JobState and EligibleTime); the other ids were moved.",
+    )
 
 
 def scontrol_config(*, runner: Runner = subprocess.run) -> dict[str, str]:

@@ -1,8 +1,10 @@
-"""The SQL ledger: batches, tasks, requests and energy measurements (SQLAlchemy 2 + Alembic).
+"""The SQL ledger: batches, tasks, requests, energy measurements, and each batch's plan in time with its
+baselines' costs (SQLAlchemy 2 + Alembic).
 
 ``schema`` defines the tables; ``db`` opens (and migrates) a database and holds the writes (``Ledger``), built
 from the files by ``rows``; ``collect`` copies finished tasks' files into it (and is what the collect job
-runs); report queries live in ``queries``. See docs/ledger.md for the schema.
+runs); ``accounting`` prices each collected task's energy at the hours it really ran
+(``Ledger.record_accounting``); report queries live in ``queries``. See docs/ledger.md for the schema.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ finished exactly when that file exists. ``collect_batch`` reads each such file, 
 writer of task results: workers never open the database. Running it again changes nothing.
 
 ``refresh`` is what every look at a batch does (``status``, ``wait``, ``submit`` resuming): collect, then
-record each unfinished task's job, node and state from :mod:`hpcqueue.dispatch.status`. ``collect_job`` is
+record each unfinished task's job, node and state from :mod:`hpcqueue.dispatch.status`, then account the
+collected tasks at the hours they really ran (:mod:`hpcqueue.ledger.accounting`). ``collect_job`` is
 what the collect job runs on a compute node after a batch's arrays.
 """
 
@@ -22,6 +23,7 @@ from hpcqueue.dispatch.batchdir import MANIFEST, METRICS, OUTPUT, BatchDir
 from hpcqueue.dispatch.status import TaskView, task_views
 from hpcqueue.errors import BatchNotFoundError, LedgerError
 from hpcqueue.fileio import read_jsonl
+from hpcqueue.ledger.accounting import account_batch
 from hpcqueue.ledger.db import Ledger
 from hpcqueue.ledger.rows import utc_from_epoch
 
@@ -127,9 +129,11 @@ def _read_metrics(path: Path) -> dict[str, Any]:
 _LEDGER_STATE = {
     "pending": "planned",
     "queued": "submitted",
+    "deferred": "submitted",
     "running": "running",
     "completed": "completed",
     "failed": "failed",
+    "expired": "failed",
     "lost": "failed",
     "cancelled": "cancelled",
 }
@@ -176,9 +180,15 @@ def refresh(
                 "before the task finished; `hpcqueue retry` runs it again"
             )
             update["log_tail"] = batch.log_tail(view.task_index)
+        elif view.status == "expired":
+            update["error"] = (
+                f"deadline: Slurm removed job {view.job_id} (state {view.slurm_state}) because it could no "
+                "longer finish by the batch's deadline; `hpcqueue retry --deadline ...` re-plans it"
+            )
         updates.append(update)
     if updates:
         ledger.update_tasks(batch.batch_id, updates)
+    account_batch(ledger, batch, poller=poller)
     return views
 
 

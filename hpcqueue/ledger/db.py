@@ -1,8 +1,9 @@
 """The ledger database: opening (and migrating) it, and the writes that fill it.
 
-Only the driver side writes here: ``submit`` records a batch and its plan, ``dispatch`` records submissions,
-and ``collect`` copies each finished task's files (``metrics.json``, ``output.jsonl``) into it. Workers on the
-nodes never open the database; see docs/ledger.md for why.
+Only the driver side writes here: ``submit`` records a batch and its plan (in time, with its baselines),
+``dispatch`` records submissions, ``collect`` copies each finished task's files (``metrics.json``,
+``output.jsonl``) into it, and accounting records what each task's energy cost at the hours it really ran.
+Workers on the nodes never open the database; see docs/ledger.md for why.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
-from sqlalchemy import create_engine, delete, event, insert, select, update
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
@@ -27,26 +28,41 @@ from hpcqueue.errors import BatchNotFoundError, LedgerError
 from hpcqueue.fileio import PRIVATE_FILE_MODE, is_private, make_private_dir, tighten
 from hpcqueue.ledger import queries
 from hpcqueue.ledger.rows import (
+    ACCOUNTING_COLUMNS,
     REQUEST_COLUMNS,
+    REQUEST_FOOTPRINT_UPDATE,
     REQUEST_UPDATE,
     REQUESTS_TABLE,
     TASK_COLUMNS,
     BatchInfo,
+    accounting_values,
     bulk_insert,
     column_values,
+    epoch_or_none,
     error_text,
     float_or_none,
+    footprint_share_params,
     int_or_none,
+    json_text,
     measurement_rows,
     output_params,
+    plan_cost_row,
     rejected_row,
     request_columns,
     require_columns,
     row_dicts,
     str_or_none,
+    task_plan_columns,
     utc_from_epoch,
 )
-from hpcqueue.ledger.schema import BatchRow, MeasurementRow, RequestRow, TaskRow
+from hpcqueue.ledger.schema import (
+    FOOTPRINT_COLUMNS,
+    BatchRow,
+    MeasurementRow,
+    PlanCostRow,
+    RequestRow,
+    TaskRow,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,10 +71,15 @@ log = logging.getLogger(__name__)
 
 #: The newest migration in ``migrations/versions``; a test keeps the two in step. Opening a ledger whose
 #: ``alembic_version`` already says this skips loading Alembic altogether.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _INSERT_CHUNK_ROWS = 20_000
+#: Task states whose planned start no longer matters: the task runs or ran.
+_STARTED_STATES = ("running", "completed", "failed")
+#: What a new attempt of a task clears: the accounting of the previous one, on the task and its requests.
+_TASK_ACCOUNTING_CLEARED = dict.fromkeys((*ACCOUNTING_COLUMNS, "accounted_at"))
+_REQUEST_ACCOUNTING_CLEARED = dict.fromkeys(FOOTPRINT_COLUMNS)
 
 
 def default_db_url() -> str:
@@ -210,13 +231,19 @@ class Ledger:
         tasks: pd.DataFrame,
         requests: pd.DataFrame,
         rejected: Sequence[Mapping[str, Any]] = (),
+        plan_costs: Sequence[Mapping[str, Any]] = (),
     ) -> bool:
         """Record a new batch, its planned tasks and all its request lines (valid and rejected).
 
         One transaction. Returns False, changing nothing, when a batch with ``info.id`` is already recorded
         (submitting the same input again resumes the batch). ``tasks`` and ``requests`` are the planner's
-        frames (columns in docs/ledger.md); NaN becomes NULL. ``rejected`` holds the invalid lines kept by
-        ``--skip-invalid``: ``{"line", "id", "errors": [{"field", "message"}]}``.
+        frames (columns in docs/ledger.md); NaN becomes NULL. A plan in time adds the optional task
+        columns ``site``, ``planned_start_at``, ``planned_end_at`` (epoch seconds) and
+        ``predicted_facility_energy_j``, ``predicted_carbon_g``, ``predicted_water_l``,
+        ``predicted_cost_usd`` (absent: NULL). ``rejected`` holds the invalid lines kept by
+        ``--skip-invalid``: ``{"line", "id", "errors": [{"field", "message"}]}``. ``plan_costs`` holds the
+        plan's predicted totals and its baselines': ``{"name", "role": "plan" | "baseline", "energy_j",
+        "carbon_g", ...}`` (the columns of ``plan_costs``).
         """
         require_columns(tasks, TASK_COLUMNS, "tasks")
         require_columns(requests, REQUEST_COLUMNS, "requests")
@@ -237,6 +264,9 @@ class Ledger:
             "batch_dir": str(info.batch_dir),
             "n_requests": int(info.n_requests if info.n_requests is not None else len(requests)),
             "n_rejected": int(info.n_rejected if info.n_rejected is not None else len(rejected)),
+            "plan_json": json_text(info.plan_json),
+            "plan_start_at": utc_from_epoch(info.plan_start_at),
+            "deadline_at": utc_from_epoch(info.deadline_at),
         }
         task_rows = row_dicts(
             {
@@ -248,10 +278,12 @@ class Ledger:
                 "n_requests": column_values(tasks["n_requests"], "int"),
                 "predicted_energy_j": column_values(tasks["predicted_energy_j"], "float"),
                 "predicted_runtime_s": column_values(tasks["predicted_runtime_s"], "float"),
+                **task_plan_columns(tasks),
             },
             len(tasks),
         )
         rejected_rows = [rejected_row(info.id, info.model, item) for item in rejected]
+        cost_rows = [plan_cost_row(info.id, item) for item in plan_costs]
         try:
             with self._write() as conn:
                 if conn.execute(select(BatchRow.id).where(BatchRow.id == info.id)).first() is not None:
@@ -265,12 +297,15 @@ class Ledger:
                     bulk_insert(conn, REQUESTS_TABLE, columns, len(chunk))
                 if rejected_rows:
                     conn.execute(insert(RequestRow), rejected_rows)
+                if cost_rows:
+                    conn.execute(insert(PlanCostRow), cost_rows)
         except IntegrityError as exc:
             if self.get_batch(info.id) is not None:
                 return False  # recorded by a concurrent submit between our check and our insert
             raise LedgerError(
                 f"cannot record batch {info.id} in {self.masked_url}: {exc.orig}; the plan has duplicate "
-                "lines or task indices, or a request names a task index that is not in the tasks frame"
+                "lines or task indices, a request names a task index that is not in the tasks frame, or "
+                "plan_costs names a plan or baseline twice"
             ) from exc
         return True
 
@@ -359,6 +394,29 @@ class Ledger:
                 changed += result.rowcount
         return changed
 
+    def update_planned_starts(self, batch_id: str, starts: Mapping[int, tuple[float, float | None]]) -> int:
+        """Move the planned start (and end) of tasks that have not started: ``{task_index: (start, end)}``, in
+        epoch seconds (a re-plan, or a retry placed again in time).
+
+        An end of None means the end is not known: ``planned_end_at`` becomes NULL rather than keep an end
+        that belonged to the old start. Running, completed and failed tasks are never touched. One
+        transaction; returns the number of task rows changed.
+        """
+        changed = 0
+        with self._write() as conn:
+            for index, (start, end) in sorted(starts.items()):
+                result = conn.execute(
+                    update(TaskRow)
+                    .where(
+                        TaskRow.batch_id == batch_id,
+                        TaskRow.task_index == int(index),
+                        TaskRow.state.not_in(_STARTED_STATES),
+                    )
+                    .values(planned_start_at=utc_from_epoch(start), planned_end_at=utc_from_epoch(end))
+                )
+                changed += result.rowcount
+        return changed
+
     def task_states(self, batch_id: str) -> dict[int, _TaskState]:
         """State, end time and collection time of each task of a batch (what ``collect`` checks first)."""
         with self.connect() as conn:
@@ -417,11 +475,12 @@ class Ledger:
             "error": error_text(metrics.get("error")),
             "log_tail": log_tail if log_tail is not None else metrics.get("log_tail"),
             "collected_at": now,
+            **_TASK_ACCOUNTING_CLEARED,  # a new attempt is accounted again (record_accounting)
         }
         new_measurements = measurement_rows(batch_id, task_index, metrics.get("measurements") or [])
         with self._write() as conn:
             row = conn.execute(
-                select(TaskRow.state, TaskRow.ended_at, TaskRow.collected_at).where(
+                select(TaskRow.state, TaskRow.ended_at, TaskRow.collected_at, TaskRow.accounted_at).where(
                     TaskRow.batch_id == batch_id, TaskRow.task_index == task_index
                 )
             ).first()
@@ -455,6 +514,12 @@ class Ledger:
                 .where(TaskRow.batch_id == batch_id, TaskRow.task_index == task_index)
                 .values(**task_values)
             )
+            if row.accounted_at is not None:
+                conn.execute(
+                    update(RequestRow)
+                    .where(RequestRow.batch_id == batch_id, RequestRow.task_index == task_index)
+                    .values(**_REQUEST_ACCOUNTING_CLEARED)
+                )
             if request_params:
                 conn.execute(REQUEST_UPDATE.where(RequestRow.batch_id == batch_id), request_params)
             conn.execute(
@@ -465,6 +530,91 @@ class Ledger:
             if new_measurements:
                 conn.execute(insert(MeasurementRow), new_measurements)
         return True
+
+    # -- accounting ---------------------------------------------------------------------------------------
+
+    def tasks_to_account(self, batch_id: str) -> list[dict[str, Any]]:
+        """The collected tasks of a batch with energy but no accounting yet (``accounted_at`` NULL).
+
+        Each a dict of ``task_index``, ``target``, ``site``, ``executor``, ``job_id``, ``slurm_job_id``,
+        ``slurm_array_task_id``, ``state``, ``started_at``, ``ended_at`` (the worker's clock), ``energy_j``,
+        ``energy_method``, ``collected_at``; times as epoch seconds or None.
+        """
+        with self.connect() as conn:
+            found = conn.execute(
+                select(
+                    TaskRow.task_index,
+                    TaskRow.target,
+                    TaskRow.site,
+                    TaskRow.executor,
+                    TaskRow.job_id,
+                    TaskRow.slurm_job_id,
+                    TaskRow.slurm_array_task_id,
+                    TaskRow.state,
+                    TaskRow.started_at,
+                    TaskRow.ended_at,
+                    TaskRow.energy_j,
+                    TaskRow.energy_method,
+                    TaskRow.collected_at,
+                )
+                .where(
+                    TaskRow.batch_id == batch_id,
+                    TaskRow.collected_at.is_not(None),
+                    TaskRow.accounted_at.is_(None),
+                    TaskRow.energy_j.is_not(None),
+                )
+                .order_by(TaskRow.task_index)
+            ).mappings()
+            return [
+                {
+                    **row,
+                    **{key: epoch_or_none(row[key]) for key in ("started_at", "ended_at", "collected_at")},
+                }
+                for row in found
+            ]
+
+    def record_accounting(self, batch_id: str, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Record what each task's energy cost at the hours it really ran, and each request's share.
+
+        Each row has ``task_index`` and the accounting: ``run_started_at``, ``run_ended_at`` (epoch
+        seconds), ``run_times_source`` (``sacct`` or ``worker``), the site's factors over the run (``pue``,
+        ``carbon_g_per_kwh``, ``temperature_c``, ``price_usd_per_mwh``, ``wue_l_per_kwh``,
+        ``offsite_water_l_per_kwh``), the footprint (``facility_energy_j``, ``carbon_g``, ``water_onsite_l``,
+        ``water_offsite_l``, ``cost_usd``) and ``factor_kinds`` / ``factor_sources`` (mappings stored as
+        JSON). A row replaces the task's accounting whole: what it leaves out becomes NULL.
+        ``accounted_at`` becomes now.
+
+        The footprint is then spread over the task's requests as its energy was: a request's share is its
+        ``energy_j`` over the summed ``energy_j`` of the task's requests (NULL where the request has no
+        energy, the task's figure is unknown or the requests' energy sums to 0). One transaction; running it
+        again with the same rows gives the same figures. Returns the number of task rows changed.
+        """
+        now = datetime.now(timezone.utc)
+        values = {int(row["task_index"]): accounting_values(row) for row in rows}
+        if not values:
+            return 0
+        changed = 0
+        indices = sorted(values)
+        with self._write() as conn:
+            for index in indices:
+                result = conn.execute(
+                    update(TaskRow)
+                    .where(TaskRow.batch_id == batch_id, TaskRow.task_index == index)
+                    .values(**values[index], accounted_at=now)
+                )
+                changed += result.rowcount
+            energy: dict[int, float | None] = {}
+            for start in range(0, len(indices), 10_000):
+                part = indices[start : start + 10_000]
+                sums = conn.execute(
+                    select(RequestRow.task_index, func.sum(RequestRow.energy_j))
+                    .where(RequestRow.batch_id == batch_id, RequestRow.task_index.in_(part))
+                    .group_by(RequestRow.task_index)
+                )
+                energy.update((index, joules) for index, joules in sums if index is not None)
+            params = [footprint_share_params(i, values[i], energy.get(i)) for i in indices]
+            conn.execute(REQUEST_FOOTPRINT_UPDATE.where(RequestRow.batch_id == batch_id), params)
+        return changed
 
     # -- reads (see queries.py) ---------------------------------------------------------------------------
 
@@ -485,6 +635,15 @@ class Ledger:
     def list_batches(self, limit: int = 20) -> pd.DataFrame:
         """The newest batches first; see :func:`hpcqueue.ledger.queries.list_batches`."""
         return queries.list_batches(self, limit)
+
+    def plan_costs(self, batch_id: str) -> list[dict[str, Any]]:
+        """The predicted totals of the batch's plan and of its baselines; see
+        :func:`hpcqueue.ledger.queries.plan_costs`."""
+        return queries.plan_costs(self, [batch_id]).get(batch_id, [])
+
+    def plan_report(self, batch_id: str) -> dict[str, Any] | None:
+        """The plan report recorded with the batch (``plan_json``, parsed); None without one."""
+        return queries.plan_report(self, batch_id)
 
     def table_counts(self) -> dict[str, int]:
         """Row count of each ledger table."""

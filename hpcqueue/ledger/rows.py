@@ -9,17 +9,25 @@ natively.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import pandas as pd
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Float, Table, bindparam, insert, update
 from sqlalchemy.engine import Connection
 
 from hpcqueue.dispatch.batchdir import PLAN_COLUMNS
-from hpcqueue.ledger.schema import RequestRow
+from hpcqueue.fileio import json_safe
+from hpcqueue.ledger.schema import (
+    FOOTPRINT_COLUMNS,
+    PLAN_COST_ROLES,
+    RUN_TIMES_SOURCES,
+    SITE_FACTOR_COLUMNS,
+    RequestRow,
+)
 
 TASK_COLUMNS = (
     "task_index",
@@ -29,8 +37,32 @@ TASK_COLUMNS = (
     "predicted_energy_j",
     "predicted_runtime_s",
 )
+#: Task columns a plan in time adds (each optional: a frame without one records NULL), and their kinds;
+#: ``time`` columns are epoch seconds.
+TASK_PLAN_COLUMNS: dict[str, Literal["float", "str", "time"]] = {
+    "site": "str",
+    "planned_start_at": "time",
+    "planned_end_at": "time",
+    "predicted_facility_energy_j": "float",
+    "predicted_carbon_g": "float",
+    "predicted_water_l": "float",
+    "predicted_cost_usd": "float",
+}
 #: What the ledger reads of a batch's plan (plan.parquet, less the request kind, which the worker records).
 REQUEST_COLUMNS = tuple(column for column in PLAN_COLUMNS if column != "kind")
+#: The figures of a ``plan_costs`` row besides its ``name`` and ``role`` (all floats but ``meets_deadline``).
+PLAN_COST_FIGURES = ("energy_j", *FOOTPRINT_COLUMNS, "water_l", "finish_s", "meets_deadline")
+#: What :meth:`Ledger.record_accounting` writes of a task, besides ``accounted_at``: its run interval and
+#: where that came from, the site's factors over it, the footprint, and each factor's kind and source.
+ACCOUNTING_TIMES = ("run_started_at", "run_ended_at")
+ACCOUNTING_JSON = ("factor_kinds", "factor_sources")
+ACCOUNTING_COLUMNS = (
+    *ACCOUNTING_TIMES,
+    "run_times_source",
+    *SITE_FACTOR_COLUMNS,
+    *FOOTPRINT_COLUMNS,
+    *ACCOUNTING_JSON,
+)
 
 
 def utc_from_epoch(value: float | int | datetime | None) -> datetime | None:
@@ -42,13 +74,19 @@ def utc_from_epoch(value: float | int | datetime | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), tz=timezone.utc)
 
 
+def epoch_or_none(value: datetime | None) -> float | None:
+    """A ledger timestamp as epoch seconds (the inverse of :func:`utc_from_epoch`)."""
+    return None if value is None else value.timestamp()
+
+
 @dataclass(frozen=True)
 class BatchInfo:
     """One row of the ``batches`` table: what was submitted, by whom, where, and with which settings.
 
     ``created_at`` may be an epoch float or a datetime; ``settings_json`` is JSON text (a mapping is
     serialised). ``n_requests`` / ``n_rejected`` default to the sizes of the frames given to
-    :meth:`Ledger.record_batch`.
+    :meth:`Ledger.record_batch`. A plan in time adds its report (``plan_json``: the plan against its
+    baselines, JSON text or a mapping), when it starts and its deadline (epoch seconds).
     """
 
     id: str
@@ -64,6 +102,9 @@ class BatchInfo:
     batch_dir: str
     n_requests: int | None = None
     n_rejected: int | None = None
+    plan_json: Mapping[str, Any] | str | None = None
+    plan_start_at: float | None = None
+    deadline_at: float | None = None
 
 
 REQUESTS_TABLE: Table = RequestRow.__table__  # type: ignore[assignment]
@@ -184,6 +225,95 @@ def request_columns(batch_id: str, model: str, frame: pd.DataFrame) -> dict[str,
     }
 
 
+def task_plan_columns(frame: pd.DataFrame) -> dict[str, Any]:
+    """The plan-in-time columns of the tasks frame as column lists; an absent column is NULL."""
+    columns: dict[str, Any] = {}
+    for name, kind in TASK_PLAN_COLUMNS.items():
+        if name not in frame:
+            columns[name] = None
+        elif kind == "time":
+            columns[name] = [utc_from_epoch(v) for v in column_values(frame[name], "float")]
+        else:
+            columns[name] = column_values(frame[name], kind)
+    return columns
+
+
+def plan_cost_row(batch_id: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``plan_costs`` row from ``{"name", "role", <figures>...}``; absent, None or NaN figures are NULL."""
+    role = item.get("role")
+    if role not in PLAN_COST_ROLES:
+        raise ValueError(
+            f"plan cost {item.get('name')!r} has role {role!r}; expected one of {', '.join(PLAN_COST_ROLES)}"
+        )
+    row: dict[str, Any] = {"batch_id": batch_id, "name": str(item["name"]), "role": role}
+    for column in PLAN_COST_FIGURES:
+        value = number_or_none(item.get(column))
+        row[column] = bool(value) if column == "meets_deadline" and value is not None else value
+    return row
+
+
+def accounting_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's accounting columns from one row given to :meth:`Ledger.record_accounting` (absent: NULL)."""
+    values: dict[str, Any] = {}
+    for column in ACCOUNTING_COLUMNS:
+        value = row.get(column)
+        if column in ACCOUNTING_TIMES:
+            values[column] = utc_from_epoch(number_or_none(value))
+        elif column in ACCOUNTING_JSON:
+            values[column] = json_text(value)
+        elif column == "run_times_source":
+            if value is not None and value not in RUN_TIMES_SOURCES:
+                raise ValueError(
+                    f"task {row.get('task_index')}: run_times_source {value!r}; expected one of "
+                    f"{', '.join(RUN_TIMES_SOURCES)} or None"
+                )
+            values[column] = value
+        else:
+            values[column] = number_or_none(value)
+    return values
+
+
+#: A request's share of its task's footprint: its energy times the task's figure per joule of its requests
+#: (``b_<column>``, NULL where the figure or the requests' energy is unknown).
+REQUEST_FOOTPRINT_UPDATE = (
+    update(RequestRow)
+    .where(RequestRow.task_index == bindparam("b_task_index"))
+    .values(
+        **{
+            column: RequestRow.energy_j * bindparam(f"b_{column}", type_=Float())
+            for column in FOOTPRINT_COLUMNS
+        }
+    )
+)
+
+
+def footprint_share_params(
+    task_index: int, values: Mapping[str, Any], requests_energy_j: float | None
+) -> dict[str, Any]:
+    """The parameters of ``REQUEST_FOOTPRINT_UPDATE`` for one task: each figure per joule of its requests."""
+    params: dict[str, Any] = {"b_task_index": task_index}
+    for column in FOOTPRINT_COLUMNS:
+        value = values.get(column)
+        params[f"b_{column}"] = None if value is None or not requests_energy_j else value / requests_energy_j
+    return params
+
+
+def json_text(value: Any) -> str | None:
+    """JSON text for a JSON column: strict JSON (NaN as null), keys sorted, the default ``", "`` / ``": "``
+    separators (which the report queries match on). Text is parsed first, so it is checked and stored in the
+    same form."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected JSON text or a mapping, got {value[:80]!r} ({exc})") from exc
+    if isinstance(value, Mapping):
+        value = dict(value)
+    return json.dumps(json_safe(value), sort_keys=True, default=str, allow_nan=False)
+
+
 def bulk_insert(conn: Connection, table: Table, columns: Mapping[str, Any], n_rows: int) -> None:
     """Insert many rows given as column lists (constants are repeated): ``executemany`` or PostgreSQL COPY.
 
@@ -255,3 +385,11 @@ def int_or_none(value: Any) -> int | None:
 
 def float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def number_or_none(value: Any) -> float | None:
+    """A float, with None and NaN (missing in a frame or a JSON report) as None."""
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number

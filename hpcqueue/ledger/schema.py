@@ -1,14 +1,15 @@
 """The ledger's schema: its tables as SQLAlchemy classes, one ``*Row`` class per table (batches, tasks,
-requests and energy measurements).
+requests, energy measurements, and the costs of a batch's plan and of its baselines).
 
 The ``Row`` suffix keeps them apart from the things they record: ``hpcqueue.ingest.Request`` is a request as
 read from the input, ``RequestRow`` its row in the ledger; ``hpcqueue.meters.Measurement`` a reading,
 ``MeasurementRow`` its rows.
 
-The schema is portable (SQLite and PostgreSQL): strings, integers, floats and timezone-aware UTC
-timestamps only. ``migrations/versions/0001_initial.py`` creates exactly these tables; a test compares
-the two, so a change here needs a new migration. The columns the tables share come from mixins, so a class
-lists them in another order than its table (the migration's order), which no query depends on.
+The schema is portable (SQLite and PostgreSQL): strings, integers, floats, booleans and timezone-aware UTC
+timestamps only. The revisions in ``migrations/versions`` (0001, then 0002 ...) create exactly these
+tables; a test compares the two, so a change here needs a new migration. The columns the tables share come
+from mixins, so a class lists them in another order than its table (the migration's order), which no query
+depends on.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from sqlalchemy.types import TypeDecorator
 TASK_STATES = ("planned", "submitted", "running", "completed", "failed", "cancelled")
 REQUEST_STATUSES = ("pending", "succeeded", "failed", "rejected")
 MEASUREMENT_SCOPES = ("task", "model_load", "generation_batch")
+PLAN_COST_ROLES = ("plan", "baseline")
+#: Where a task's run interval (``tasks.run_started_at`` / ``run_ended_at``) came from.
+RUN_TIMES_SOURCES = ("sacct", "worker")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -103,6 +107,9 @@ class BatchRow(Base):
     batch_dir: Mapped[str]
     n_requests: Mapped[int]
     n_rejected: Mapped[int]
+    plan_json: Mapped[str | None]
+    plan_start_at: Mapped[datetime | None]
+    deadline_at: Mapped[datetime | None]
 
 
 class _BatchPart:
@@ -132,7 +139,37 @@ class _Accounted:
     attribution_rule: Mapped[str | None]
 
 
-class TaskRow(_BatchPart, _Accounted, Base):
+class _Footprint:
+    """What energy cost at a site and hour: the facility's energy, carbon, water on and off site, money.
+
+    A task's figures come from its site's factors over the hours it ran; a request's are its share of its
+    task's; a plan's and a baseline's are the planner's prediction (``plan_costs``).
+    """
+
+    facility_energy_j: Mapped[float | None]
+    carbon_g: Mapped[float | None]
+    water_onsite_l: Mapped[float | None]
+    water_offsite_l: Mapped[float | None]
+    cost_usd: Mapped[float | None]
+
+
+class _SiteFactors:
+    """A site's factors averaged over the interval a task really ran (what turned its energy into a
+    footprint)."""
+
+    pue: Mapped[float | None]
+    carbon_g_per_kwh: Mapped[float | None]
+    temperature_c: Mapped[float | None]
+    price_usd_per_mwh: Mapped[float | None]
+    wue_l_per_kwh: Mapped[float | None]
+    offsite_water_l_per_kwh: Mapped[float | None]
+
+
+FOOTPRINT_COLUMNS: tuple[str, ...] = tuple(_Footprint.__annotations__)
+SITE_FACTOR_COLUMNS: tuple[str, ...] = tuple(_SiteFactors.__annotations__)
+
+
+class TaskRow(_BatchPart, _Accounted, _Footprint, _SiteFactors, Base):
     """One array task (or local job): a chunk of a batch's requests run by one worker on one target."""
 
     __tablename__ = "tasks"
@@ -157,10 +194,26 @@ class TaskRow(_BatchPart, _Accounted, Base):
     error: Mapped[str | None]
     log_tail: Mapped[str | None]
     collected_at: Mapped[datetime | None]
+    # The plan in time: where and when the task should run, and what the planner predicted that costs.
+    site: Mapped[str | None] = mapped_column(String(128))
+    planned_start_at: Mapped[datetime | None]
+    planned_end_at: Mapped[datetime | None]
+    predicted_facility_energy_j: Mapped[float | None]
+    predicted_carbon_g: Mapped[float | None]
+    predicted_water_l: Mapped[float | None]
+    predicted_cost_usd: Mapped[float | None]
+    # Accounting (with the _SiteFactors and _Footprint columns): when it really ran, and what that cost.
+    run_started_at: Mapped[datetime | None]
+    run_ended_at: Mapped[datetime | None]
+    run_times_source: Mapped[str | None] = mapped_column(String(16))
+    factor_kinds: Mapped[str | None]
+    factor_sources: Mapped[str | None]
+    accounted_at: Mapped[datetime | None]
 
 
-class RequestRow(_BatchPart, _Accounted, Base):
-    """One input line: its plan (target, task, prediction) and, once collected, its outcome and energy."""
+class RequestRow(_BatchPart, _Accounted, _Footprint, Base):
+    """One input line: its plan (target, task, prediction) and, once collected, its outcome and energy; once
+    accounted, its share of its task's footprint."""
 
     __tablename__ = "requests"
     __table_args__ = (
@@ -205,3 +258,21 @@ class MeasurementRow(_BatchPart, Base):
     meter: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime | None]
     details_json: Mapped[str | None]
+
+
+class PlanCostRow(_BatchPart, _Footprint, Base):
+    """The predicted totals of a batch's plan (role ``plan``) or of one baseline it was compared with (role
+    ``baseline``: ``run_at_submit``, ``best_window``, ``single:cpu`` ...)."""
+
+    __tablename__ = "plan_costs"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "name"),
+        CheckConstraint(_in("role", PLAN_COST_ROLES), name="role"),
+    )
+
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    energy_j: Mapped[float | None]
+    water_l: Mapped[float | None]
+    finish_s: Mapped[float | None]
+    meets_deadline: Mapped[bool | None]

@@ -1,10 +1,13 @@
 """The worker: runs on the compute node, turns task directories into outputs and metrics.
 
 ``run_tasks`` is what submitit runs (one call per array element or local job). For each task directory it
-takes the task's lock, resumes from ``partial.jsonl`` when an earlier run was cut short, generates with
-``engine.Engine`` (loaded once per process and model), meters the task, the model load and every generation
-batch, splits the energy over requests (``attribution``: ``token-share-v1``), and writes ``output.jsonl`` then
-``metrics.json`` atomically. The task is done when ``metrics.json`` exists; formats are in docs/internals.md.
+waits for the task's begin time in the batch's ``schedule.json`` (a local worker holds tasks planned for
+later hours; on Slurm the job starts after its ``--begin``, so there is nothing left to wait), takes the
+task's lock, fails the task without running it when the batch's deadline has passed, resumes from
+``partial.jsonl`` when an earlier run was cut short, generates with ``engine.Engine`` (loaded once per
+process and model), meters the task, the model load and every generation batch, splits the energy over
+requests (``attribution``: ``token-share-v1``), and writes ``output.jsonl`` then ``metrics.json`` atomically.
+The task is done when ``metrics.json`` exists; formats are in docs/internals.md.
 
 Workers only write files (owner-only, whatever the umask): the collect step reads them into the ledger.
 
@@ -24,10 +27,19 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpcqueue.dispatch.batchdir import INPUT, METRICS, OUTPUT, PARTIAL, TASK_SPEC, hold_task_lock
+from hpcqueue.dispatch.batchdir import (
+    INPUT,
+    METRICS,
+    OUTPUT,
+    PARTIAL,
+    TASK_SPEC,
+    hold_task_lock,
+    task_location,
+)
 from hpcqueue.errors import ModelError, StopRequested, TaskLocked
 from hpcqueue.fileio import atomic_write_json, atomic_write_jsonl, private_umask, read_jsonl
 from hpcqueue.worker.attribution import ATTRIBUTION_RULE, ATTRIBUTION_RULE_TEXT, attribute_rest, share
@@ -45,6 +57,12 @@ _TRACEBACK_LINES = 30
 
 # One engine per process, reused by the following tasks when they name the same model files and device.
 _ENGINES: dict[tuple[str, str, str], Engine] = {}
+
+#: How often a worker waiting for a task's begin time reads the batch's schedule again, so that a re-plan
+#: that moves the time takes effect (tests lower it).
+SCHEDULE_POLL_S = 30.0
+#: The longest single sleep while waiting: a SIGTERM is answered within it.
+_STOP_CHECK_S = 1.0
 
 
 @dataclass
@@ -69,7 +87,8 @@ _stop = threading.Event()
 
 def _request_stop(signum: int, frame: Any) -> None:
     log.warning(
-        "SIGTERM: stopping after the current generation batch; finished outputs stay in partial.jsonl"
+        "SIGTERM: stopping (a waiting worker at once, a running task after its current generation batch; "
+        "finished outputs stay in partial.jsonl)"
     )
     _stop.set()
 
@@ -77,13 +96,16 @@ def _request_stop(signum: int, frame: Any) -> None:
 def run_tasks(task_dirs: list[str]) -> list[dict[str, Any]]:
     """Run task directories in order; return one summary per task.
 
-    A finished task (``metrics.json`` exists) is skipped; a task locked by another live worker is reported
-    ``locked`` and left alone; a task that cannot run at all gets a ``failed`` metrics.json and the worker
-    goes on with the next one. Summaries: ``{"task_dir", "state", "n_requests", "n_failed", "energy_j",
-    "error"}`` with state ``completed``, ``failed``, ``skipped`` or ``locked``.
+    Before each task the worker waits for its begin time in the batch's schedule (reading the schedule again
+    every ``SCHEDULE_POLL_S``, so a re-plan that moves it takes effect). A finished task (``metrics.json``
+    exists) is skipped; a task locked by another live worker is reported ``locked`` and left alone; a task
+    that cannot run at all, or whose batch's deadline passed before it started, gets a ``failed``
+    metrics.json and the worker goes on with the next one. Summaries: ``{"task_dir", "state", "n_requests",
+    "n_failed", "energy_j", "error"}`` with state ``completed``, ``failed``, ``skipped`` or ``locked``.
 
-    SIGTERM (what ``scancel`` sends before it kills) stops the worker after the generation batch it is in,
-    instead of letting it burn energy until Slurm's kill timeout; the process then exits with status 143.
+    SIGTERM (what ``scancel`` sends before it kills) stops the worker after the generation batch it is in (or
+    within a second while it waits), instead of letting it burn energy until Slurm's kill timeout; the
+    process then exits with status 143.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     previous = None
@@ -95,13 +117,74 @@ def run_tasks(task_dirs: list[str]) -> list[dict[str, Any]]:
             for task_dir in task_dirs:
                 if _stop.is_set():
                     raise StopRequested()
-                summaries.append(run_task(Path(task_dir)))
+                path = Path(task_dir)
+                if not (path / METRICS).exists():
+                    wait_for_begin(path)
+                summaries.append(run_task(path))
         return summaries
     except StopRequested:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def wait_for_begin(task_dir: Path) -> None:
+    """Sleep until the task's begin time in its batch's ``schedule.json`` (at once for a task without one, or
+    a directory outside a batch). The schedule is read again at least every ``SCHEDULE_POLL_S``, so a
+    re-plan that moves the time takes effect; SIGTERM ends the wait with ``StopRequested``."""
+    location = task_location(task_dir)
+    if location is None:
+        return
+    batch, index = location
+    announced: float | None = None
+    while True:
+        try:
+            begin_at = batch.begin_times().get(index)
+        except (OSError, ValueError) as exc:
+            # the task itself then fails on the same file (its deadline check), saying why
+            log.warning("task %s: cannot read the batch's schedule, not waiting: %s", task_dir, exc)
+            return
+        now = time.time()
+        if begin_at is None or begin_at <= now:
+            if announced is not None:
+                log.info("task %s: its begin time has come", task_dir)
+            return
+        if begin_at != announced:
+            log.info(
+                "task %s waits for its %sbegin time %s (in %.0f s)",
+                task_dir,
+                "new " if announced is not None else "",
+                _local_iso(begin_at),
+                begin_at - now,
+            )
+            announced = begin_at
+        until = min(begin_at, now + SCHEDULE_POLL_S)
+        while (left := until - time.time()) > 0:
+            if _stop.is_set():
+                raise StopRequested()
+            time.sleep(min(left, _STOP_CHECK_S))
+        if _stop.is_set():
+            raise StopRequested()
+
+
+def _deadline_passed(task_dir: Path) -> str | None:
+    """Why the task must not run when its batch's deadline has passed (None while it may run)."""
+    location = task_location(task_dir)
+    if location is None:
+        return None
+    deadline_at = location[0].deadline_at()
+    if deadline_at is None or time.time() < deadline_at:
+        return None
+    return (
+        f"the batch's deadline {_local_iso(deadline_at)} passed before this task started; "
+        "`hpcqueue retry` re-plans it"
+    )
+
+
+def _local_iso(epoch: float) -> str:
+    """An epoch time as ISO 8601 local time with its offset (unambiguous in a log read anywhere)."""
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
 
 
 def run_task(task_dir: Path) -> dict[str, Any]:
@@ -140,28 +223,37 @@ def _run_locked(task_dir: Path) -> dict[str, Any]:
     task_meter: Meter | None = None
     try:
         run.spec = _read_spec(task_dir)
-        task_meter = _meter_factory(run.spec)()
-        task_meter.start()
-        metrics = _execute(task_dir, run, task_meter)
+        too_late = _deadline_passed(task_dir)
+        if too_late is not None:
+            log.warning("task %s not run: %s", task_dir, too_late)
+            metrics = _failed_metrics(run, None, {"code": "deadline", "message": too_late})
+        else:
+            task_meter = _meter_factory(run.spec)()
+            task_meter.start()
+            metrics = _execute(task_dir, run, task_meter)
     except Exception as exc:
         log.exception("task %s failed", task_dir)
-        metrics = _base_metrics(run)
-        if task_meter is not None and task_meter.running:
-            measurement = task_meter.stop()
-            run.add_measurement("task", measurement)
-            metrics.update(
-                energy_j=measurement.total_energy_j, energy_method=measurement.method, meter=measurement.meter
-            )
-        metrics.update(
-            state="failed",
-            ended_at=time.time(),
-            error={
-                "type": type(exc).__name__,
-                "message": str(exc) or type(exc).__name__,
-                "traceback": "".join(traceback.format_exc().splitlines(keepends=True)[-_TRACEBACK_LINES:]),
-            },
-        )
+        error = {
+            "type": type(exc).__name__,
+            "message": str(exc) or type(exc).__name__,
+            "traceback": "".join(traceback.format_exc().splitlines(keepends=True)[-_TRACEBACK_LINES:]),
+        }
+        metrics = _failed_metrics(run, task_meter, error)
     atomic_write_json(task_dir / METRICS, metrics)
+    return metrics
+
+
+def _failed_metrics(run: _Run, task_meter: Meter | None, error: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json of a task that could not run (``error``: ``{"type", "message", "traceback"}``, or
+    ``{"code": "deadline", "message"}`` when the deadline cut it), with the energy metered until then."""
+    metrics = _base_metrics(run)
+    if task_meter is not None and task_meter.running:
+        measurement = task_meter.stop()
+        run.add_measurement("task", measurement)
+        metrics.update(
+            energy_j=measurement.total_energy_j, energy_method=measurement.method, meter=measurement.meter
+        )
+    metrics.update(state="failed", ended_at=time.time(), error=error)
     return metrics
 
 

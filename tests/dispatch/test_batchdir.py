@@ -18,6 +18,7 @@ from hpcqueue.dispatch.batchdir import (
     is_locked,
     latest_batch,
     open_batch,
+    task_location,
 )
 from hpcqueue.errors import BatchNotFoundError
 
@@ -112,3 +113,80 @@ def test_latest_batch_and_missing_root(tmp_path: Path) -> None:
     batch = _make(tmp_path)
     assert latest_batch(tmp_path).path == batch.path
     assert open_batch(tmp_path, "hq-test").path == batch.path
+
+
+def _make_scheduled(tmp_path: Path, schedule: dict | None) -> BatchDir:
+    plan = pd.DataFrame({"line": [1, 2, 3], "task_index": [0, 1, 2]})
+    specs = [{"task_index": i, "n_requests": 1} for i in range(3)]
+    return create_batch(
+        tmp_path,
+        "hq-sched",
+        manifest={"batch_id": "hq-sched", "tasks": specs},
+        plan=plan,
+        task_specs=specs,
+        raw_lines=pd.Series(["{}"] * 3),
+        schedule=schedule,
+    )
+
+
+def test_schedule_is_written_with_the_batch_and_read_back(tmp_path: Path) -> None:
+    batch = _make_scheduled(
+        tmp_path, {"deadline_at": 1_800_000_000.5, "begin_at": {"1": 1_799_990_000.0, 2: 1_799_995_000}}
+    )
+    assert batch.deadline_at() == 1_800_000_000.5
+    assert batch.begin_times() == {1: 1_799_990_000.0, 2: 1_799_995_000.0}
+    on_disk = json.loads((batch.path / "schedule.json").read_text())
+    assert on_disk == {
+        "deadline_at": 1_800_000_000.5,
+        "begin_at": {"1": 1_799_990_000.0, "2": 1_799_995_000.0},
+    }
+    assert (batch.path / "schedule.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_batch_from_before_schedules_has_no_deadline_and_starts_everything_now(tmp_path: Path) -> None:
+    batch = _make_scheduled(tmp_path, None)
+    assert not (batch.path / "schedule.json").exists()
+    assert batch.begin_times() == {} and batch.deadline_at() is None
+
+
+def test_begin_times_merge_and_none_removes(tmp_path: Path) -> None:
+    batch = _make_scheduled(tmp_path, {"deadline_at": None, "begin_at": {"0": 100.0, "1": 200.0}})
+    batch.set_begin_times({1: None, 2: 300.0, 0: 150.0})
+    assert batch.begin_times() == {0: 150.0, 2: 300.0}
+    batch.set_deadline(400.0)
+    assert batch.deadline_at() == 400.0 and batch.begin_times() == {0: 150.0, 2: 300.0}
+    with pytest.raises(ValueError, match="task 2"):
+        batch.set_begin_times({2: float("nan")})
+    assert batch.begin_times() == {0: 150.0, 2: 300.0}  # a refused update changes nothing
+
+
+def test_an_old_batch_gets_an_owner_only_schedule_when_re_planned(tmp_path: Path) -> None:
+    batch = _make_scheduled(tmp_path, None)
+    old_umask = os.umask(0o022)
+    try:
+        batch.set_begin_times({2: 500.0})
+    finally:
+        os.umask(old_umask)
+    assert batch.begin_times() == {2: 500.0} and batch.deadline_at() is None
+    for name in ("schedule.json", "schedule.lock"):
+        assert (batch.path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_damaged_schedule_names_the_file_and_the_format(tmp_path: Path) -> None:
+    batch = _make_scheduled(tmp_path, None)
+    (batch.path / "schedule.json").write_text('{"begin_at": {"x": 1}}')
+    with pytest.raises(ValueError, match=r"schedule\.json is not a batch schedule.*begin_at"):
+        batch.begin_times()
+
+
+def test_a_bad_schedule_leaves_no_batch(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="deadline_at"):
+        _make_scheduled(tmp_path, {"deadline_at": "tomorrow", "begin_at": {}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_task_location_finds_the_batch_of_a_task_directory(tmp_path: Path) -> None:
+    batch = _make_scheduled(tmp_path, None)
+    assert task_location(batch.task_dir(2)) == (batch, 2)
+    assert task_location(tmp_path / "by-hand" / "000002") is None
+    assert task_location(batch.path / "tasks" / "notes") is None

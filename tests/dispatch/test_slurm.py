@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -102,6 +101,45 @@ SCONTROL_PARTITION_LOWPOWER = SCONTROL_PARTITION_GPU.replace(
 ).replace("MaxTime=1-12:00:00", "MaxTime=UNLIMITED")
 
 
+# Recorded with `scontrol show job -o 547` (SLURM_TIME_FORMAT=standard) for an array submitted with --begin,
+# --deadline, --time=10 and --time-min=2, after `scontrol update JobId=547_2 StartTime=...` moved element 2
+# (Slurm split it out of the array as job 548); elements 0-1 are still one record.
+SCONTROL_SHOW_JOB_547 = (
+    "JobId=547 ArrayJobId=547 ArrayTaskId=0-1 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A "
+    "Priority=4294901559 Nice=0 Account=root QOS=normal JobState=PENDING Reason=BeginTime Dependency=(null) "
+    "Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:00 TimeLimit=00:10:00 "
+    "TimeMin=00:02:00 SubmitTime=2026-11-30T17:57:25 EligibleTime=2026-11-30T18:07:25 "
+    "AccrueTime=2026-11-30T18:07:25 StartTime=2026-11-30T18:07:25 EndTime=2026-11-30T18:17:25 "
+    "Deadline=2026-11-30T18:57:25 SuspendTime=None SecsPreSuspend=0 LastSchedEval=2026-11-30T17:57:25 "
+    "Scheduler=Main Partition=lowpower AllocNode:Sid=localhost:13853 ReqNodeList=(null) ExcNodeList=(null) "
+    "NodeList= NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 ReqB:S:C:T=0:0:*:* "
+    "TRES=cpu=1,mem=1G,node=1,billing=1 Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=* MinCPUsNode=1 "
+    "MinMemoryCPU=1G MinTmpDiskNode=0 Features=(null) DelayBoot=00:00:00 OverSubscribe=OK Contiguous=0 "
+    "Licenses=(null) Network=(null) Command=(null) WorkDir=/work/main StdErr=/tmp/hqexp/p_547_4294967294.out "
+    "StdIn=/dev/null StdOut=/tmp/hqexp/p_547_4294967294.out Power= \n"
+    "JobId=548 ArrayJobId=547 ArrayTaskId=2 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A "
+    "Priority=4294901559 Nice=0 Account=root QOS=normal JobState=PENDING Reason=BeginTime Dependency=(null) "
+    "Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:00 TimeLimit=00:10:00 "
+    "TimeMin=00:02:00 SubmitTime=2026-11-30T17:57:25 EligibleTime=2026-11-30T18:17:25 "
+    "AccrueTime=2026-11-30T18:17:25 StartTime=2026-11-30T18:17:25 EndTime=2026-11-30T18:27:25 "
+    "Deadline=2026-11-30T18:57:25 SuspendTime=None SecsPreSuspend=0 LastSchedEval=2026-11-30T17:57:25 "
+    "Scheduler=Main Partition=lowpower AllocNode:Sid=localhost:13853 ReqNodeList=(null) ExcNodeList=(null) "
+    "NodeList= NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 ReqB:S:C:T=0:0:*:* "
+    "TRES=cpu=1,mem=1G,node=1,billing=1 Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=* MinCPUsNode=1 "
+    "MinMemoryCPU=1G MinTmpDiskNode=0 Features=(null) DelayBoot=00:00:00 OverSubscribe=OK Contiguous=0 "
+    "Licenses=(null) Network=(null) Command=(null) WorkDir=/work/main StdErr=/tmp/hqexp/p_547_2.out "
+    "StdIn=/dev/null StdOut=/tmp/hqexp/p_547_2.out Power= \n"
+)
+# `scontrol show job -o 540` for a plain job (trimmed to the keys hpcqueue reads), and what scontrol says
+# of a job it no longer knows.
+SCONTROL_SHOW_JOB_540 = (
+    "JobId=540 JobName=wrap JobState=RUNNING Reason=None TimeLimit=UNLIMITED TimeMin=N/A "
+    "SubmitTime=2026-11-30T17:44:33 EligibleTime=2026-11-30T17:44:33 StartTime=2026-11-30T17:44:33 "
+    "Deadline=N/A Partition=gpu NodeList=gpu01\n"
+)
+SCONTROL_INVALID_JOB = "slurm_load_jobs error: Invalid job id specified\n"
+
+
 @dataclass
 class FakeSlurm:
     """Stands in for the Slurm commands: answers each command name with a scripted result, records calls."""
@@ -123,20 +161,6 @@ class FakeSlurm:
             raise FileNotFoundError(2, "No such file or directory", args[0])
         returncode, stdout, stderr = queue.pop(0) if len(queue) > 1 else queue[0]
         return subprocess.CompletedProcess(args, returncode, stdout, stderr)
-
-
-@pytest.fixture()
-def paris_time() -> Iterator[None]:
-    """Run with the machine's local time zone set to Europe/Paris (sacct prints local times)."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "Europe/Paris"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
 
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -174,6 +198,13 @@ def test_parse_time_reads_local_time(paris_time: None) -> None:
     assert slurm.parse_time("Unknown") is None
     assert slurm.parse_time("None") is None
     assert slurm.parse_time("") is None
+
+
+def test_format_slurm_time_writes_local_time_as_sbatch_reads_it(paris_time: None) -> None:
+    # 21:30:01 UTC is 22:30:01 in Paris in November (UTC+1); fractions of a second are dropped
+    epoch = datetime.fromisoformat("2026-11-21T21:30:01.9+00:00").timestamp()
+    assert slurm.format_slurm_time(epoch) == "2026-11-21T22:30:01"
+    assert slurm.parse_time(slurm.format_slurm_time(epoch)) == int(epoch)
 
 
 @pytest.mark.parametrize(
@@ -413,6 +444,72 @@ def test_scancel_cancels_all_in_one_call() -> None:
     slurm.scancel(["12", "13_4", "14"], runner=fake)
     slurm.scancel([], runner=fake)
     assert fake.calls == [["scancel", "12", "13_4", "14"]]
+
+
+def test_parse_show_jobs_gives_one_record_per_array_element() -> None:
+    jobs = slurm.parse_show_jobs(SCONTROL_SHOW_JOB_547 + SCONTROL_SHOW_JOB_540)
+    assert sorted(jobs) == ["540", "547_0", "547_1", "547_2"]
+    assert [jobs[f"547_{i}"]["ArrayTaskId"] for i in range(3)] == ["0", "1", "2"]
+    assert {jobs[f"547_{i}"]["JobState"] for i in range(3)} == {"PENDING"}
+    assert jobs["547_0"]["EligibleTime"] == jobs["547_1"]["EligibleTime"] == "2026-11-30T18:07:25"
+    assert jobs["547_2"]["EligibleTime"] == "2026-11-30T18:17:25"  # moved on its own
+    assert jobs["547_2"]["JobId"] == "548" and jobs["547_2"]["Deadline"] == "2026-11-30T18:57:25"
+    assert jobs["547_2"]["TimeMin"] == "00:02:00" and jobs["547_2"]["Reason"] == "BeginTime"
+    assert jobs["540"]["JobState"] == "RUNNING" and "ArrayTaskId" not in jobs["540"]
+    remainder = "JobId=12 ArrayJobId=12 ArrayTaskId=1-5:2%2 JobState=PENDING\n"
+    assert sorted(slurm.parse_show_jobs(remainder)) == ["12_1", "12_3", "12_5"]
+    assert slurm.parse_show_jobs("\nslurm_load_jobs error: something\n") == {}
+
+
+def test_show_jobs_asks_once_per_array_and_leaves_out_forgotten_jobs() -> None:
+    fake = FakeSlurm()  # answers in the order asked: by id length, then id
+    fake.reply("scontrol show job", returncode=1, stderr=SCONTROL_INVALID_JOB)
+    fake.reply("scontrol show job", SCONTROL_SHOW_JOB_540)
+    fake.reply("scontrol show job", SCONTROL_SHOW_JOB_547)
+    jobs = slurm.show_jobs(["547_2", "540", "547_0", "99"], runner=fake)
+    assert fake.calls == [
+        ["scontrol", "show", "job", "-o", "99"],
+        ["scontrol", "show", "job", "-o", "540"],
+        ["scontrol", "show", "job", "-o", "547"],  # one call for both elements of the array
+    ]
+    assert sorted(jobs) == ["540", "547_0", "547_2"]  # 547_1 was not asked for; 99 is forgotten
+    assert fake.kwargs[0]["env"]["SLURM_TIME_FORMAT"] == "standard"
+    assert slurm.show_jobs([], runner=fake) == {} and len(fake.calls) == 3
+
+
+def test_show_jobs_of_a_whole_array_returns_every_element() -> None:
+    fake = FakeSlurm().reply("scontrol show job", SCONTROL_SHOW_JOB_547)
+    assert sorted(slurm.show_jobs(["547"], runner=fake)) == ["547_0", "547_1", "547_2"]
+
+
+def test_show_jobs_reports_a_controller_that_does_not_answer() -> None:
+    fake = FakeSlurm().reply(
+        "scontrol show job", returncode=1, stderr="slurm_load_jobs error: Unable to contact slurm controller"
+    )
+    with pytest.raises(SlurmError, match=r"(?s)Unable to contact.*scontrol ping"):
+        slurm.show_jobs(["547"], runner=fake)
+
+
+def test_scontrol_update_begin_moves_every_job_in_one_call(paris_time: None) -> None:
+    fake = FakeSlurm().reply("scontrol update JobId=547_1,547_2,560")
+    begin = datetime.fromisoformat("2026-11-22T01:00:00.2+00:00").timestamp()
+    slurm.scontrol_update_begin(["547_1", " 547_2", "560"], begin, runner=fake)
+    slurm.scontrol_update_begin([], begin, runner=fake)
+    # rounded up to the second (never start before the planned time), in Paris time
+    assert fake.calls == [["scontrol", "update", "JobId=547_1,547_2,560", "StartTime=2026-11-22T02:00:01"]]
+
+
+def test_scontrol_update_begin_says_which_job_could_not_move() -> None:
+    # recorded: element 0 of array 536 was pending and moved; job 540 had started
+    fake = FakeSlurm().reply(
+        "scontrol update JobId=536_0,540",
+        returncode=1,
+        stderr="Job is no longer pending execution for job 540\n",
+    )
+    with pytest.raises(
+        SlurmError, match=r"(?s)no longer pending execution for job 540.*other ids were moved"
+    ):
+        slurm.scontrol_update_begin(["536_0", "540"], time.time() + 600, runner=fake)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES, run_cli
-from tests.helpers import input_ids, ledger_db
+from tests.helpers import input_ids, ledger_db, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -82,7 +82,7 @@ def test_example_batch_splits_across_both_partitions(hq_env: dict[str, str], tmp
     batch_dir = Path(report["batch_dir"])
     arrays = {r["job_id"].split("_")[0] for r in _jobs(batch_dir) if r.get("kind") != "collect"}
     # The batch is done when every worker wrote its metrics; the jobs themselves may take a moment to end.
-    rows = _wait_for(
+    rows = wait_for(
         lambda: (
             (r := _sacct(sorted(arrays)))
             and all(x["state"] == "COMPLETED" and x["partition"] for x in r)
@@ -108,16 +108,6 @@ def test_example_batch_splits_across_both_partitions(hq_env: dict[str, str], tmp
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == input_ids(prompts)
 
 
-def _wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.3):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def test_cancelled_array_task_is_retried_without_loss_or_duplicates(
     hq_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -141,11 +131,11 @@ def test_cancelled_array_task_is_retried_without_loss_or_duplicates(
                 return row["job_id"]
         return None
 
-    victim = _wait_for(
+    victim = wait_for(
         unfinished_running_element, 120, "an unfinished array task to be RUNNING", interval_s=0.1
     )
     subprocess.run(["scancel", victim], check=True)
-    _wait_for(
+    wait_for(
         lambda: all(r["state"] not in ("PENDING", "RUNNING") for r in _sacct(elements)),
         240,
         "the array to end",
@@ -191,8 +181,8 @@ def test_collect_job_fills_the_ledger_without_the_user(hq_env: dict[str, str], t
         return done == n
 
     # Nobody runs `hpcqueue collect` or `status` here: only the collect job can fill the ledger.
-    _wait_for(all_succeeded, 300, "the collect job to record every request", interval_s=1.0)
-    _wait_for(lambda: _sacct([collect[0]["job_id"]])[0]["state"] == "COMPLETED", 60, "the collect job to end")
+    wait_for(all_succeeded, 300, "the collect job to record every request", interval_s=1.0)
+    wait_for(lambda: _sacct([collect[0]["job_id"]])[0]["state"] == "COMPLETED", 60, "the collect job to end")
     with ledger_db(hq_env) as db:
         (collected,) = db.execute("SELECT count(*) FROM tasks WHERE collected_at IS NOT NULL").fetchone()
         (tasks,) = db.execute("SELECT count(*) FROM tasks").fetchone()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from hpcqueue.dispatch.batchdir import BatchDir, create_batch
-from hpcqueue.dispatch.slurm import JobState
-from hpcqueue.dispatch.status import ACCOUNTING_GRACE_S, task_views
+from hpcqueue.dispatch.slurm import JobState, SacctPoller
+from hpcqueue.dispatch.status import ACCOUNTING_GRACE_S, FINISHED, live_task_indices, task_views
 from hpcqueue.ledger import Ledger
 from hpcqueue.ledger.collect import refresh
 from tests.ledger import make_info
@@ -178,3 +181,117 @@ def test_when_accounting_is_down_nothing_is_taken_for_lost(tmp_path: Path) -> No
     _jobs(batch, [_job("78_0", 0, time.time() - ACCOUNTING_GRACE_S - 1)])
     views = task_views(batch, poller=FakePoller({}, error=SlurmError("sacct: slurmdbd not responding")))
     assert views[0].status == "queued"  # unknown, so not resubmitted by retry
+
+
+# Recorded on the local Slurm 22.05 cluster: array 547 deferred with --begin, its element 2 moved later with
+# `scontrol update` (so split out of the array); job 546 and array 541 removed by Slurm for their --deadline.
+SACCT_DEFERRED_AND_DEADLINE = """\
+547_2|PENDING|lowpower|None assigned|Unknown|Unknown|00:00:00|0:0
+547_[0-1]|PENDING|lowpower|None assigned|Unknown|Unknown|00:00:00|0:0
+546|DEADLINE|lowpower|None assigned|2026-11-30T17:51:00|2026-11-30T17:51:00|00:00:00|1:0
+541_[0-2%2]|DEADLINE|lowpower|None assigned|None|2026-11-30T17:44:52|00:00:00|1:0
+"""
+
+
+class RecordedSacct:
+    """Stands in for the ``sacct`` command: answers every call with recorded output, counts the calls."""
+
+    def __init__(self, stdout: str) -> None:
+        self.stdout = stdout
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(args))
+        return subprocess.CompletedProcess(args, 0, self.stdout, "")
+
+
+def test_deferred_and_expired_tasks_from_recorded_sacct_output(tmp_path: Path) -> None:
+    batch = _batch(tmp_path, 7)
+    now = time.time()
+    later = now + 3600
+    batch.set_begin_times({0: later, 1: now - 60, 2: later + 600, 5: later, 6: later})
+    _jobs(
+        batch,
+        [
+            _job("547_0", 0, now),
+            _job("547_1", 1, now),  # its begin time has passed: pending for another reason
+            _job("547_2", 2, now),
+            _job("541_1", 3, now),
+            _job("546", 4, now),
+            _job("549_0", 5, now),  # just submitted, not in accounting yet
+            _job("999999999", 6, now, executor="local", target="local"),
+        ],
+    )
+    (batch.task_dir(6) / "metrics.json").write_text(
+        json.dumps({"state": "failed", "error": {"code": "deadline", "message": "the batch's deadline ..."}})
+    )
+    sacct = RecordedSacct(SACCT_DEFERRED_AND_DEADLINE)
+    views = task_views(batch, poller=SacctPoller(runner=sacct))
+    assert {i: v.status for i, v in views.items()} == {
+        0: "deferred",
+        1: "queued",
+        2: "deferred",
+        3: "expired",  # Slurm removed it: state DEADLINE
+        4: "expired",
+        5: "deferred",
+        6: "expired",  # the worker found the deadline passed
+    }
+    assert len(sacct.calls) == 1  # one look, one sacct call
+    assert views[0].begin_at == later and views[2].begin_at == later + 600 and views[3].begin_at is None
+    assert views[3].slurm_state == "DEADLINE"
+    assert all(views[i].finished for i in (3, 4, 6)) and not views[0].finished
+    assert live_task_indices(views) == {0, 1, 2, 5}  # never submitted twice
+    assert set(FINISHED) >= {"expired"}
+
+
+def test_a_local_worker_waiting_for_a_begin_time_leaves_its_tasks_deferred(tmp_path: Path) -> None:
+    batch = _batch(tmp_path, 2)
+    batch.set_begin_times({0: time.time() + 3600})
+    # a live process that looks like submitit's local controller (what status checks of a local job id)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
+    try:
+        _jobs(
+            batch,
+            [
+                _job(str(worker.pid), 0, time.time(), executor="local", target="local"),
+                _job(str(worker.pid), 1, time.time(), executor="local", target="local"),
+            ],
+        )
+        views = task_views(batch)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert views[0].status == "deferred" and views[1].status == "queued"
+    assert task_views(batch)[0].status == "lost"  # the worker is gone: nothing will run it
+
+
+def test_a_failed_task_is_expired_only_for_a_deadline_failure(tmp_path: Path) -> None:
+    batch = _batch(tmp_path, 2)
+    (batch.task_dir(0) / "metrics.json").write_text(
+        json.dumps({"state": "failed", "error": {"type": "ModelError", "message": "boom"}})
+    )
+    (batch.task_dir(1) / "metrics.json").write_text(
+        json.dumps({"state": "failed", "error": {"code": "deadline", "message": "too late"}})
+    )
+    views = task_views(batch)
+    assert views[0].status == "failed" and views[1].status == "expired"
+
+
+def test_an_element_neither_accounting_nor_slurmctld_holds_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending element cancelled before its array was split vanishes from sacct (which lists only the
+    array's rest): once slurmctld does not hold it either, it is lost, without waiting for the grace."""
+    batch = _batch(tmp_path, 3)
+    long_ago = time.time() - 120
+    _jobs(batch, [_job("91_0", 0, long_ago), _job("91_1", 1, long_ago), _job("92_0", 2, time.time())])
+    asked: list[list[str]] = []
+
+    def show_jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
+        asked.append(sorted(job_ids))
+        return {"91_1": {"JobState": "PENDING"}}
+
+    monkeypatch.setattr("hpcqueue.dispatch.slurm.show_jobs", show_jobs)
+    views = task_views(batch, poller=FakePoller({}))
+    assert [views[i].status for i in range(3)] == ["lost", "queued", "queued"]
+    assert asked == [["91_0", "91_1"]]  # the one just submitted is not asked about

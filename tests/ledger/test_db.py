@@ -74,7 +74,9 @@ def test_migration_creates_exactly_the_models_schema(ledger_url: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
-    assert ledger.table_counts() == {"batches": 0, "tasks": 0, "requests": 0, "measurements": 0}
+    assert ledger.table_counts() == dict.fromkeys(
+        ("batches", "tasks", "requests", "measurements", "plan_costs"), 0
+    )
 
 
 def test_reopening_an_up_to_date_ledger_does_not_load_alembic(ledger_url: str) -> None:
@@ -94,7 +96,7 @@ def test_record_batch_stores_the_plan_once(ledger_url: str) -> None:
     tasks, requests = make_plan()
     assert ledger.record_batch(make_info(), tasks, requests, REJECTED) is True
     counts = ledger.table_counts()
-    assert counts == {"batches": 1, "tasks": 2, "requests": 6, "measurements": 0}
+    assert counts == {"batches": 1, "tasks": 2, "requests": 6, "measurements": 0, "plan_costs": 0}
 
     changed = requests.assign(target="cpu")
     assert ledger.record_batch(make_info(), tasks, changed, []) is False

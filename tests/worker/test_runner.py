@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hpcqueue.dispatch.batchdir import BatchDir
+from hpcqueue.errors import StopRequested
 from hpcqueue.models import DEMO_MODEL, ModelRef
-from hpcqueue.worker import run_tasks
+from hpcqueue.worker import run_tasks, runner
 from hpcqueue.worker.attribution import ATTRIBUTION_RULE
 from tests.conftest import REPO
 from tests.fakes.machine import NoCounters
@@ -339,3 +344,135 @@ def test_preempted_worker_is_requeued_and_resumes(tmp_path: Path, demo: ModelRef
     assert len(outputs) == 48 and len({o["line"] for o in outputs}) == 48
     log_text = "".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.err"))
     assert "requeueing" in log_text or "Requeued" in log_text
+
+
+# ------------------------------------------------------------------------------------ begin time, deadline
+
+
+def batch_task(tmp_path: Path, demo: ModelRef, task_index: int = 0, n: int = 2) -> tuple[BatchDir, Path]:
+    """A task directory where a batch keeps it (``<batch>/tasks/<NNNNNN>``), so the worker reads the batch's
+    schedule."""
+    batch = BatchDir(tmp_path / "hq-sched")
+    task = make_task(batch.task_dir(task_index), prompts(n), demo, task_index=task_index)
+    return batch, task
+
+
+def test_worker_waits_for_the_begin_time_then_runs_the_task(
+    tmp_path: Path, demo: ModelRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch, task = batch_task(tmp_path, demo)
+    begin_at = time.time() + 0.6
+    batch.set_begin_times({0: begin_at})
+    with caplog.at_level(logging.INFO, logger="hpcqueue.worker.runner"):
+        (summary,) = run_tasks([str(task)])
+    metrics = json.loads((task / "metrics.json").read_text())
+    assert summary["state"] == "completed"
+    assert metrics["started_at"] >= begin_at  # not a moment before its planned start
+    assert "waits for its begin time" in caplog.text
+
+
+def test_worker_reads_a_moved_begin_time_while_it_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "SCHEDULE_POLL_S", 0.05)
+    batch = BatchDir(tmp_path / "hq-sched")
+    batch.task_dir(3).mkdir(parents=True)
+    first = time.time() + 0.4
+    batch.set_begin_times({3: first})
+    moved = first + 0.6
+
+    def replan() -> None:  # what `hpcqueue replan` writes while the worker waits
+        time.sleep(0.15)
+        batch.set_begin_times({3: moved})
+
+    mover = threading.Thread(target=replan)
+    mover.start()
+    runner.wait_for_begin(batch.task_dir(3))
+    woke = time.time()
+    mover.join()
+    assert woke >= moved
+
+    batch.set_begin_times({3: time.time() + 3600})
+    mover = threading.Thread(target=lambda: (time.sleep(0.15), batch.set_begin_times({3: None})))
+    mover.start()
+    started = time.monotonic()
+    runner.wait_for_begin(batch.task_dir(3))  # moved to "now": the wait ends at the next read
+    mover.join()
+    assert time.monotonic() - started < 5
+
+
+def test_a_stop_ends_the_wait_at_once(tmp_path: Path) -> None:
+    batch = BatchDir(tmp_path / "hq-sched")
+    batch.task_dir(0).mkdir(parents=True)
+    batch.set_begin_times({0: time.time() + 3600})
+    threading.Timer(0.2, runner._stop.set).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(StopRequested):
+            runner.wait_for_begin(batch.task_dir(0))
+    finally:
+        runner._stop.clear()
+    assert time.monotonic() - started < 3
+
+
+def test_sigterm_stops_a_waiting_worker_promptly(tmp_path: Path, demo: ModelRef) -> None:
+    """``scancel`` of a local worker holding a task for a later hour: it exits at once, the task untouched."""
+    batch, task = batch_task(tmp_path, demo)
+    batch.set_begin_times({0: time.time() + 3600})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcqueue.worker", str(task)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(60, proc.kill)  # never hang on a worker that does not log
+    watchdog.start()
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the worker logs what it waits for
+            if "waits for its begin time" in line:
+                break
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        assert time.monotonic() - sent < 3
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    assert sorted(p.name for p in task.iterdir()) == ["input.jsonl", "task.json"]
+
+
+def test_a_task_reached_after_the_deadline_fails_without_running(tmp_path: Path, demo: ModelRef) -> None:
+    batch, late = batch_task(tmp_path, demo, task_index=1)
+    deadline_at = time.time() - 5
+    batch.set_deadline(deadline_at)
+    input_before = (late / "input.jsonl").read_bytes()
+
+    (summary,) = run_tasks([str(late)])
+
+    metrics = json.loads((late / "metrics.json").read_text())
+    assert summary["state"] == "failed" and "deadline" in summary["error"]
+    assert metrics["state"] == "failed"
+    assert metrics["batch_id"] == "hq-test" and metrics["task_index"] == 1
+    when = datetime.fromtimestamp(deadline_at).astimezone().isoformat(timespec="seconds")
+    assert metrics["error"] == {
+        "code": "deadline",
+        "message": f"the batch's deadline {when} passed before this task started; "
+        "`hpcqueue retry` re-plans it",
+    }
+    assert metrics["energy_j"] is None and metrics["measurements"] == []  # nothing ran, nothing was metered
+    assert (late / "input.jsonl").read_bytes() == input_before
+    assert not (late / "output.jsonl").exists() and not (late / "partial.jsonl").exists()
+    # collect and status read it as any failed task, cut by the deadline
+    assert batch.task_state(1) == "failed"
+
+
+def test_a_deadline_still_ahead_lets_the_task_run(tmp_path: Path, demo: ModelRef) -> None:
+    batch, task = batch_task(tmp_path, demo)
+    batch.set_deadline(time.time() + 3600)
+    (summary,) = run_tasks([str(task)])
+    assert summary["state"] == "completed"
