@@ -16,6 +16,7 @@ from hpcqueue.dispatch.slurm import JobState, SacctPoller
 from hpcqueue.dispatch.status import ACCOUNTING_GRACE_S, FINISHED, live_task_indices, task_views
 from hpcqueue.ledger import Ledger
 from hpcqueue.ledger.collect import refresh
+from tests.helpers import wait_for
 from tests.ledger import make_info
 
 
@@ -249,6 +250,8 @@ def test_a_local_worker_waiting_for_a_begin_time_leaves_its_tasks_deferred(tmp_p
     batch.set_begin_times({0: time.time() + 3600})
     # a live process that looks like submitit's local controller (what status checks of a local job id)
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
+    cmdline = Path(f"/proc/{worker.pid}/cmdline")
+    wait_for(lambda: b"submitit" in cmdline.read_bytes(), 10, "the process to exec")  # not the fork's
     try:
         _jobs(
             batch,

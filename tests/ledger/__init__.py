@@ -36,6 +36,23 @@ def make_info(
     )
 
 
+def many_requests(n: int, *, task_size: int, max_new_tokens: int = 64) -> pd.DataFrame:
+    """``n`` alike requests on target ``cpu``, ``task_size`` to a task, as the planner's requests frame."""
+    return pd.DataFrame(
+        {
+            "line": range(1, n + 1),
+            "id": [f"r{i}" for i in range(n)],
+            "target": "cpu",
+            "task_index": [i // task_size for i in range(n)],
+            "input_tokens": 12,
+            "max_new_tokens": max_new_tokens,
+            "predicted_energy_j": 0.25,
+            "predicted_runtime_s": 0.01,
+            "extrapolated": False,
+        }
+    )
+
+
 def tasks_of(requests: pd.DataFrame, executor: str) -> pd.DataFrame:
     """The tasks frame of a requests frame: one task per ``task_index``, its size and summed predictions."""
     tasks = requests.groupby("task_index", as_index=False).agg(

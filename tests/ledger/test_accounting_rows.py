@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from hpcqueue.ledger import Ledger
-from tests.ledger import T0, make_info, rows, tasks_of
+from tests.ledger import T0, make_info, many_requests, rows, tasks_of
 
 FOOTPRINT = ("facility_energy_j", "carbon_g", "water_onsite_l", "water_offsite_l", "cost_usd")
 # Task 0 (gpu, Slurm): lines 1-3; task 1 (cpu, local): lines 4-5.
@@ -219,19 +219,7 @@ def test_reports_total_the_accounting_and_count_assumed_inputs(ledger_url: str) 
 
 def test_the_shares_of_ten_thousand_requests_add_up_to_the_task(ledger_url: str) -> None:
     n = 10_000
-    requests = pd.DataFrame(
-        {
-            "line": range(1, n + 1),
-            "id": [f"r{i}" for i in range(n)],
-            "target": "cpu",
-            "task_index": 0,
-            "input_tokens": 12,
-            "max_new_tokens": 8,
-            "predicted_energy_j": 0.5,
-            "predicted_runtime_s": 0.01,
-            "extrapolated": False,
-        }
-    )
+    requests = many_requests(n, task_size=n, max_new_tokens=8)
     ledger = Ledger(ledger_url)
     ledger.record_batch(make_info(), tasks_of(requests, "local"), requests)
     outputs = [output(line, 0.5 + (line % 7) / 10) for line in range(1, n + 1)]

@@ -14,7 +14,7 @@ import pytest
 from hpcqueue.errors import BatchNotFoundError, ConfigError, LedgerError
 from hpcqueue.ledger import SCHEMA_REVISION, Ledger, default_db_url
 from tests.conftest import REPO
-from tests.ledger import make_info, rows, tasks_of
+from tests.ledger import make_info, many_requests, rows, tasks_of
 
 
 def make_plan() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -142,19 +142,7 @@ def test_rejected_lines_are_recorded_with_their_errors(ledger_url: str) -> None:
 
 def test_a_large_batch_is_recorded_in_one_bulk_insert(ledger_url: str) -> None:
     n = 20_000
-    requests = pd.DataFrame(
-        {
-            "line": range(1, n + 1),
-            "id": [f"r{i}" for i in range(n)],
-            "target": "cpu",
-            "task_index": [i // 256 for i in range(n)],
-            "input_tokens": 12,
-            "max_new_tokens": 64,
-            "predicted_energy_j": 0.25,
-            "predicted_runtime_s": 0.01,
-            "extrapolated": False,
-        }
-    )
+    requests = many_requests(n, task_size=256)
     ledger = Ledger(ledger_url)
     assert ledger.record_batch(make_info("big"), tasks_of(requests, "local"), requests, [])
     report = ledger.batch_report("big")

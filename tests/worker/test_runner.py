@@ -27,6 +27,18 @@ from tests.conftest import REPO
 from tests.fakes.machine import NoCounters
 
 
+def start_worker(task: Path, *, stderr: int) -> subprocess.Popen[str]:
+    """``python -m hpcqueue.worker TASK`` in a process of its own (offline, this checkout on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpcqueue.worker", str(task)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
+
+
 def make_task(
     task_dir: Path,
     requests: list[dict[str, Any]],
@@ -245,13 +257,7 @@ def test_killed_worker_leaves_no_output_and_the_rerun_resumes(
     """SIGKILL (a crash) and SIGTERM (scancel: the worker stops after its current generation batch) both
     leave the task unfinished with its finished batches kept; the rerun resumes after them."""
     task = make_task(tmp_path / "000000", prompts(60, max_new_tokens=48), demo, batch_size=1)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpcqueue.worker", str(task)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_worker(task, stderr=subprocess.DEVNULL)
     partial = task / "partial.jsonl"
     deadline = time.monotonic() + 120
     try:
@@ -419,14 +425,7 @@ def test_sigterm_stops_a_waiting_worker_promptly(tmp_path: Path, demo: ModelRef)
     """``scancel`` of a local worker holding a task for a later hour: it exits at once, the task untouched."""
     batch, task = batch_task(tmp_path, demo)
     batch.set_begin_times({0: time.time() + 3600})
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpcqueue.worker", str(task)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_worker(task, stderr=subprocess.PIPE)
     watchdog = threading.Timer(60, proc.kill)  # never hang on a worker that does not log
     watchdog.start()
     try:
