@@ -21,6 +21,19 @@ from hpcqueue.dispatch.jobs import (
     submit_tasks,
 )
 
+#: A GPU partition as a site describes it; the golden tests below start from it.
+GPU = Target(
+    name="gpu",
+    executor="slurm",
+    partition="gpu",
+    gres="gpu:1",
+    cpus_per_task=8,
+    mem_gb=32,
+    time_limit_min=120,
+    array_parallelism=4,
+    extra_sbatch={"reservation": "maint"},
+)
+
 
 def test_local_target_parameters() -> None:
     params = executor_parameters(Target(name="local", time_limit_min=30), tasks_in_job=3)
@@ -28,21 +41,14 @@ def test_local_target_parameters() -> None:
 
 
 def test_slurm_target_parameters_golden() -> None:
-    target = Target(
-        name="gpu",
-        executor="slurm",
-        partition="gpu",
-        gres="gpu:1",
-        gpus_per_node=1,
-        cpus_per_task=8,
-        mem_gb=32,
-        time_limit_min=120,
-        array_parallelism=4,
-        account="proj",
-        qos="normal",
-        constraint="a100",
-        exclusive=True,
-        extra_sbatch={"reservation": "maint"},
+    target = GPU.model_copy(
+        update={
+            "gpus_per_node": 1,
+            "account": "proj",
+            "qos": "normal",
+            "constraint": "a100",
+            "exclusive": True,
+        }
     )
     assert executor_parameters(target) == {
         "name": "hpcqueue-gpu",
@@ -96,17 +102,6 @@ def test_collect_job_depends_on_every_array_whatever_their_outcome() -> None:
 
 # 2026-11-21T23:00:00 in Paris (22:00 UTC): the golden times below are Paris local time, as sbatch reads them.
 NOW = 1795298400.0
-GPU = Target(
-    name="gpu",
-    executor="slurm",
-    partition="gpu",
-    gres="gpu:1",
-    cpus_per_task=8,
-    mem_gb=32,
-    time_limit_min=120,
-    array_parallelism=4,
-    extra_sbatch={"reservation": "maint"},
-)
 
 
 def test_tasks_are_grouped_by_target_and_begin_time() -> None:
