@@ -76,15 +76,24 @@ def _batches_for_humans(frame: Any) -> Any:
     frame = frame.copy()
     frame["plan carbon g"] = [_carbon(plan) for plan in frame["plan"]]
     frame["at submit carbon g"] = [_carbon(b.get("run_at_submit")) for b in frame["baselines"]]
-    optional = ["deadline_at", "carbon_g", "plan carbon g", "at submit carbon g"]
-    unused = [c for c in optional if frame[c].isna().all()]
-    unused += [c for c in ("accounted_tasks", "tasks_with_assumed_inputs") if (frame[c] == 0).all()]
-    frame = frame.drop(columns=[*_BATCH_DETAILS, *unused])
+    frame = _without_unused(
+        frame.drop(columns=_BATCH_DETAILS), ["deadline_at", "carbon_g", "plan carbon g", "at submit carbon g"]
+    )
     for column in ("created_at", "deadline_at"):
         if column in frame:
             frame[column] = frame[column].map(_minute)
     headers = {"n_requests": "requests", "n_rejected": "rejected", "tasks_with_assumed_inputs": "assumed"}
     return frame.rename(columns=headers)
+
+
+def _without_unused(frame: Any, optional: list[str]) -> Any:
+    """``frame`` without the ``optional`` columns no row fills, nor the accounting counts when all are zero
+    (a ledger without sites keeps its compact table)."""
+    unused = [c for c in optional if c in frame and frame[c].isna().all()]
+    unused += [
+        c for c in ("accounted_tasks", "tasks_with_assumed_inputs") if c in frame and (frame[c] == 0).all()
+    ]
+    return frame.drop(columns=unused)
 
 
 def _carbon(costs: Any) -> float | None:
@@ -141,7 +150,9 @@ def _summary_for_humans(frame: Any) -> Any:
         f"{method} ({names})" if method and names else (method or "-")
         for method, names in zip(frame["energy_method"], meters, strict=True)
     ]
-    return frame.rename(columns=_SUMMARY_HEADERS)
+    from hpcqueue.ledger.schema import FOOTPRINT_COLUMNS
+
+    return _without_unused(frame, list(FOOTPRINT_COLUMNS)).rename(columns=_SUMMARY_HEADERS)
 
 
 def _render_frame(frame: Any, *, title: str) -> None:
