@@ -8,7 +8,7 @@ NULL.
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2025-06-02
+Create Date: 2026-11-30
 """
 
 from __future__ import annotations
