@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,25 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 _REQUIRED = ("layers", "hidden", "heads", "vocab")
 #: Model types whose MLP is two matrices (up, down) rather than gated (gate, up, down).
 _PLAIN_MLP = ("gpt2", "gpt_neox", "falcon", "gptj", "opt", "bloom", "phi")
+
+
+def architecture_of(model: str, *, cache_dir: Path | None = None) -> Architecture:
+    """The architecture of ``model``: a name in :data:`KNOWN`, else what
+    :func:`hpcqueue.models.resolve_model` finds without network access (the demo model, a directory holding
+    ``config.json`` — nothing else of the model is needed —, or a Hugging Face id in the local cache), read
+    from its ``config.json``.
+
+    Raises :class:`ModelError` saying what was tried and which names are known.
+    """
+    if model in KNOWN:
+        return KNOWN[model]
+    from hpcqueue.models import resolve_model
+
+    try:
+        ref = resolve_model(model, cache_dir=cache_dir)
+    except ModelError as exc:
+        raise ModelError(f"{exc}. Architectures known by name: {', '.join(KNOWN)}") from exc
+    return replace(read_config(ref.path), name=model)
 
 
 def read_config(path: str | Path) -> Architecture:

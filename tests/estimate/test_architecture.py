@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hpcqueue.errors import ModelError
-from hpcqueue.estimate import KNOWN, read_config
+from hpcqueue.estimate import KNOWN, architecture_of, read_config
 from hpcqueue.models import DEMO_MODEL, ModelRef
 
 
@@ -97,3 +97,17 @@ def test_bad_configs_say_what_is_missing_or_wrong(tmp_path: Path, content: objec
     with pytest.raises(ModelError, match=message) as error:
         read_config(tmp_path)
     assert "config.json" in str(error.value)
+
+
+def test_a_model_is_found_by_name_by_directory_or_as_the_demo(
+    tmp_path: Path, demo: ModelRef, hq_cache: Path
+) -> None:
+    assert architecture_of("llama-2-7b") is KNOWN["llama-2-7b"]
+    only_config = tmp_path / "my-model"
+    only_config.mkdir()
+    (only_config / "config.json").write_text((demo.path / "config.json").read_text())
+    from_dir = architecture_of(str(only_config))  # config.json is all an estimate needs
+    assert from_dir.parameters() == 590_464 and from_dir.name == str(only_config)
+    assert architecture_of(DEMO_MODEL, cache_dir=hq_cache).parameters() == 590_464
+    with pytest.raises(ModelError, match="known by name: llama-2-7b"):
+        architecture_of("no-such/model-anywhere", cache_dir=hq_cache)
