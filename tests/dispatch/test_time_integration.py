@@ -36,12 +36,13 @@ def low(k: int) -> float:
     return 40.0 + 15.0 * (k % 4)
 
 
-def write_carbon(path: Path, origin: dt.datetime, low_from_step: int) -> None:
-    """``time,value`` every 30 s from 5 minutes before ``origin`` to an hour after it."""
+def write_carbon(path: Path, origin: dt.datetime, low_from_step: int, *, flat: bool = False) -> None:
+    """``time,value`` every 30 s from 5 minutes before ``origin`` to an hour after it (``flat``: the low
+    hours at one value, so that a plan in them starts at once)."""
     rows = ["time,value"]
     for k in range(-10, 120):
         moment = origin + dt.timedelta(seconds=k * STEP_S)
-        value = HIGH if k < low_from_step else low(k)
+        value = HIGH if k < low_from_step else (low(0) if flat else low(k))
         rows.append(f"{moment.strftime('%Y-%m-%dT%H:%M:%SZ')},{value}")
     path.write_text("\n".join(rows) + "\n")
 
@@ -316,6 +317,9 @@ def test_deferred_work_through_a_cancel_a_slurmctld_restart_and_a_passed_deadlin
 
     refused = run_cli(["retry", batch_id], hq_env)
     assert refused.returncode != 0 and "deadline" in refused.stderr and "--deadline" in refused.stderr
+    # the low hours have come: re-planned, the work starts at once (a start in the last minute before the
+    # new deadline would leave Slurm no room for the job's minimum time)
+    write_carbon(carbon, origin, low_from_step=0, flat=True)
     retried = run_cli(["retry", batch_id, "--deadline", "4m", "--json"], hq_env)
     assert retried.returncode == 0, retried.stderr
     assert json.loads(retried.stdout)["submitted_tasks"] == len(states)
