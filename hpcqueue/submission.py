@@ -572,7 +572,7 @@ def _move_jobs(
     from hpcqueue.errors import SlurmError
 
     manifest = batch.manifest()
-    runtime = {int(t["task_index"]): t.get("predicted_runtime_s") for t in manifest["tasks"]}
+    runtime = predicted_runtimes(manifest)
     limit = {name: int(t["time_limit_min"]) for name, t in manifest["targets"].items()}
     deadline_at = batch.deadline_at()
     now = time.time()
@@ -608,11 +608,16 @@ def _move_jobs(
     return moved
 
 
+def predicted_runtimes(manifest: Mapping[str, Any]) -> dict[int, float | None]:
+    """Each task's predicted runtime (seconds; None where unknown) as the batch's manifest records it."""
+    return {int(t["task_index"]): t.get("predicted_runtime_s") for t in manifest["tasks"]}
+
+
 def _planned(
     batch: batchdir.BatchDir, begins: Mapping[int, float | None], now: float
 ) -> dict[int, tuple[float, float | None]]:
     """Planned start and end per task for the ledger (end: start + predicted runtime, when predicted)."""
-    runtime = {int(t["task_index"]): t.get("predicted_runtime_s") for t in batch.manifest()["tasks"]}
+    runtime = predicted_runtimes(batch.manifest())
     out: dict[int, tuple[float, float | None]] = {}
     for index, when in begins.items():
         start = now if when is None else when
