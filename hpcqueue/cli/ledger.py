@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
-from hpcqueue.cli.common import add_row, fail, num, open_ledger, out, print_json, resolve_settings
+from hpcqueue.cli.common import add_row, err, fail, num, open_ledger, out, print_json, resolve_settings
 from hpcqueue.cli.params import ConfigOpt, DbUrlOpt
-from hpcqueue.errors import HpcqueueError
+from hpcqueue.errors import ConfigError, HpcqueueError
 
 ledger_app = typer.Typer(
     help="Reports from the ledger of batches, tasks, requests and energy.", no_args_is_help=True
@@ -52,6 +53,136 @@ def ledger_batches(
     if _printed_as_data(frame, fmt, iso_dates=True):
         return
     _render_frame(_batches_for_humans(frame), title="batches")
+
+
+@ledger_app.command("accuracy")
+def ledger_accuracy(
+    by: Annotated[
+        Literal["target", "model", "hardware", "day", "batch"],
+        typer.Option(help="Group rows by this (day: the UTC date a task ended)."),
+    ] = "target",
+    batch: Annotated[str | None, typer.Option("--batch", help="Only this batch (its id).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only batches submitted at or after this: an ISO 8601 date or time (2024-11-21, "
+            "2024-11-21T18:00Z; without an offset, local time) or a duration back from now (7d, 12h)."
+        ),
+    ] = None,
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """How close the predictions came: predicted against measured energy and runtime of the completed tasks
+    whose energy was measured (MAPE, bias, share within the 90 % interval, totals), grouped by target, model,
+    hardware, day or batch. Tasks whose energy was estimated are counted apart, never compared."""
+    try:
+        start = _since(since)
+    except HpcqueueError as exc:
+        fail(exc)
+    frame = _query(config, db_url, lambda ledger: ledger.accuracy(by, batch=batch, since=start))
+    compared = not frame.empty and int(frame["tasks"].sum()) > 0
+    if fmt == "json":
+        print_json(json.loads(frame.to_json(orient="records")))
+    elif compared:
+        out.print(_accuracy_table(frame, by))
+    if not compared:  # beside JSON, on stderr: stdout stays JSON
+        scope = f" in batch {batch}" if batch else ""
+        if start is not None:
+            scope += f" in batches submitted since {start.isoformat(timespec='minutes')}"
+        console = err if fmt == "json" else out
+        console.print(_nothing_compared(frame, scope), markup=False, soft_wrap=True)
+
+
+def _accuracy_table(frame: Any, by: str) -> Table:
+    table = Table(
+        by,
+        *_ACCURACY_HEADERS,
+        title=f"prediction accuracy by {by}",
+        caption="MAPE: mean |predicted/measured - 1|; bias: median predicted/measured - 1; in 90 %: share of "
+        "measurements within their interval (of the tasks that have one). Measured: the generation batches "
+        "(what the prediction covers); only measured energy is compared.",
+    )
+    for row in frame.to_dict("records"):
+        add_row(table, *_accuracy_cells(row, by))
+    return table
+
+
+_ACCURACY_HEADERS = [
+    "tasks",
+    "excluded",
+    "energy MAPE",
+    "energy bias",
+    "energy in 90 %",
+    "energy pred/meas",
+    "runtime MAPE",
+    "runtime bias",
+    "runtime in 90 %",
+    "runtime pred/meas",
+    "methods",
+]
+
+
+def _accuracy_cells(row: dict[str, Any], by: str) -> list[str]:
+    """One table row: the group, the tasks compared and excluded, then per quantity MAPE, bias, coverage (of
+    how many) and the ratio of the totals."""
+    from hpcqueue.ledger.accuracy import EXCLUSIONS
+
+    excluded = [f"{row[k]} {k.removeprefix('excluded_')}" for k in EXCLUSIONS if row[k]]
+    cells = [str(row[by]), str(row["tasks"]), ", ".join(excluded) or "-"]
+    for quantity in ("energy", "runtime"):
+        coverage = row[f"{quantity}_coverage"]
+        with_interval = row[f"{quantity}_with_interval"]
+        cells += [
+            _percent(row[f"{quantity}_mape"]),
+            _percent(row[f"{quantity}_bias"], signed=True),
+            f"{_percent(coverage)} of {with_interval}" if with_interval else "-",
+            num(row[f"{quantity}_ratio"], 2),
+        ]
+    cells.append(", ".join(row["methods"]) or "-")
+    return cells
+
+
+def _percent(value: Any, *, signed: bool = False) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return f"{100 * value:{'+' if signed else ''}.1f} %"
+
+
+def _nothing_compared(frame: Any, scope: str) -> str:
+    """Why no task (``scope``: of which batches) could be compared: the exclusions counted, or that no task
+    has a prediction."""
+    from hpcqueue.ledger.accuracy import EXCLUSION_REASONS
+
+    head = f"no task{scope} has both a prediction and a measured energy yet"
+    if frame.empty:
+        return f"{head}: the ledger records no task with a prediction{scope}"
+    lines = [f"{head}:"]
+    for column, reason in EXCLUSION_REASONS.items():
+        count = int(frame[column].sum())
+        if count:
+            lines.append(f"  {count} task{'s' if count != 1 else ''} excluded: {reason}")
+    return "\n".join(lines)
+
+
+def _since(text: str | None) -> datetime | None:
+    """``--since``: an ISO 8601 date or time, or a duration back from now."""
+    if text is None:
+        return None
+    from hpcqueue.config import parse_time
+    from hpcqueue.durations import parse_duration
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text, bare_unit="s"))
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r} is neither a time nor a duration; use an ISO 8601 date or time "
+            "(2024-11-21, 2024-11-21T18:00Z) or a duration back from now (7d, 12h, 90m)"
+        ) from None
 
 
 #: The figures of ``ledger batches`` the table leaves to JSON and CSV.

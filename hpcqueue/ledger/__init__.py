@@ -4,7 +4,8 @@ baselines' costs (SQLAlchemy 2 + Alembic).
 ``schema`` defines the tables; ``db`` opens (and migrates) a database and holds the writes (``Ledger``), built
 from the files by ``rows``; ``collect`` copies finished tasks' files into it (and is what the collect job
 runs); ``accounting`` prices each collected task's energy at the hours it really ran
-(``Ledger.record_accounting``); report queries live in ``queries``. See docs/ledger.md for the schema.
+(``Ledger.record_accounting``); report queries live in ``queries``, and ``accuracy`` sets each task's
+prediction against what it measured (``Ledger.accuracy``). See docs/ledger.md for the schema.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 
 from hpcqueue.errors import BatchNotFoundError, LedgerError
 from hpcqueue.fileio import PRIVATE_FILE_MODE, is_private, make_private_dir, tighten
-from hpcqueue.ledger import queries
+from hpcqueue.ledger import accuracy, queries
+from hpcqueue.ledger.accuracy import AccuracyKey
 from hpcqueue.ledger.rows import (
     ACCOUNTING_COLUMNS,
     REQUEST_COLUMNS,
@@ -45,6 +46,7 @@ from hpcqueue.ledger.rows import (
     int_or_none,
     json_text,
     measurement_rows,
+    optional_task_columns,
     output_params,
     plan_cost_row,
     rejected_row,
@@ -52,7 +54,6 @@ from hpcqueue.ledger.rows import (
     require_columns,
     row_dicts,
     str_or_none,
-    task_plan_columns,
     utc_from_epoch,
 )
 from hpcqueue.ledger.schema import (
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 
 #: The newest migration in ``migrations/versions``; a test keeps the two in step. Opening a ledger whose
 #: ``alembic_version`` already says this skips loading Alembic altogether.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _INSERT_CHUNK_ROWS = 20_000
@@ -240,7 +241,11 @@ class Ledger:
         frames (columns in docs/ledger.md); NaN becomes NULL. A plan in time adds the optional task
         columns ``site``, ``planned_start_at``, ``planned_end_at`` (epoch seconds) and
         ``predicted_facility_energy_j``, ``predicted_carbon_g``, ``predicted_water_l``,
-        ``predicted_cost_usd`` (absent: NULL). ``rejected`` holds the invalid lines kept by
+        ``predicted_cost_usd`` (absent: NULL). A prediction with its interval adds the optional task columns
+        ``predicted_energy_low_j``, ``predicted_energy_high_j``, ``predicted_runtime_low_s``,
+        ``predicted_runtime_high_s`` (the 90 % bounds), ``prediction_method`` (``profile``, ``analytic`` or
+        ``calibrated``), ``prediction_basis`` (the profile, or the analytic model) and ``hardware`` (the
+        target's hardware class); absent or NaN: NULL. ``rejected`` holds the invalid lines kept by
         ``--skip-invalid``: ``{"line", "id", "errors": [{"field", "message"}]}``. ``plan_costs`` holds the
         plan's predicted totals and its baselines': ``{"name", "role": "plan" | "baseline", "energy_j",
         "carbon_g", ...}`` (the columns of ``plan_costs``).
@@ -278,7 +283,7 @@ class Ledger:
                 "n_requests": column_values(tasks["n_requests"], "int"),
                 "predicted_energy_j": column_values(tasks["predicted_energy_j"], "float"),
                 "predicted_runtime_s": column_values(tasks["predicted_runtime_s"], "float"),
-                **task_plan_columns(tasks),
+                **optional_task_columns(tasks),
             },
             len(tasks),
         )
@@ -440,7 +445,9 @@ class Ledger:
 
         One transaction. Returns False, changing nothing, when this attempt is already collected: a completed
         task, or a failed one whose metrics carry the same end time. A failed task (no outputs) is marked
-        failed with its error and its requests stay pending, since a retry may still run them.
+        failed with its error and its requests stay pending, since a retry may still run them. The hardware
+        class the worker ran as (``hardware`` in metrics.json) fills ``tasks.hardware`` where the plan did
+        not record one.
         """
         state = metrics.get("state")
         if state not in ("completed", "failed"):
@@ -477,6 +484,9 @@ class Ledger:
             "collected_at": now,
             **_TASK_ACCOUNTING_CLEARED,  # a new attempt is accounted again (record_accounting)
         }
+        hardware = str_or_none(metrics.get("hardware"))
+        if hardware is not None:  # the plan's hardware, when it recorded one, stays
+            task_values["hardware"] = func.coalesce(TaskRow.hardware, hardware)
         new_measurements = measurement_rows(batch_id, task_index, metrics.get("measurements") or [])
         with self._write() as conn:
             row = conn.execute(
@@ -631,6 +641,18 @@ class Ledger:
     ) -> pd.DataFrame:
         """Totals over all batches grouped by ``by``; see :func:`hpcqueue.ledger.queries.summary`."""
         return queries.summary(self, by, since=since)
+
+    def accuracy(
+        self, by: AccuracyKey = "target", *, batch: str | None = None, since: datetime | None = None
+    ) -> pd.DataFrame:
+        """Predicted against measured energy and runtime of the completed, measured tasks, grouped by ``by``
+        (target, model, hardware, day or batch); see :func:`hpcqueue.ledger.accuracy.accuracy`."""
+        return accuracy.accuracy(self, by, batch=batch, since=since)
+
+    def measured_tasks(self, target: str, model: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The measured tasks of ``target`` and their requests, for a calibration; see
+        :func:`hpcqueue.ledger.accuracy.measured_tasks`."""
+        return accuracy.measured_tasks(self, target=target, model=model)
 
     def list_batches(self, limit: int = 20) -> pd.DataFrame:
         """The newest batches first; see :func:`hpcqueue.ledger.queries.list_batches`."""

@@ -111,7 +111,7 @@ def _add_totals(into: dict[str, Any], rows: Iterable[Any]) -> None:
         into[column] = int(sum(getattr(row, column) for row in rows))
 
 
-def _frame(result: Result[Any]) -> pd.DataFrame:
+def result_frame(result: Result[Any]) -> pd.DataFrame:
     """A query's rows as a DataFrame, its columns named as the query labels them."""
     columns = list(result.keys())
     return pd.DataFrame(result.all(), columns=columns)
@@ -246,14 +246,14 @@ def summary(
         raise ConfigError(f"cannot summarise by {by!r}; choose one of {', '.join(get_args(SummaryKey))}")
     batch_filter = [BatchRow.created_at >= since] if since is not None else []
     with ledger.connect() as conn:
-        batches = _frame(
+        batches = result_frame(
             conn.execute(
                 select(
                     BatchRow.id.label("batch_id"), BatchRow.user, BatchRow.model, BatchRow.created_at
                 ).where(*batch_filter)
             )
         )
-        requests = _frame(
+        requests = result_frame(
             conn.execute(
                 select(
                     RequestRow.batch_id,
@@ -265,7 +265,7 @@ def summary(
                 .group_by(RequestRow.batch_id, RequestRow.target)
             )
         )
-        energy = _frame(
+        energy = result_frame(
             conn.execute(
                 select(
                     TaskRow.batch_id,
@@ -279,7 +279,7 @@ def summary(
                 .group_by(TaskRow.batch_id, TaskRow.target, TaskRow.energy_method, TaskRow.meter)
             )
         )
-        accounting = _frame(
+        accounting = result_frame(
             conn.execute(
                 select(TaskRow.batch_id, TaskRow.target, *_accounting_totals())
                 .join(BatchRow, BatchRow.id == TaskRow.batch_id)
@@ -339,7 +339,7 @@ def list_batches(ledger: LedgerReader, limit: int = 20) -> pd.DataFrame:
         .subquery()
     )
     with ledger.connect() as conn:
-        frame = _frame(
+        frame = result_frame(
             conn.execute(
                 select(
                     BatchRow.id,

@@ -24,6 +24,7 @@ from hpcqueue.fileio import json_safe
 from hpcqueue.ledger.schema import (
     FOOTPRINT_COLUMNS,
     PLAN_COST_ROLES,
+    PREDICTION_METHODS,
     RUN_TIMES_SOURCES,
     SITE_FACTOR_COLUMNS,
     RequestRow,
@@ -47,6 +48,17 @@ TASK_PLAN_COLUMNS: dict[str, Literal["float", "str", "time"]] = {
     "predicted_carbon_g": "float",
     "predicted_water_l": "float",
     "predicted_cost_usd": "float",
+}
+#: Task columns of a prediction with its interval (each optional, as above): the 90 % bounds, the method and
+#: basis behind the prediction, and the target's hardware class.
+TASK_PREDICTION_COLUMNS: dict[str, Literal["float", "str", "time"]] = {
+    "predicted_energy_low_j": "float",
+    "predicted_energy_high_j": "float",
+    "predicted_runtime_low_s": "float",
+    "predicted_runtime_high_s": "float",
+    "prediction_method": "str",
+    "prediction_basis": "str",
+    "hardware": "str",
 }
 #: What the ledger reads of a batch's plan (plan.parquet, less the request kind, which the worker records).
 REQUEST_COLUMNS = tuple(column for column in PLAN_COLUMNS if column != "kind")
@@ -225,16 +237,27 @@ def request_columns(batch_id: str, model: str, frame: pd.DataFrame) -> dict[str,
     }
 
 
-def task_plan_columns(frame: pd.DataFrame) -> dict[str, Any]:
-    """The plan-in-time columns of the tasks frame as column lists; an absent column is NULL."""
+def optional_task_columns(frame: pd.DataFrame) -> dict[str, Any]:
+    """The tasks frame's plan-in-time and prediction columns (``TASK_PLAN_COLUMNS``,
+    ``TASK_PREDICTION_COLUMNS``) as column lists; an absent column is NULL, and so is NaN.
+
+    Raises ValueError for a ``prediction_method`` the ledger does not know.
+    """
     columns: dict[str, Any] = {}
-    for name, kind in TASK_PLAN_COLUMNS.items():
+    for name, kind in {**TASK_PLAN_COLUMNS, **TASK_PREDICTION_COLUMNS}.items():
         if name not in frame:
             columns[name] = None
         elif kind == "time":
             columns[name] = [utc_from_epoch(v) for v in column_values(frame[name], "float")]
         else:
             columns[name] = column_values(frame[name], kind)
+    methods = columns["prediction_method"]
+    unknown = sorted({m for m in methods or () if m is not None and m not in PREDICTION_METHODS})
+    if unknown:
+        raise ValueError(
+            f"the tasks frame has prediction_method {', '.join(map(repr, unknown))}; expected one of "
+            f"{', '.join(PREDICTION_METHODS)}, or NaN/None for a task without a prediction"
+        )
     return columns
 
 

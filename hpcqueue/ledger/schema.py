@@ -6,7 +6,7 @@ read from the input, ``RequestRow`` its row in the ledger; ``hpcqueue.meters.Mea
 ``MeasurementRow`` its rows.
 
 The schema is portable (SQLite and PostgreSQL): strings, integers, floats, booleans and timezone-aware UTC
-timestamps only. The revisions in ``migrations/versions`` (0001, then 0002 ...) create exactly these
+timestamps only. The revisions in ``migrations/versions`` (0001, 0002, then 0003 ...) create exactly these
 tables; a test compares the two, so a change here needs a new migration. The columns the tables share come
 from mixins, so a class lists them in another order than its table (the migration's order), which no query
 depends on.
@@ -40,6 +40,10 @@ MEASUREMENT_SCOPES = ("task", "model_load", "generation_batch")
 PLAN_COST_ROLES = ("plan", "baseline")
 #: Where a task's run interval (``tasks.run_started_at`` / ``run_ended_at``) came from.
 RUN_TIMES_SOURCES = ("sacct", "worker")
+#: What a task's prediction rests on (``tasks.prediction_method``): a fitted profile of the model on the
+#: target's hardware, the analytic model of the transformer's work, or a profile calibrated on the ledger's
+#: measured tasks.
+PREDICTION_METHODS = ("profile", "analytic", "calibrated")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -209,6 +213,14 @@ class TaskRow(_BatchPart, _Accounted, _Footprint, _SiteFactors, Base):
     factor_kinds: Mapped[str | None]
     factor_sources: Mapped[str | None]
     accounted_at: Mapped[datetime | None]
+    # The prediction's 90 % interval, the method and basis behind it, and the hardware class it is for.
+    predicted_energy_low_j: Mapped[float | None]
+    predicted_energy_high_j: Mapped[float | None]
+    predicted_runtime_low_s: Mapped[float | None]
+    predicted_runtime_high_s: Mapped[float | None]
+    prediction_method: Mapped[str | None] = mapped_column(String(16))
+    prediction_basis: Mapped[str | None] = mapped_column(String(255))
+    hardware: Mapped[str | None] = mapped_column(String(64))
 
 
 class RequestRow(_BatchPart, _Accounted, _Footprint, Base):

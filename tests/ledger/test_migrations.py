@@ -1,5 +1,6 @@
-"""Migrations keep data: a ledger an older hpcqueue filled (revision 0001) opens with every row and value
-intact, its new columns NULL, and can be accounted; going back down to 0001 keeps the old rows too."""
+"""Migrations keep data: a ledger an older hpcqueue filled (revision 0001, or 0002) opens with every row and
+value intact, its new columns NULL, and can be accounted and reported on; going back down keeps the old rows
+too."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import MetaData, create_engine, inspect, select
 from sqlalchemy.engine import Connection
 
-from hpcqueue.ledger import Ledger
+from hpcqueue.ledger import SCHEMA_REVISION, Ledger
 from hpcqueue.ledger.db import MIGRATIONS_DIR
 from hpcqueue.ledger.schema import Base
-from tests.ledger import T0
+from tests.ledger import T0, rows
 
 
 def utc(seconds: float) -> datetime:
@@ -269,3 +270,134 @@ def test_downgrading_to_0001_keeps_the_old_rows(ledger_url: str) -> None:
         engine.dispose()
     with Ledger(ledger_url) as again:  # and up again
         assert again.batch_report("old")["carbon_g"] is None
+
+
+# Rows as hpcqueue wrote them at revision 0002: those of 0001 with a plan in time (the batch's plan report,
+# start and deadline; the tasks' site, planned hours and predicted footprint), task 0 accounted, and the
+# plan's predicted totals with a baseline.
+_PLANNED = {
+    "site": "west",
+    "planned_start_at": utc(3600),
+    "planned_end_at": utc(3650),
+    "predicted_facility_energy_j": 66.0,
+    "predicted_carbon_g": 4.0,
+    "predicted_water_l": 0.5,
+    "predicted_cost_usd": 0.01,
+}
+ROWS_0002: dict[str, list[dict[str, Any]]] = {
+    "batches": [
+        OLD_ROWS["batches"][0]
+        | {"plan_json": '{"policy": "threshold"}', "plan_start_at": utc(3600), "deadline_at": utc(86400)}
+    ],
+    "tasks": [
+        OLD_ROWS["tasks"][0]
+        | _PLANNED
+        | {
+            "run_started_at": utc(10),
+            "run_ended_at": utc(70),
+            "run_times_source": "sacct",
+            "pue": 1.5,
+            "carbon_g_per_kwh": 240.0,
+            "facility_energy_j": 90.0,
+            "carbon_g": 6.0,
+            "factor_kinds": '{"carbon": "series", "pue": "assumed"}',
+            "factor_sources": '{"carbon": "west.csv", "pue": "config"}',
+            "accounted_at": utc(100),
+        },
+        OLD_ROWS["tasks"][1] | _PLANNED,
+    ],
+    "requests": [
+        row | {"carbon_g": 2.0 * row["line"]} if row["status"] == "succeeded" else row
+        for row in OLD_ROWS["requests"]
+    ],
+    "measurements": OLD_ROWS["measurements"],
+    "plan_costs": [
+        {"batch_id": "old", "name": "plan", "role": "plan", "energy_j": 60.0, "carbon_g": 4.0},
+        {
+            "batch_id": "old",
+            "name": "run_at_submit",
+            "role": "baseline",
+            "energy_j": 60.0,
+            "carbon_g": 9.0,
+            "meets_deadline": True,
+        },
+    ],
+}
+#: What revision 0003 adds to ``tasks``.
+NEW_IN_0003 = [
+    "hardware",
+    "predicted_energy_high_j",
+    "predicted_energy_low_j",
+    "predicted_runtime_high_s",
+    "predicted_runtime_low_s",
+    "prediction_basis",
+    "prediction_method",
+]
+
+
+def filled_0002_ledger(url: str) -> tuple[MetaData, dict[str, list[tuple]]]:
+    """A ledger at revision 0002 holding ``ROWS_0002``; its tables as reflected then, and their rows."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "0002")
+    engine = create_engine(url)
+    try:
+        old = MetaData()
+        old.reflect(engine)
+        assert "site" in old.tables["tasks"].columns and "hardware" not in old.tables["tasks"].columns
+        with engine.begin() as conn:
+            for name, table_rows in ROWS_0002.items():
+                table = old.tables[name]
+                blank = dict.fromkeys(c.name for c in table.columns if not c.primary_key or name == "batches")
+                conn.execute(table.insert(), [blank | row for row in table_rows])
+        with engine.connect() as conn:
+            return old, snapshot(conn, old)
+    finally:
+        engine.dispose()
+
+
+def test_opening_a_0002_ledger_keeps_every_row_and_value(ledger_url: str) -> None:
+    old, before = filled_0002_ledger(ledger_url)
+    assert [len(before[name]) for name in ROWS_0002] == [1, 2, 5, 2, 2]
+
+    ledger = Ledger(ledger_url)  # migrates to the newest revision
+    with ledger.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert context.get_current_revision() == SCHEMA_REVISION
+        assert snapshot(conn, old) == before
+        added = new_columns(conn, old)
+    assert added == {"batches": [], "tasks": NEW_IN_0003, "requests": [], "measurements": []}
+    assert rows(ledger, f"SELECT {', '.join(NEW_IN_0003)} FROM tasks") == [dict.fromkeys(NEW_IN_0003)] * 2
+
+    # ... and reads as the new code expects: the accounting and the plan as before, and an accuracy report
+    # that says why no old task can be compared.
+    report = ledger.batch_report("old")
+    assert (report["carbon_g"], report["accounted_tasks"], report["tasks_with_assumed_inputs"]) == (6.0, 1, 1)
+    assert [c["name"] for c in ledger.plan_costs("old")] == ["plan", "run_at_submit"]
+    (row,) = ledger.accuracy("hardware").to_dict("records")
+    # task 0 (the one with a prediction) was measured, but its worker left no per-batch readings
+    assert (row["hardware"], row["tasks"], row["excluded_partial"], row["excluded_estimated"]) == (
+        "(none)",
+        0,
+        1,
+        0,
+    )
+
+
+def test_downgrading_to_0002_keeps_its_rows(ledger_url: str) -> None:
+    from alembic import command
+
+    old, before = filled_0002_ledger(ledger_url)
+    Ledger(ledger_url).close()
+    command.downgrade(alembic_config(ledger_url), "0002")
+    engine = create_engine(ledger_url)
+    try:
+        with engine.connect() as conn:
+            assert all(columns == [] for columns in new_columns(conn, old).values())
+            assert snapshot(conn, old) == before
+            assert MigrationContext.configure(conn).get_current_revision() == "0002"
+    finally:
+        engine.dispose()
+    with Ledger(ledger_url) as again:  # and up again
+        assert again.batch_report("old")["carbon_g"] == 6.0
