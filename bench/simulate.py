@@ -92,7 +92,7 @@ def main() -> None:
         settings = resolve(config, environ={})
         assert settings.targets["a100"].array_parallelism == args.gpu_slots
         targets = list(settings.targets.values())
-        models = resolve_cost_models(targets, settings.model)
+        models = resolve_cost_models(targets, settings.model, kv_cache=None)  # as `hpcqueue simulate`
         frame, t_read = _timed(load_trace, trace)
         workload, t_group = _timed(Workload.from_tokens, frame["input_tokens"], frame["output_tokens"])
         table, t_predict = _timed(CostTable.build, workload, targets, models)

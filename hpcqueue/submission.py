@@ -24,15 +24,7 @@ from hpcqueue.dispatch import batchdir
 from hpcqueue.dispatch.jobs import begin_or_now
 from hpcqueue.errors import PlanningError
 from hpcqueue.fileio import json_safe, read_jsonl
-from hpcqueue.ingest import (
-    ReadOptions,
-    Rejected,
-    RequestSet,
-    check_context_length,
-    count_input_tokens,
-    read_requests,
-    rejected_id,
-)
+from hpcqueue.ingest import Rejected, RequestSet, read_and_count, rejected_id
 
 
 @dataclass
@@ -53,33 +45,21 @@ class Prepared:
         return [str(issue) for issue in self.requests.warnings] + list(self.plan.warnings)
 
 
-def read_options(settings: Settings, *, skip_invalid: bool) -> ReadOptions:
-    return ReadOptions(
-        max_line_bytes=settings.max_line_bytes,
-        default_max_new_tokens=settings.max_new_tokens,
-        max_new_tokens_limit=settings.max_new_tokens_limit,
-        skip_invalid=skip_invalid,
-    )
-
-
 def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: bool = False) -> Prepared:
     """Validate, count tokens and plan. Raises :class:`InputError` (nothing written) on invalid lines."""
-    from hpcqueue.models import Tokenizer, resolve_model
     from hpcqueue.planner import PlanOptions, plan_requests, resolve_cost_models
     from hpcqueue.profiles.store import profile_search_path
     from hpcqueue.sites import load_sites
 
-    requests = read_requests(path, read_options(settings, skip_invalid=skip_invalid))
-    model = resolve_model(settings.model, cache_dir=settings.cache_dir)
-    tokenizer = Tokenizer.load(model.path)
-    table = requests.table
-    table["input_tokens"] = count_input_tokens(tokenizer, table)
-    table, rejected = check_context_length(requests, table, tokenizer.context_length, skip_invalid)
+    counted = read_and_count(path, settings, skip_invalid=skip_invalid)
+    requests, table, rejected, model = counted.requests, counted.table, counted.rejected, counted.model
 
     targets = list(settings.targets.values())
     notes: list[str] = []
     search_path = profile_search_path(settings.profile_dirs)
-    cost_models = resolve_cost_models(targets, model.name, search_path, notes=notes)
+    cost_models = resolve_cost_models(
+        targets, model.name, search_path, notes=notes, model_path=model.path, cache_dir=settings.cache_dir
+    )
     sites = load_sites(settings.sites)
     options = PlanOptions.from_settings(settings, model=model.name)
     plan = plan_requests(table, targets, cost_models, options, sites)

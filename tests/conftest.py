@@ -155,6 +155,7 @@ def hq_env(tmp_path: Path, hq_cache: Path, monkeypatch: pytest.MonkeyPatch) -> d
         HPCQUEUE_BATCH_ROOT=str(tmp_path / "batches"),
         HPCQUEUE_DB_URL=f"sqlite:///{tmp_path / 'ledger.sqlite'}",
         XDG_CONFIG_HOME=str(tmp_path / "config-home"),
+        XDG_DATA_HOME=str(tmp_path / "data-home"),
         HF_HUB_OFFLINE="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         TOKENIZERS_PARALLELISM="false",

@@ -1,8 +1,9 @@
 """The ``hpcqueue`` command: one typer app, one module per command group.
 
-``batch`` (submit, status, collect, retry, cancel, results), ``planning`` (plan, simulate), ``ledger`` (ledger
-…), ``profiles`` (profiles …, profile), ``meters`` (doctor) and ``sites`` (sites …); ``options`` holds the
-options several commands take, ``common`` the consoles and the one place where errors become exit codes.
+``batch`` (submit, status, collect, retry, cancel, results), ``planning`` (plan, simulate),
+``estimating`` (estimate), ``ledger`` (ledger …), ``profiles`` (profiles …, profile), ``meters`` (doctor)
+and ``sites`` (sites …); ``params`` holds the options several commands take, ``common`` the consoles and
+the one place where errors become exit codes.
 Commands parse, call the library and render; no logic lives here.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from hpcqueue.cli import batch, meters, planning, profiles, sites
+from hpcqueue.cli import batch, estimating, meters, planning, profiles, sites
 from hpcqueue.cli.ledger import ledger_app
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ for command in (
 app.add_typer(ledger_app, name="ledger")
 app.command()(planning.plan)
 app.command()(planning.simulate)
+app.command()(estimating.estimate)
 app.add_typer(profiles.profiles_app, name="profiles")
 app.command()(profiles.profile)
 app.command()(meters.doctor)

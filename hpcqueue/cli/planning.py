@@ -91,7 +91,8 @@ def simulate(
 ) -> None:
     """Plan a token-count TRACE on the configured targets under every policy and compare them.
 
-    Runs nothing."""
+    Costs are each profile's own regime, as measured (the paper's profiles: without a KV cache); plan
+    and submit predict the KV-cache regime the workers run. Runs nothing."""
     from hpcqueue.planner import PlanOptions, resolve_cost_models
     from hpcqueue.planner.simulate import load_trace
     from hpcqueue.planner.simulate import simulate as run_simulation
@@ -103,8 +104,15 @@ def simulate(
         frame = load_trace(trace, input_column=input_column, output_column=output_column)
         targets = list(settings.targets.values())
         notes: list[str] = []
+        # each profile's own regime, as measured: simulate reproduces the paper's results, measured without
+        # a KV cache (plan and submit predict the cached regime the workers run)
         cost_models = resolve_cost_models(
-            targets, settings.model, profile_search_path(settings.profile_dirs), notes=notes
+            targets,
+            settings.model,
+            profile_search_path(settings.profile_dirs),
+            notes=notes,
+            kv_cache=None,
+            analytic=False,
         )
         _require_all_models(targets, cost_models, settings)
         sites = load_sites(settings.sites)

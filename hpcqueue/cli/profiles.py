@@ -217,22 +217,29 @@ def evaluate(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """How good are the cost models? Leave-one-bucket-out cross-validation of each profile.
+    """How good are the cost models? Leave-one-bucket-out cross-validation of each profile, and the analytic
+    model's leave-one-hardware-out validation.
 
     Each measured point is predicted by the model refitted on the other points of its batch size, and
     likewise by two baselines: the linear form a0·n_in + a1·n_out + a2·n_in·n_out and a constant J/token.
     Shows the mean absolute percentage error (MAPE) of energy and runtime per request, and whether the
-    energy MAPE meets the 10 % target. With --json, fractions instead of percentages. See docs/cost-models.md.
+    energy MAPE meets the 10 % target. Then, for each hardware class with profiles (all of the search path,
+    whatever NAMES), the analytic model calibrated on the other classes only predicts the class's points:
+    MAPE and 90 % interval coverage against the 25 % and 85-95 % targets, beside the in-class figures. With
+    --json, fractions instead of percentages. See docs/cost-models.md and docs/estimate.md.
     """
     from hpcqueue.planner.evaluate import ENERGY_MAPE_TARGET, evaluate_profiles
 
     try:
         dirs = _search_path(resolve_settings(config))
         results = evaluate_profiles(_chosen_profiles(dirs, names))
+        loho = _leave_one_hardware_out(dirs, results)
     except HpcqueueError as exc:
         fail(exc)
     if as_json:
-        print_json({"energy_mape_target": ENERGY_MAPE_TARGET, "profiles": results})
+        print_json(
+            {"energy_mape_target": ENERGY_MAPE_TARGET, "profiles": results, "leave_one_hardware_out": loho}
+        )
         return
     if not results:
         out.print(f"no profiles found; searched {', '.join(str(d) for d in dirs)}")
@@ -262,7 +269,7 @@ def evaluate(
             _percent(r["linear"]["runtime_mape"]),
             _percent(r["per_token"]["runtime_mape"]),
             _percent(r["ours"]["energy_within_10"]),
-            "-" if met is None else (Text("yes", style="green") if met else Text("no", style="bold red")),
+            _met(met),
         )
     out.print(table)
     judged = [r for r in results if r["meets_energy_target"] is not None]
@@ -272,6 +279,81 @@ def evaluate(
         "evaluated/measured (a point is skipped when the other points cannot fit the model)",
         soft_wrap=True,
     )
+    _print_leave_one_hardware_out(loho)
+
+
+def _leave_one_hardware_out(dirs: list[Path], evaluated: list[dict[str, Any]]) -> dict[str, Any]:
+    """The analytic model's leave-one-hardware-out figures, each class beside the mean in-profile
+    cross-validated energy MAPE of the phase model over the class's profiles (``evaluated`` reused, the
+    other profiles of the class evaluated here)."""
+    from hpcqueue.estimate.holdout import leave_one_hardware_out
+    from hpcqueue.planner.evaluate import evaluate_profile
+    from hpcqueue.profiles import find_profile
+
+    report = leave_one_hardware_out(dirs).to_dict()
+    by_name = {r["profile"]: r for r in evaluated}
+    for row in report["classes"]:
+        mapes = []
+        for name in row["profiles"]:
+            result = by_name.get(name) or evaluate_profile(find_profile(name, dirs))
+            if result["ours"]["energy_mape"] is not None:
+                mapes.append(result["ours"]["energy_mape"])
+        row["profile_cross_validation_energy_mape"] = sum(mapes) / len(mapes) if mapes else None
+    return report
+
+
+def _print_leave_one_hardware_out(loho: dict[str, Any]) -> None:
+    if not loho["classes"]:
+        out.print("leave one hardware out: no hardware class has a usable measured profile")
+        return
+    target = loho["energy_mape_target"]
+    low, high = loho["coverage_target"]
+    table = Table(
+        "hardware",
+        "points",
+        "energy MAPE\nheld out",
+        "runtime MAPE\nheld out",
+        "90 % interval\ncoverage",
+        "energy MAPE\nin class",
+        "runtime MAPE\nin class",
+        "energy MAPE\nprofile CV",
+        f"target\n≤{100 * target:.0f} %",
+        f"coverage\n{100 * low:.0f}-{100 * high:.0f} %",
+        title="leave one hardware out (analytic model)",
+    )
+    for row in loho["classes"]:
+        add_row(
+            table,
+            row["hardware"],
+            str(row["points"]),
+            _percent(row["energy_mape"]),
+            _percent(row["runtime_mape"]),
+            _percent(row["energy_coverage"]),
+            _percent(row["in_class_energy_mape"]),
+            _percent(row["in_class_runtime_mape"]),
+            _percent(row["profile_cross_validation_energy_mape"]),
+            _met(row["meets_energy_target"]),
+            _met(row["meets_coverage_target"]),
+        )
+    out.print(table)
+    out.print(
+        "held out: calibrated on the other classes only; in class: the analytic model with the class's own "
+        "calibration; profile CV: the phase model's leave-one-bucket-out error (mean over the class's "
+        "profiles)",
+        soft_wrap=True,
+    )
+    for row in loho["classes"]:
+        for reason in row["reasons"]:
+            out.print(f"{row['hardware']}: {reason}", soft_wrap=True, markup=False)
+    for skipped in loho["skipped"]:
+        line = f"not calibrated on {skipped['profile']}: {skipped['reason']}"
+        out.print(line, soft_wrap=True, markup=False)
+
+
+def _met(value: bool | None) -> str | Text:
+    if value is None:
+        return "-"
+    return Text("yes", style="green") if value else Text("no", style="bold red")
 
 
 def _percent(value: float | None) -> str:
@@ -425,3 +507,52 @@ def profile(
             f"profiling {settings.model} on target {target}: job {info['job_id']} ({info['executor']}); "
             f"the profile {info['name']} will be written to {info['out_dir']}"
         )
+
+
+@profiles_app.command("calibrate")
+def calibrate(
+    target: Annotated[str, typer.Argument(help="Target whose cost model to calibrate (a [targets.NAME]).")],
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    min_tasks: Annotated[int, typer.Option(help="Refuse with fewer measured tasks than this.", min=3)] = 4,
+    output: ProfileDirOpt = None,
+    dry_run: Annotated[bool, flag("--dry-run", "Fit and report, write nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit TARGET's cost model to the ledger's tasks whose energy was measured, and write the result as a new
+    profile revision (with which tasks and when) that the planner and `estimate` then use for TARGET.
+
+    Estimated tasks are never used. The base is the target's profile, else the analytic model; the prefill
+    and decode predictions are scaled to the measured generation energy and time. Remove the revision's
+    directory to revert. See docs/estimate.md.
+    """
+    from hpcqueue.feedback import calibrate_target
+
+    try:
+        settings = resolve_settings(config, model=model)
+        outcome = calibrate_target(settings, target, min_tasks=min_tasks, output=output, dry_run=dry_run)
+    except HpcqueueError as exc:
+        fail(exc)
+    report = outcome.to_dict()
+    if as_json:
+        print_json(report)
+        return
+    energy, runtime = report["energy_factors"], report["runtime_factors"]
+    low, high = report["energy_interval_factors"]
+    out.print(
+        f"calibrated [bold]{outcome.base}[/] ({outcome.base_method}) for target {target} on "
+        f"{report['tasks']} measured task(s) of {len(report['batches'])} batch(es)"
+    )
+    out.print(
+        f"energy × {energy['prefill']:.3g} (prefill), × {energy['decode']:.3g} (decode); runtime × "
+        f"{runtime['prefill']:.3g} (prefill), × {runtime['decode']:.3g} (decode)"
+    )
+    out.print(
+        f"energy error over these tasks: {100 * report['energy_error_before']:.1f} % before, "
+        f"{100 * report['energy_error_after_held_out']:.1f} % after (each task held out of its own fit); "
+        f"90 % interval × {low:.3g}–{high:.3g}"
+    )
+    if outcome.path is None:
+        out.print(f"dry run: revision {outcome.name} not written")
+    else:
+        out.print(f"revision [bold]{outcome.name}[/] written to {outcome.path}; remove it to revert")

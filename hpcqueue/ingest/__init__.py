@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from hpcqueue.ingest.read import load_task_input, read_requests, rejected_id, write_rejects
 from hpcqueue.ingest.records import ReadOptions, Rejected, Request, RequestSet
-from hpcqueue.ingest.tokens import check_context_length, count_input_tokens, request_text
+from hpcqueue.ingest.tokens import (
+    CountedRequests,
+    check_context_length,
+    count_input_tokens,
+    read_and_count,
+    read_options,
+    request_text,
+)
 from hpcqueue.ingest.validate import parse_request
 
 __all__ = [
+    "CountedRequests",
     "ReadOptions",
     "Rejected",
     "Request",
@@ -20,6 +28,8 @@ __all__ = [
     "count_input_tokens",
     "load_task_input",
     "parse_request",
+    "read_and_count",
+    "read_options",
     "read_requests",
     "rejected_id",
     "request_text",

@@ -8,12 +8,56 @@ anything is submitted.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
+from hpcqueue.config import Settings
 from hpcqueue.errors import InputError, InputIssue
-from hpcqueue.ingest.records import Rejected, Request, RequestSet
+from hpcqueue.ingest.read import read_requests
+from hpcqueue.ingest.records import ReadOptions, Rejected, Request, RequestSet
 from hpcqueue.models import Tokenizer
+
+
+@dataclass
+class CountedRequests:
+    """An input file's valid requests with their input token counts (``table["input_tokens"]``), the lines
+    rejected, and the model whose tokenizer counted them."""
+
+    requests: RequestSet
+    table: pd.DataFrame
+    rejected: list[Rejected]
+    model: Any  # hpcqueue.models.ModelRef
+
+
+def read_options(settings: Settings, *, skip_invalid: bool) -> ReadOptions:
+    """How ``settings`` ask an input file to be read."""
+    return ReadOptions(
+        max_line_bytes=settings.max_line_bytes,
+        default_max_new_tokens=settings.max_new_tokens,
+        max_new_tokens_limit=settings.max_new_tokens_limit,
+        skip_invalid=skip_invalid,
+    )
+
+
+def read_and_count(
+    path: str | os.PathLike[str], settings: Settings, *, skip_invalid: bool = False
+) -> CountedRequests:
+    """Read and validate ``path``, count every request's input tokens with ``settings.model``'s tokenizer
+    and check that each fits the model's context. Raises :class:`InputError` on invalid lines (unless
+    ``skip_invalid``) and :class:`hpcqueue.errors.ModelError` when the model or its tokenizer is missing."""
+    from hpcqueue.models import resolve_model
+
+    requests = read_requests(path, read_options(settings, skip_invalid=skip_invalid))
+    model = resolve_model(settings.model, cache_dir=settings.cache_dir)
+    tokenizer = Tokenizer.load(model.path)
+    table = requests.table
+    table["input_tokens"] = count_input_tokens(tokenizer, table)
+    table, rejected = check_context_length(requests, table, tokenizer.context_length, skip_invalid)
+    return CountedRequests(requests, table, rejected, model)
 
 
 def request_text(tokenizer: Tokenizer, request: Request) -> tuple[str, bool]:

@@ -11,6 +11,7 @@ model, batch and task size), taken from the settings once.
 from __future__ import annotations
 
 from hpcqueue.planner.costs import CostModel, Prediction
+from hpcqueue.planner.models import PlannerCostModel, resolve_cost_models
 from hpcqueue.planner.options import PlanOptions
 from hpcqueue.planner.plan import (
     POLICIES,
@@ -18,7 +19,6 @@ from hpcqueue.planner.plan import (
     Plan,
     make_plan,
     plan_requests,
-    resolve_cost_models,
 )
 from hpcqueue.planner.policies import Routing, compare, route, summarize
 from hpcqueue.planner.workload import CostTable, Workload
@@ -30,6 +30,7 @@ __all__ = [
     "CostTable",
     "Plan",
     "PlanOptions",
+    "PlannerCostModel",
     "Prediction",
     "Routing",
     "Workload",

@@ -26,6 +26,24 @@ between them) and the surface never falls as either count grows, because the for
 points the surface follows the form's shape; beyond the measured range the shift s is held at its end
 value, so the form alone decides the growth there, and ``extrapolated`` is set.
 
+**The KV-cache regime derived from a profile measured without a cache.** hpcqueue's workers generate with a
+KV cache, but the shipped paper profiles were measured without one. With a cache the prompt is processed once,
+F(n_in), and each later step t = 1 … n_out − 1 processes one new token against the cache: it pays the
+per-pass fixed cost f0 plus the increment F(n_in + t) − F(n_in + t − 1) of the token it adds (the linear
+layers of one more token, its attention over the sequence so far). The increments telescope:
+
+    E_kv = c0 + F(n_in) + Σ_{t=1}^{n_out−1} (f0 + F(n_in + t) − F(n_in + t − 1))
+         = c0 + (n_out − 1)·f0 + F(n_in + n_out − 1),
+
+which is the no-kv surface with its re-run term Σ_{t=1}^{n_out−1} (F(n_in + t − 1) − f0) removed: the same
+fitted coefficients, no new ones. It is evaluated at the same warped counts (φ(n_in), ψ(n_out)); where the
+fitted ψ puts one output token above one pass (ψ(1) > 1), the re-run term the no-kv surface charges there is
+kept, so one output token costs the same in both regimes (one forward pass either way). It never exceeds the
+no-kv surface, and it never falls as either count grows (f0, f1, f2 ≥ 0, φ and ψ non-decreasing).
+:meth:`CostModel.from_profile` gives it with ``kv_cache=True`` on a profile measured without a cache
+(``CostModel.regime`` is then ``derived-kv`` and ``notes`` says so); the reverse, the no-cache regime from a
+profile measured with a cache, cannot be derived (the re-run cost was never measured).
+
 Runtime is modelled the same way, as its own surface. Values are **per request**: a profile's figures are
 per ``generate`` call, so they are divided by the call's batch size. Each measured batch size gets its own
 surface; other batch sizes are interpolated linearly in (log batch, log cost) between the two nearest
@@ -40,7 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -54,6 +72,9 @@ from hpcqueue.profiles.store import Profile, Sweep
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 Form = Literal["kv", "no-kv"]
+#: ``measured``: the regime the profile was measured in; ``derived-kv``: the KV-cache regime derived from a
+#: profile measured without a cache (see the module docstring).
+Regime = Literal["measured", "derived-kv"]
 
 KIND = "phase-v1"
 #: The coefficients of each form, in the order of :func:`basis`.
@@ -163,15 +184,23 @@ class TokenCounts:
 @dataclass(frozen=True)
 class Surface:
     """One quantity (energy per request in J, or runtime per request in s) at one batch size:
-    the fitted form evaluated at warped prompt and output counts."""
+    the fitted form evaluated at warped prompt and output counts, in the profile's regime (``measured``) or,
+    for a no-kv fit, in the KV-cache regime derived from it (``derived-kv``, see the module docstring)."""
 
     form: Form
     coef: FloatArray
     input_warp: Warp | None
     output_warp: Warp | None
     underdetermined: bool = False
+    regime: Regime = "measured"
 
-    def form_value(self, n_in: FloatArray, n_out: FloatArray) -> FloatArray:
+    def derived_kv(self) -> Surface:
+        """This no-kv surface in the KV-cache regime: the same fit, the re-run term removed."""
+        if self.form != "no-kv":
+            raise ValueError(f"the KV-cache regime is derived from a no-kv fit, not from a {self.form} one")
+        return replace(self, regime="derived-kv")
+
+    def form_value(self, n_in: FloatArray, n_out: FloatArray | float) -> FloatArray:
         """The fitted linear form at (n_in, n_out), without warps (= Σ coef · :func:`basis`, regrouped
         to make few temporary arrays)."""
         n, m = n_in, n_out
@@ -184,10 +213,31 @@ class Surface:
         c0, p1, p2, d0, d1 = (float(c) for c in self.coef)
         return c0 + n * (p1 + p2 * n) + steps * (d0 + d1 * (n + 0.5 * m))
 
+    def cached_value(self, n_in: FloatArray, n_out: FloatArray | float) -> FloatArray:
+        """The no-kv fit with the re-run term removed, without warps: the prompt's pass, then f0 and one
+        token's increment of F per later step, c0 + (n_out − 1)·f0 + F(n_in + n_out − 1)."""
+        c0, f0, f1, f2 = (float(c) for c in self.coef)
+        last = n_in + (n_out - 1.0)  # the sequence length of the last forward pass
+        return c0 + n_out * f0 + last * (f1 + f2 * last)
+
     def __call__(self, n_in: TokenCounts, n_out: TokenCounts) -> FloatArray:
         n_eff = n_in.values if self.input_warp is None else self.input_warp.apply(n_in)
         m_eff = n_out.values if self.output_warp is None else self.output_warp.apply(n_out)
-        return self.form_value(n_eff, m_eff)
+        if self.regime == "measured":
+            return self.form_value(n_eff, m_eff)
+        value = self.cached_value(n_eff, m_eff)
+        one = self._one_output()
+        if one > 1.0:
+            # ψ(1) > 1: the no-kv surface charges some re-running at one output token, which is one forward
+            # pass in either regime; keep that share so both regimes agree there (and only there)
+            value = value + (self.form_value(n_eff, one) - self.cached_value(n_eff, one))
+        return value
+
+    def _one_output(self) -> float:
+        """ψ(1), the effective output count of one output token."""
+        if self.output_warp is None:
+            return 1.0
+        return float(self.output_warp(np.ones(1), np.zeros(1))[0])
 
 
 @dataclass(frozen=True)
@@ -216,6 +266,24 @@ class BatchFit:
         runtime_floor = self.runtime_floor_s_per_token * tokens
         floored = (energy < energy_floor) | (runtime < runtime_floor)
         return np.maximum(energy, energy_floor), np.maximum(runtime, runtime_floor), floored
+
+    def derived_kv(self, n_in: FloatArray, n_out: FloatArray) -> BatchFit:
+        """This no-kv fit's surfaces in the KV-cache regime derived from them, at the same measured ranges.
+
+        The floors keep their rule, ``FLOOR_SHARE`` × the lowest cost per token at the measured points
+        (``n_in``, ``n_out``), in the regime predicted: the cached regime costs far less per token than the
+        measured one where prompts are long, so the measured regime's floor would cut into real predictions.
+        """
+        energy, runtime = self.energy.derived_kv(), self.runtime.derived_kv()
+        n, m = TokenCounts(n_in), TokenCounts(n_out)
+        tokens = n.values + m.values
+        return replace(
+            self,
+            energy=energy,
+            runtime=runtime,
+            energy_floor_j_per_token=FLOOR_SHARE * float(np.min(energy(n, m) / tokens)),
+            runtime_floor_s_per_token=FLOOR_SHARE * float(np.min(runtime(n, m) / tokens)),
+        )
 
     def outside(self, n_in: FloatArray, n_out: FloatArray) -> BoolArray:
         lo_in, hi_in = self.input_range
@@ -428,7 +496,11 @@ class CostModel:
     """Energy and runtime per request of one profile (model × hardware); see the module docstring.
 
     ``fits`` holds one :class:`BatchFit` per usable measured batch size, smallest first; ``batch_size``
-    is the batch size :meth:`predict` uses when given none; ``notes`` says what was left out and why.
+    is the batch size :meth:`predict` uses when given none; ``kv_cache`` is whether the profile was measured
+    with a KV cache (None: it does not say); ``regime`` is what the predictions are: ``measured`` (the
+    profile's own regime) or ``derived-kv`` (the KV-cache regime derived from a profile measured without
+    one); ``notes`` says what was left out, which regime is predicted when it is not plainly the measured
+    one, and why.
     """
 
     profile_name: str
@@ -441,19 +513,37 @@ class CostModel:
     output_sweep_input_tokens: int
     notes: tuple[str, ...] = ()
     kind: str = KIND
+    regime: Regime = "measured"
 
     @classmethod
-    def from_profile(cls, profile: Profile, batch_size: int | None = None) -> CostModel:
+    def from_profile(
+        cls, profile: Profile, batch_size: int | None = None, *, kv_cache: bool | None = None
+    ) -> CostModel:
         """Fit the model on a profile's points, one surface per measured batch size.
 
         ``batch_size`` is the default batch size of :meth:`predict` (default: the smallest usable measured
         one). A batch size whose points cannot determine the model is left out (and said so in ``notes``)
         as long as another one can; otherwise the :class:`PlanningError` names the profile and what is
         missing.
+
+        ``kv_cache`` is the regime to predict: None, the profile's own (as measured); True, generation with
+        a KV cache: as measured for a profile measured with one, else derived from the no-kv fit with the
+        re-run term removed (``regime`` ``derived-kv``, see the module docstring); False, generation
+        without a cache: a :class:`PlanningError` for a profile measured with one, since that regime cannot
+        be derived from it. A profile that does not say (``meta.kv_cache`` unset) is predicted in the form
+        its fit chose, whatever ``kv_cache`` asks, and ``notes`` says so.
         """
         where = f"profile {profile.name!r}" + (f" ({profile.path})" if profile.path else "")
         if batch_size is not None and batch_size < 1:
             raise PlanningError(f"{where}: batch_size must be >= 1, got {batch_size}")
+        measured_kv = profile.meta.kv_cache
+        if kv_cache is False and measured_kv is True:
+            raise PlanningError(
+                f"{where} was measured with a KV cache (kv_cache = true in its meta.json): the no-cache "
+                "regime cannot be derived from a cached profile, because the cost of re-running the sequence "
+                "at every step was never measured. Use a profile measured without a cache for that regime, "
+                "or predict this profile's own (kv_cache=None or True)"
+            )
         points = profile.points
         if points.empty:
             raise PlanningError(f"{where}: no measured points; measure the profile's sweeps first")
@@ -477,6 +567,13 @@ class CostModel:
                 )
         if not fits:
             raise failures[0]
+        regime: Regime = "measured"
+        if kv_cache is True and measured_kv is False:
+            fits = [fit.derived_kv(*_counts(points, fit.batch_size)) for fit in fits]
+            regime = "derived-kv"
+            notes.append(DERIVED_KV_NOTE)
+        elif measured_kv is None:
+            notes.append(_unknown_regime_note(fits[0].energy.form, kv_cache))
         default = fits[0].batch_size if batch_size is None else int(batch_size)
         at_default = points[points["batch_size"] == _nearest(fits, default).batch_size]
         return cls(
@@ -489,12 +586,31 @@ class CostModel:
             input_sweep_output_tokens=_fixed_count(at_default, "input", "output_tokens"),
             output_sweep_input_tokens=_fixed_count(at_default, "output", "input_tokens"),
             notes=tuple(notes),
+            regime=regime,
         )
 
     @property
     def form(self) -> Form:
-        """The form used: ``kv`` or ``no-kv`` (chosen by the fit when the profile does not say)."""
+        """The fitted form: ``kv`` or ``no-kv`` (chosen by the fit when the profile does not say). With
+        ``regime`` ``derived-kv`` it is ``no-kv``, evaluated with the re-run term removed."""
         return self.fits[0].energy.form
+
+    @property
+    def predicts_kv_cache(self) -> bool | None:
+        """Whether the predictions are of generation with a KV cache (None: the profile does not say)."""
+        return True if self.regime == "derived-kv" else self.kv_cache
+
+    @property
+    def regime_text(self) -> str:
+        """The regime predicted, in words that complete "profile P predicts generation …"."""
+        if self.regime == "derived-kv":
+            return "with a KV cache, derived from its measurements without one (re-run term removed)"
+        if self.kv_cache is None:
+            return (
+                f"as measured, with or without a KV cache unknown (its fit chose the {self.form} form; set "
+                "kv_cache in its meta.json)"
+            )
+        return f"{'with' if self.kv_cache else 'without'} a KV cache, as measured"
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
@@ -556,6 +672,32 @@ class CostModel:
             extrapolated=np.asarray(extrapolated, dtype=bool),
             floored=np.asarray(floored, dtype=bool),
         )
+
+
+#: The note of a model in the ``derived-kv`` regime.
+DERIVED_KV_NOTE = (
+    "predicts the KV-cache regime derived from a profile measured without one (re-run term removed: the "
+    "prompt is processed once, and each later output token costs one pass's fixed cost plus the token's own "
+    "increment); the profile never measured this regime, so its error is the fit's plus the derivation's"
+)
+
+
+def _unknown_regime_note(form: Form, kv_cache: bool | None) -> str:
+    asked = ""
+    if kv_cache is not None:
+        regime = "with" if kv_cache else "without"
+        asked = f", not necessarily the regime asked for (generation {regime} a KV cache)"
+    return (
+        "the profile does not say whether it was measured with a KV cache (kv_cache is unset in its "
+        f"meta.json); the fit chose the {form} form, and predictions follow it as measured{asked}: set "
+        "kv_cache in the profile's meta.json to make the regime certain"
+    )
+
+
+def _counts(points: pd.DataFrame, batch_size: int) -> tuple[FloatArray, FloatArray]:
+    """The prompt and output counts of the points at one batch size."""
+    rows = points[points["batch_size"] == batch_size]
+    return rows["input_tokens"].to_numpy(dtype=float), rows["output_tokens"].to_numpy(dtype=float)
 
 
 def _fixed_count(points: pd.DataFrame, sweep: Sweep, column: str) -> int:

@@ -45,6 +45,41 @@ def evaluate_profile(profile: Profile) -> dict[str, Any]:
     points cannot determine the model (too few left) is skipped for all three methods and listed in
     ``skipped`` with the reason.
     """
+    table, skipped, forms = _held_out(profile)
+    points = profile.points
+    result: dict[str, Any] = {
+        "profile": profile.name,
+        "model": profile.meta.model,
+        "hardware": profile.meta.hardware,
+        "points": len(points),
+        "evaluated": len(table),
+        "kind": KIND,
+        "form": "/".join(sorted(forms)) or None,
+        "kv_cache": profile.meta.kv_cache,
+    }
+    for method in METHODS:
+        result[method] = _metrics(table, method)
+    result["worst"] = _worst(table)
+    mape = result["ours"]["energy_mape"]
+    result["meets_energy_target"] = None if mape is None else bool(mape <= ENERGY_MAPE_TARGET)
+    result["skipped"] = skipped
+    return result
+
+
+def held_out_log_ratios(profile: Profile) -> dict[str, np.ndarray]:
+    """log(measured / predicted) of our model at every held-out bucket of ``profile``, for ``energy`` and
+    ``runtime`` per request: the residuals a prediction interval for this profile's model is built from."""
+    table, _, _ = _held_out(profile)
+    if table.empty:
+        return {quantity: np.array([]) for quantity in QUANTITIES}
+    return {
+        quantity: -np.log1p(table[f"ours_{quantity}_error"].to_numpy(dtype=float)) for quantity in QUANTITIES
+    }
+
+
+def _held_out(profile: Profile) -> tuple[pd.DataFrame, list[dict[str, Any]], set[str]]:
+    """Every bucket predicted by the three methods fitted on the other points of its batch size: the table of
+    predictions and errors, the buckets skipped (with the reason) and the forms our model chose."""
     where = f"profile {profile.name!r}"
     points = profile.points.reset_index(drop=True)
     rows: list[dict[str, Any]] = []
@@ -80,24 +115,7 @@ def evaluate_profile(profile: Profile) -> dict[str, Any]:
                     row[f"{method}_{quantity}_predicted"] = predicted
                     row[f"{method}_{quantity}_error"] = predicted / measured - 1.0
             rows.append(row)
-    table = pd.DataFrame(rows)
-    result: dict[str, Any] = {
-        "profile": profile.name,
-        "model": profile.meta.model,
-        "hardware": profile.meta.hardware,
-        "points": len(points),
-        "evaluated": len(rows),
-        "kind": KIND,
-        "form": "/".join(sorted(forms)) or None,
-        "kv_cache": profile.meta.kv_cache,
-    }
-    for method in METHODS:
-        result[method] = _metrics(table, method)
-    result["worst"] = _worst(table)
-    mape = result["ours"]["energy_mape"]
-    result["meets_energy_target"] = None if mape is None else bool(mape <= ENERGY_MAPE_TARGET)
-    result["skipped"] = skipped
-    return result
+    return pd.DataFrame(rows), skipped, forms
 
 
 def evaluate_profiles(profiles: Iterable[Profile]) -> list[dict[str, Any]]:

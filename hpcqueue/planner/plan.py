@@ -11,7 +11,6 @@ Everything here is vectorised over the request table: the only Python loops run 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -23,7 +22,7 @@ import pandas as pd
 from hpcqueue.config import Target
 from hpcqueue.errors import ConfigError, PlanningError
 from hpcqueue.planner import schedule
-from hpcqueue.planner.costs import CostModel
+from hpcqueue.planner.models import PlannerCostModel, prediction_columns
 from hpcqueue.planner.options import PlanOptions
 from hpcqueue.planner.policies import (
     POLICIES,
@@ -35,10 +34,9 @@ from hpcqueue.planner.policies import (
 )
 from hpcqueue.planner.schedule import TimePlan
 from hpcqueue.planner.workload import CostTable, Workload, check_targets
-from hpcqueue.profiles.store import find_profile, find_profiles_for
 from hpcqueue.sites import Site
 
-__all__ = ["POLICIES", "TIME_LIMIT_SHARE", "Plan", "make_plan", "plan_requests", "resolve_cost_models"]
+__all__ = ["POLICIES", "TIME_LIMIT_SHARE", "Plan", "make_plan", "plan_requests"]
 
 REQUIRED_COLUMNS = ("line", "input_tokens", "max_new_tokens")
 #: Share of a target's time limit that a task's predicted runtime may fill; the rest is the margin for
@@ -120,40 +118,10 @@ class Plan:
         return report
 
 
-def resolve_cost_models(
-    targets: Sequence[Target],
-    model: str,
-    search_path: Sequence[str | os.PathLike[str]] | None = None,
-    notes: list[str] | None = None,
-) -> dict[str, CostModel | None]:
-    """The cost model of each target: from its ``profile`` setting when set (an unknown name is an
-    error), else the best profile of ``model`` (id or alias) on the target's hardware (see
-    ``find_profiles_for`` for the order), else None.
-
-    When several profiles match a target, the choice is appended to ``notes`` (if given), so the
-    caller can show which one was used and how to pick another.
-    """
-    result: dict[str, CostModel | None] = {}
-    for target in targets:
-        if target.profile:
-            profile = find_profile(target.profile, search_path)
-            result[target.name] = CostModel.from_profile(profile)
-            continue
-        matches = find_profiles_for(model, target.hardware, search_path)
-        result[target.name] = CostModel.from_profile(matches[0]) if matches else None
-        if len(matches) > 1 and notes is not None:
-            notes.append(
-                f"target {target.name!r}: {len(matches)} profiles match model {model!r} on hardware "
-                f"{target.hardware!r} ({', '.join(p.name for p in matches)}); using {matches[0].name!r}. "
-                f'Set profile = "<name>" in [targets.{target.name}] to choose another'
-            )
-    return result
-
-
 def make_plan(
     table: pd.DataFrame,
     targets: Sequence[Target],
-    cost_models: Mapping[str, CostModel | None],
+    cost_models: Mapping[str, PlannerCostModel | None],
     *,
     policy: str = "threshold",
     task_size: int = 256,
@@ -172,7 +140,7 @@ def make_plan(
 def plan_requests(
     table: pd.DataFrame,
     targets: Sequence[Target],
-    cost_models: Mapping[str, CostModel | None],
+    cost_models: Mapping[str, PlannerCostModel | None],
     options: PlanOptions,
     sites: Mapping[str, Site] | None = None,
     *,
@@ -264,6 +232,8 @@ def plan_requests(
             "predicted_runtime_s": np.bincount(task_index, weights=runtime, minlength=n_tasks),
         }
     )
+    for column, values in prediction_columns(tasks, targets, cost_models).items():
+        tasks[column] = values
     in_time = None
     if schedule.wanted(sites, options):
         in_time = schedule.place_tasks(

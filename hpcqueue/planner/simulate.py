@@ -20,7 +20,7 @@ from hpcqueue.config import Target
 from hpcqueue.errors import HpcqueueError, InputError, InputIssue
 from hpcqueue.fileio import json_safe
 from hpcqueue.planner import schedule
-from hpcqueue.planner.costs import CostModel
+from hpcqueue.planner.models import PlannerCostModel
 from hpcqueue.planner.options import PlanOptions
 from hpcqueue.planner.plan import Plan, plan_requests
 from hpcqueue.planner.policies import compare
@@ -105,7 +105,7 @@ def load_trace(
 def simulate(
     trace: pd.DataFrame,
     targets: Sequence[Target],
-    cost_models: Mapping[str, CostModel | None],
+    cost_models: Mapping[str, PlannerCostModel | None],
     options: PlanOptions,
     sites: Mapping[str, Site] | None = None,
 ) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def simulate(
 def _best_single_site(
     requests: pd.DataFrame,
     targets: Sequence[Target],
-    cost_models: Mapping[str, CostModel | None],
+    cost_models: Mapping[str, PlannerCostModel | None],
     options: PlanOptions,
     sites: Mapping[str, Site],
     plan: Plan,

@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from hpcqueue.config import Target
 from hpcqueue.errors import ConfigError, PlanningError
-from hpcqueue.planner.costs import CostModel
+from hpcqueue.planner.models import PlannerCostModel
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -103,7 +103,7 @@ class CostTable:
         cls,
         workload: Workload,
         targets: Sequence[Target],
-        cost_models: Mapping[str, CostModel | None],
+        cost_models: Mapping[str, PlannerCostModel | None],
         batch_size: int | None = None,
     ) -> CostTable:
         """Predict every class on every target, at each target's ``batch_size`` (else ``batch_size``, else

@@ -36,7 +36,7 @@ PROFILE_PATH_ENV = "HPCQUEUE_PROFILE_PATH"
 
 Sweep = Literal["input", "output"]
 SWEEPS: tuple[Sweep, ...] = ("input", "output")
-SOURCES = ("imported", "measured")
+SOURCES = ("imported", "measured", "calibrated")
 METHODS = ("measured", "estimated")
 
 POINT_COLUMNS: tuple[str, ...] = (
@@ -79,7 +79,7 @@ class ProfileMeta(BaseModel):
     name: str = Field(min_length=1)
     model: str = Field(min_length=1)
     hardware: str = Field(min_length=1)
-    source: Literal["imported", "measured"]
+    source: Literal["imported", "measured", "calibrated"]
     method: Literal["measured", "estimated"]
     model_aliases: list[str] = Field(default_factory=list)
     system: str | None = None

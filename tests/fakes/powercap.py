@@ -7,6 +7,8 @@ which pyJoules reads) and as flat links in ``/sys/class/powercap`` (``intel-rapl
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 # A common value of max_energy_range_uj on Intel server parts (about 262 kJ).
@@ -64,3 +66,32 @@ def make_topology(sysfs_root: Path, package_of_cpu: dict[int, int]) -> Path:
     (cpu_root / "cpufreq").mkdir(parents=True, exist_ok=True)  # non-CPU entries exist there too
     (cpu_root / "online").write_text(f"0-{max(package_of_cpu)}\n")
     return sysfs_root
+
+
+class RunningCounters:
+    """Advances a fake tree's counters with the wall clock, as the kernel does: each zone at its own constant
+    power, every ``period_s``, wrapping at ``max_energy_range_uj``. Use as a context manager; the thread
+    stops on exit.
+    """
+
+    def __init__(self, powercap: FakePowercap, watts: dict[str, float], period_s: float = 0.02) -> None:
+        self.powercap = powercap
+        self.watts = dict(watts)
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fake-rapl", daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(self.period_s):
+            elapsed = time.monotonic() - start
+            for zone, watts in self.watts.items():
+                self.powercap.set_uj(zone, int(watts * elapsed * 1e6) % MAX_RANGE_UJ)
+
+    def __enter__(self) -> RunningCounters:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

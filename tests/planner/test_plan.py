@@ -58,7 +58,9 @@ def test_two_targets_send_small_requests_to_the_low_power_one() -> None:
         Target(name="gpu", hardware="a100-40g", profile=SWING),
         Target(name="laptop", hardware="m1-pro"),
     ]
-    models = resolve_cost_models(targets, LLAMA, SHIPPED)
+    # the paper's no-cache regime, where the two machines cross over (with a KV cache the laptop's cheaper
+    # decode steps win every one of these requests)
+    models = resolve_cost_models(targets, LLAMA, SHIPPED, kv_cache=None)
     table = _requests([(8, 8), (2000, 500), (12, 8), (1500, 300), (8, 16), (900, 64)])
     table.index = table["line"] * 10  # the plan keeps the caller's index
     plan = make_plan(table, targets, models, model=LLAMA)
@@ -88,7 +90,7 @@ def test_two_targets_send_small_requests_to_the_low_power_one() -> None:
 def test_three_targets_form_a_ladder() -> None:
     names = {"v100": V100, "laptop": M1, "a100": SWING}
     targets = [Target(name=n, hardware="x", profile=p) for n, p in names.items()]
-    models = resolve_cost_models(targets, LLAMA, SHIPPED)
+    models = resolve_cost_models(targets, LLAMA, SHIPPED, kv_cache=None)  # the paper's regime, as above
     table = _requests([(16, 16), (100, 100), (3000, 64)])
     plan = make_plan(table, targets, models)
     assert [r["low"] for r in plan.thresholds["ladder"]] == ["laptop", "a100"]
@@ -140,7 +142,11 @@ def test_resolving_profiles_by_name_and_by_model_and_hardware() -> None:
         "b": "mistral-7b.m1-pro.wilkins2024",
         "c": M1,
     }
-    assert len(notes) == 1 and SWING in notes[0] and "[targets.a]" in notes[0]
+    choice, *regimes = notes
+    assert SWING in choice and "[targets.a]" in choice
+    # and the regime each predicts: the workers' KV cache, derived from these no-cache profiles
+    assert [note.split(":")[0] for note in regimes] == ["target 'a'", "target 'b'", "target 'c'"]
+    assert all("predicts generation with a KV cache, derived" in note for note in regimes)
     with pytest.raises(PlanningError, match="no profile named 'typo'"):
         resolve_cost_models([Target(name="x", profile="typo")], LLAMA, SHIPPED)
 
