@@ -64,7 +64,7 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     options = PlanOptions.from_settings(settings, model=model.name)
     plan = plan_requests(table, targets, cost_models, options, sites)
     plan.warnings.extend(notes)
-    if len(targets) > 1 or any(cost_models.values()):
+    if len(targets) > 1 or any(m is not None and m.method != "analytic" for m in cost_models.values()):
         # Missing or stale profiles matter only when the plan uses profiles (one target needs none).
         from hpcqueue.profiles.staleness import profile_warnings
 

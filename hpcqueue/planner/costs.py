@@ -612,6 +612,18 @@ class CostModel:
             )
         return f"{'with' if self.kv_cache else 'without'} a KV cache, as measured"
 
+    #: The fitted model alone carries no interval: :func:`hpcqueue.planner.models.profile_cost_model` adds the
+    #: profile's cross-validated one. These are what the planner's interface reads from a bare fit.
+    method = "profile"
+    energy_interval_factors = (math.nan, math.nan)
+    runtime_interval_factors = (math.nan, math.nan)
+
+    def energy_by_domain(
+        self, n_in: npt.ArrayLike, n_out: npt.ArrayLike, batch_size: float | None = None
+    ) -> dict[str, FloatArray]:
+        """Unknown for a bare fit (the profile's split is added by ``profile_cost_model``)."""
+        return {}
+
     @property
     def batch_sizes(self) -> tuple[int, ...]:
         """The measured batch sizes the model has a surface for."""
