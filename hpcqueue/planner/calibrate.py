@@ -20,7 +20,6 @@ fitted on the others (a t prediction interval of the log ratios,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,7 +33,7 @@ from scipy.optimize import nnls
 
 from hpcqueue.config import Target
 from hpcqueue.errors import PlanningError
-from hpcqueue.planner.models import PlannerCostModel, ProfileCostModel, log_interval
+from hpcqueue.planner.models import PlannerCostModel, log_interval
 from hpcqueue.profiles.store import POINT_COLUMNS, Profile, ProfileMeta, save_profile
 
 FloatArray = npt.NDArray[np.float64]
@@ -310,22 +309,3 @@ def next_revision(existing: list[Profile], target: str) -> int:
 def save_revision(profile: Profile, root: Path) -> Path:
     """Write the revision under ``root`` (the user's profiles by default)."""
     return save_profile(profile, root)
-
-
-def load_calibrated(profile: Profile, *, kv_cache: bool | None) -> ProfileCostModel:
-    """A calibrated revision as a cost model: fitted on its points like any profile, with the interval of its
-    calibration (not the fit of its own smooth points, which would claim too much) and method
-    ``calibrated``."""
-    from hpcqueue.planner.models import profile_cost_model
-
-    calibration = profile.meta.extra["calibration"]
-    fitted = profile_cost_model(profile, kv_cache=kv_cache)
-    energy = tuple(float(v) for v in calibration.get("energy_interval_factors", (math.nan, math.nan)))
-    runtime = tuple(float(v) for v in calibration.get("runtime_interval_factors", (math.nan, math.nan)))
-    return ProfileCostModel(
-        fitted.model,
-        (energy[0], energy[1]),
-        (runtime[0], runtime[1]),
-        fitted.domain_shares,
-        method="calibrated",
-    )

@@ -317,9 +317,17 @@ def _from_profile(profile: Profile, kv_cache: bool | None) -> PlannerCostModel:
     calibration = profile.meta.extra.get("calibration")
     if not calibration:
         return profile_cost_model(profile, kv_cache=kv_cache)
-    from hpcqueue.planner.calibrate import load_calibrated
-
-    return load_calibrated(profile, kv_cache=kv_cache)
+    # A calibrated revision (hpcqueue.planner.calibrate): fitted on its points like any profile, with the
+    # interval of its calibration — not the fit of its own smooth points, which would claim too much.
+    energy = [float(v) for v in calibration.get("energy_interval_factors", (math.nan, math.nan))]
+    runtime = [float(v) for v in calibration.get("runtime_interval_factors", (math.nan, math.nan))]
+    return ProfileCostModel(
+        CostModel.from_profile(profile, kv_cache=kv_cache),
+        (energy[0], energy[1]),
+        (runtime[0], runtime[1]),
+        _domain_shares(profile),
+        method="calibrated",
+    )
 
 
 def _architecture(model: str, model_path: str | os.PathLike[str] | None, cache_dir: Path | None) -> Any:
