@@ -125,11 +125,14 @@ class TimeGrid:
 @dataclass(frozen=True)
 class Tasks:
     """The tasks to place: each one's target (index), predicted IT energy (J) and runtime (s). NaN energy
-    or runtime (a target without a cost model) counts as 0: such tasks start as soon as they can."""
+    or runtime (a target without a cost model) counts as 0: such tasks start as soon as they can.
+    ``needs_s`` (default: the runtime) is the time each task must have between its start and the deadline,
+    which on Slurm is more than the runtime (see :func:`hpcqueue.planner.schedule.deadline_needs`)."""
 
     target: IntArray
     energy_j: FloatArray
     runtime_s: FloatArray
+    needs_s: FloatArray | None = None
 
     def __len__(self) -> int:
         return int(self.target.size)
@@ -251,6 +254,7 @@ class _Problem:
     cap: Capacity
     energy: FloatArray  # (J,) NaN → 0
     runtime: FloatArray  # (J,) NaN → 0
+    needs: FloatArray  # (J,) the time before the deadline each task needs from its start (≥ runtime)
     occ: FloatArray  # (J, max span): seconds run in each spanned slot
     span: IntArray  # (J,)
     lengths: FloatArray  # (S,) seconds of each slot
@@ -292,7 +296,9 @@ def _problem(inputs: Inputs, scales: Mapping[str, float] | None) -> tuple[_Probl
     finish = offsets[None, :] + runtime[:, None]
     fits_grid = np.arange(s)[None, :] + span[:, None] <= s
     deadline = grid.deadline_s if grid.deadline_s is not None else grid.end_s
-    within = fits_grid & (finish <= deadline * (1 + _RTOL) + 1e-6)
+    needs = runtime if tasks.needs_s is None else np.maximum(runtime, np.nan_to_num(tasks.needs_s, nan=0.0))
+    due = offsets[None, :] + needs[:, None]
+    within = fits_grid & (due <= deadline * (1 + _RTOL) + 1e-6)
 
     # a task on a target without a cost model: it takes room as a task of no length, its figures unknown
     known = np.isfinite(np.asarray(tasks.energy_j, dtype=float))[:, None]
@@ -316,7 +322,7 @@ def _problem(inputs: Inputs, scales: Mapping[str, float] | None) -> tuple[_Probl
 
     lengths = np.minimum(grid.slot_s, grid.end_s - offsets)
     problem = _Problem(
-        tasks, grid, cap, energy, runtime, occ, span, lengths, metrics, np.zeros((n, s)), within
+        tasks, grid, cap, energy, runtime, needs, occ, span, lengths, metrics, np.zeros((n, s)), within
     )
     scales = dict(scales) if scales is not None else _scales(problem, weights)
     return _with_cost(problem, weights, scales), scales
@@ -742,7 +748,8 @@ def _late_message(problem: _Problem, asap: Schedule | None) -> str:
             "where the plan's time grid (or a site's data) ends; give a later deadline, more capacity "
             "(array_parallelism) or, at a site with limited power, more power"
         )
-    finish = float(np.nanmax(asap.metrics["finish_s"], initial=0.0))
+    due = grid.offsets_s[asap.start_slot] + problem.needs
+    finish = float(np.max(due, initial=0.0))
     earliest = grid.time_at(math.ceil(finish / 60.0) * 60.0)
     return (
         f"no plan finishes by the deadline {deadline.isoformat(timespec='minutes')}: run as soon as possible "

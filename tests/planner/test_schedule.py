@@ -221,3 +221,14 @@ def test_routing_sees_a_site_whose_power_is_limited(tmp_path: Path) -> None:
     placement = limited.in_time.placement
     assert np.all(placement.plan.site_power_w[0] <= 700.0 + 1e-6)
     assert placement.plan.meets_deadline
+
+
+def test_a_slurm_task_keeps_slurms_minimum_time_and_scheduling_delay_before_the_deadline() -> None:
+    from hpcqueue.planner.schedule import SLURM_MIN_TIME_S, SLURM_START_DELAY_S, deadline_needs
+
+    targets = [
+        Target(name="here", hardware="x", profile=A100),
+        Target(name="cluster", hardware="x", profile=A100, executor="slurm", partition="gpu"),
+    ]
+    needs = deadline_needs(np.array([0, 1, 1, 0]), np.array([10.0, 10.0, 600.0, np.nan]), targets)
+    assert needs.tolist() == [10.0, SLURM_START_DELAY_S + SLURM_MIN_TIME_S, SLURM_START_DELAY_S + 600.0, 0.0]

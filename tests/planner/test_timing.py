@@ -208,3 +208,25 @@ def test_plan_is_never_worse_than_best_window_nor_run_at_submit(seed, n_tasks, n
         )
     finish = schedule.start_slot * HOUR + runtime
     assert np.all(finish <= placement.grid.deadline_s * (1 + 1e-9) + 1e-6)
+
+
+def _place_in_minutes(tasks: Tasks, carbon: np.ndarray, deadline_s: float) -> Placement:
+    grid = TimeGrid.covering(START, 30.0, deadline_s, deadline_s)
+    capacity = _capacity([4], n_slots=grid.n_slots)
+    rates = site_rates([_factors(carbon[: grid.n_slots])], capacity.site, grid.n_slots)
+    return place(tasks, grid, capacity, rates, {"carbon": 1.0})
+
+
+def test_a_task_that_needs_more_than_its_runtime_keeps_that_time_before_the_deadline() -> None:
+    # 30-s slots over 5 minutes, the last minute much cleaner: a 10-s task would go to the last slot, but a
+    # task that needs 90 s from its start (a Slurm job's minimum time and scheduling delay) cannot start there
+    carbon = np.array([400.0] * 6 + [300.0, 200.0, 150.0, 100.0])
+    free = _place_in_minutes(_tasks([10.0]), carbon, 300.0)
+    assert free.plan.start_slot.tolist() == [9]
+    needy = Tasks(np.array([0]), np.array([3000.0]), np.array([10.0]), needs_s=np.array([90.0]))
+    kept = _place_in_minutes(needy, carbon, 300.0)
+    assert kept.plan.start_slot.tolist() == [7]  # 210 s + 90 s = the deadline: the last start that keeps it
+    assert kept.plan.meets_deadline
+    # the earliest workable deadline counts what the task needs, not only its runtime
+    with pytest.raises(PlanningError, match="earliest deadline that works is 2023-06-01T22:02"):
+        _place_in_minutes(needy, np.array([100.0, 100.0]), 60.0)
