@@ -41,6 +41,10 @@ class LedgerError(HpcqueueError):
     """The ledger database cannot be opened, migrated or written."""
 
 
+class AccessError(LedgerError):
+    """The connection may not read what was asked (another user's rows without being a ledger admin)."""
+
+
 class BatchNotFoundError(HpcqueueError):
     """No batch with that id exists in the batch root or the ledger."""
 

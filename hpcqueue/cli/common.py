@@ -38,6 +38,72 @@ def open_ledger(settings: Any) -> Any:
     return Ledger(settings.db_url)
 
 
+def parse_when(text: str | None, option: str) -> Any:
+    """``--since`` / ``--until``: an ISO 8601 date or time, or a duration back from now (None: unbounded)."""
+    if text is None:
+        return None
+    from datetime import datetime, timedelta, timezone
+
+    from hpcqueue.config import parse_time
+    from hpcqueue.durations import parse_duration
+    from hpcqueue.errors import ConfigError
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text, bare_unit="s"))
+    except ValueError:
+        raise ConfigError(
+            f"{option} {text!r} is neither a time nor a duration; use an ISO 8601 date or time "
+            "(2024-11-21, 2024-11-21T18:00Z) or a duration back from now (7d, 12h, 90m)"
+        ) from None
+
+
+def ledger_filter(
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    users: list[str] | None = None,
+    accounts: list[str] | None = None,
+    targets: list[str] | None = None,
+    models: list[str] | None = None,
+    all_users: bool = False,
+    batch: str | None = None,
+) -> Any:
+    """The :class:`~hpcqueue.ledger.filters.LedgerFilter` the filter options ask for: the current user's
+    batches unless ``--user`` or ``--all-users`` say otherwise (both at once is an error)."""
+    from hpcqueue.errors import ConfigError
+    from hpcqueue.ledger.filters import LedgerFilter, current_user
+
+    if all_users and users:
+        raise ConfigError("--all-users and --user exclude each other: give one")
+    return LedgerFilter(
+        since=parse_when(since, "--since"),
+        until=parse_when(until, "--until"),
+        users=None if all_users else tuple(dict.fromkeys(users or [current_user()])),
+        accounts=tuple(dict.fromkeys(accounts or ())),
+        targets=tuple(dict.fromkeys(targets or ())),
+        models=tuple(dict.fromkeys(models or ())),
+        batch=batch,
+    )
+
+
+def open_filtered_ledger(settings: Any, where: Any) -> Any:
+    """The ledger, once ``where`` is checked against what this connection may read
+    (:func:`hpcqueue.ledger.access.check_filter`); closed again if it is refused."""
+    from hpcqueue.ledger.access import check_filter
+
+    ledger = open_ledger(settings)
+    try:
+        check_filter(ledger, where)
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger
+
+
 def print_json(obj: Any) -> None:
     from hpcqueue.fileio import json_safe
 

@@ -5,16 +5,37 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
-from hpcqueue.cli.common import add_row, err, fail, num, open_ledger, out, print_json, resolve_settings
-from hpcqueue.cli.params import ConfigOpt, DbUrlOpt
-from hpcqueue.errors import ConfigError, HpcqueueError
+from hpcqueue.cli.common import (
+    add_row,
+    err,
+    fail,
+    ledger_filter,
+    num,
+    open_filtered_ledger,
+    open_ledger,
+    out,
+    parse_when,
+    print_json,
+    resolve_settings,
+)
+from hpcqueue.cli.params import (
+    AccountFilterOpt,
+    AllUsersOpt,
+    ConfigOpt,
+    DbUrlOpt,
+    ModelFilterOpt,
+    SinceOpt,
+    TargetFilterOpt,
+    UntilOpt,
+    UserFilterOpt,
+)
+from hpcqueue.errors import HpcqueueError
 
 ledger_app = typer.Typer(
     help="Reports from the ledger of batches, tasks, requests and energy.", no_args_is_help=True
@@ -30,14 +51,36 @@ def ledger_summary(
         Literal["target", "model", "day", "user"], typer.Option(help="Group rows by this.")
     ] = "target",
     fmt: FormatOpt = "table",
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    user: UserFilterOpt = None,
+    account: AccountFilterOpt = None,
+    target: TargetFilterOpt = None,
+    model: ModelFilterOpt = None,
+    all_users: AllUsersOpt = False,
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
 ) -> None:
-    """Requests, tokens and energy in the ledger, grouped by target, model, day or user."""
-    frame = _query(config, db_url, lambda ledger: ledger.summary(by))
+    """Requests, tokens and energy in the ledger, grouped by target, model, day or user: your batches, or
+    those the filters select."""
+    try:
+        where = ledger_filter(
+            since=since,
+            until=until,
+            users=user,
+            accounts=account,
+            targets=target,
+            models=model,
+            all_users=all_users,
+        )
+        ledger = open_filtered_ledger(resolve_settings(config, db_url=db_url), where)
+        with ledger:
+            frame = ledger.summary(by, where=where)
+    except HpcqueueError as exc:
+        fail(exc)
     if _printed_as_data(frame, fmt):
         return
-    _render_frame(_summary_for_humans(frame), title=f"ledger by {by}")
+    _render_frame(_summary_for_humans(frame), title=f"ledger by {by} ({where.describe()})")
 
 
 @ledger_app.command("batches")
@@ -62,13 +105,7 @@ def ledger_accuracy(
         typer.Option(help="Group rows by this (day: the UTC date a task ended)."),
     ] = "target",
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch (its id).")] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="Only batches submitted at or after this: an ISO 8601 date or time (2024-11-21, "
-            "2024-11-21T18:00Z; without an offset, local time) or a duration back from now (7d, 12h)."
-        ),
-    ] = None,
+    since: SinceOpt = None,
     fmt: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
@@ -77,7 +114,7 @@ def ledger_accuracy(
     whose energy was measured (MAPE, bias, share within the 90 % interval, totals), grouped by target, model,
     hardware, day or batch. Tasks whose energy was estimated are counted apart, never compared."""
     try:
-        start = _since(since)
+        start = parse_when(since, "--since")
     except HpcqueueError as exc:
         fail(exc)
     frame = _query(config, db_url, lambda ledger: ledger.accuracy(by, batch=batch, since=start))
@@ -163,26 +200,6 @@ def _nothing_compared(frame: Any, scope: str) -> str:
         if count:
             lines.append(f"  {count} task{'s' if count != 1 else ''} excluded: {reason}")
     return "\n".join(lines)
-
-
-def _since(text: str | None) -> datetime | None:
-    """``--since``: an ISO 8601 date or time, or a duration back from now."""
-    if text is None:
-        return None
-    from hpcqueue.config import parse_time
-    from hpcqueue.durations import parse_duration
-
-    try:
-        return parse_time(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text, bare_unit="s"))
-    except ValueError:
-        raise ConfigError(
-            f"--since {text!r} is neither a time nor a duration; use an ISO 8601 date or time "
-            "(2024-11-21, 2024-11-21T18:00Z) or a duration back from now (7d, 12h, 90m)"
-        ) from None
 
 
 #: The figures of ``ledger batches`` the table leaves to JSON and CSV.

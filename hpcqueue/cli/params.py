@@ -213,3 +213,30 @@ def setting_options(*names: str) -> Callable[[Callable[..., None]], Callable[...
         return with_settings
 
     return decorate
+
+
+# The ledger's filters (hpcqueue.ledger.filters.LedgerFilter), the same on every command that reads it;
+# :func:`hpcqueue.cli.common.ledger_filter` turns them into a filter.
+_WHEN = (
+    "an ISO 8601 date or time (2024-11-21, 2024-11-21T18:00Z; without an offset, local time) or a duration "
+    "back from now (7d, 12h)"
+)
+SinceOpt = Annotated[str | None, typer.Option(help=f"Only batches submitted at or after this: {_WHEN}.")]
+UntilOpt = Annotated[str | None, typer.Option(help=f"Only batches submitted before this: {_WHEN}.")]
+UserFilterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--user", help="Only this user's batches (repeatable; another user's: admins only)."),
+]
+AccountFilterOpt = Annotated[
+    list[str] | None, typer.Option("--account", help="Only tasks charged to this Slurm account (repeatable).")
+]
+TargetFilterOpt = Annotated[
+    list[str] | None, typer.Option("--target", help="Only tasks on this target (repeatable).")
+]
+ModelFilterOpt = Annotated[
+    list[str] | None, typer.Option("--model", help="Only batches of this model (repeatable).")
+]
+AllUsersOpt = Annotated[
+    bool,
+    flag("--all-users", "Every user's batches (default: yours). On a shared ledger, for ledger admins only."),
+]

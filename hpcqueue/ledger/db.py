@@ -28,6 +28,7 @@ from hpcqueue.errors import BatchNotFoundError, LedgerError
 from hpcqueue.fileio import PRIVATE_FILE_MODE, is_private, make_private_dir, tighten
 from hpcqueue.ledger import accuracy, queries
 from hpcqueue.ledger.accuracy import AccuracyKey
+from hpcqueue.ledger.filters import LedgerFilter
 from hpcqueue.ledger.rows import (
     ACCOUNTING_COLUMNS,
     REQUEST_COLUMNS,
@@ -72,7 +73,7 @@ log = logging.getLogger(__name__)
 
 #: The newest migration in ``migrations/versions``; a test keeps the two in step. Opening a ledger whose
 #: ``alembic_version`` already says this skips loading Alembic altogether.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _INSERT_CHUNK_ROWS = 20_000
@@ -637,10 +638,15 @@ class Ledger:
         return queries.batch_report(self, batch_id)
 
     def summary(
-        self, by: Literal["target", "model", "day", "user"] = "target", *, since: datetime | None = None
+        self,
+        by: Literal["target", "model", "day", "user"] = "target",
+        *,
+        since: datetime | None = None,
+        where: LedgerFilter | None = None,
     ) -> pd.DataFrame:
-        """Totals over all batches grouped by ``by``; see :func:`hpcqueue.ledger.queries.summary`."""
-        return queries.summary(self, by, since=since)
+        """Totals over the batches ``where`` selects (default: all) grouped by ``by``; see
+        :func:`hpcqueue.ledger.queries.summary`."""
+        return queries.summary(self, by, since=since, where=where)
 
     def accuracy(
         self, by: AccuracyKey = "target", *, batch: str | None = None, since: datetime | None = None

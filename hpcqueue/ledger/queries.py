@@ -23,6 +23,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection, Result
 
 from hpcqueue.errors import BatchNotFoundError, ConfigError
+from hpcqueue.ledger.filters import LedgerFilter
 from hpcqueue.ledger.rows import PLAN_COST_FIGURES, BatchInfo, epoch_or_none
 from hpcqueue.ledger.schema import (
     FOOTPRINT_COLUMNS,
@@ -232,11 +233,17 @@ def batch_report(ledger: LedgerReader, batch_id: str) -> dict[str, Any]:
 
 
 def summary(
-    ledger: LedgerReader, by: SummaryKey = "target", *, since: datetime | None = None
+    ledger: LedgerReader,
+    by: SummaryKey = "target",
+    *,
+    since: datetime | None = None,
+    where: LedgerFilter | None = None,
 ) -> pd.DataFrame:
-    """Totals over all recorded batches, one row per ``by`` value (target, model, day or user).
+    """Totals over the recorded batches ``where`` selects (default: all), one row per ``by`` value (target,
+    model, day or user).
 
-    ``day`` is the UTC date a batch was created; ``since`` keeps batches created at or after it. Columns:
+    ``day`` is the UTC date a batch was created; ``since`` keeps batches created at or after it (narrowing
+    ``where``). A filter by target or account counts only those tasks and their requests. Columns:
     the key, then ``SUMMARY_COLUMNS``. ``j_per_output_token`` is the metered energy (model load and failed
     attempts included) over the output tokens produced; NaN when nothing was produced. The footprint columns
     (``facility_energy_j`` ... ``cost_usd``) sum the accounted tasks' figures (NaN when none has one);
@@ -244,13 +251,16 @@ def summary(
     """
     if by not in get_args(SummaryKey):
         raise ConfigError(f"cannot summarise by {by!r}; choose one of {', '.join(get_args(SummaryKey))}")
-    batch_filter = [BatchRow.created_at >= since] if since is not None else []
+    where = where or LedgerFilter()
+    if since is not None:
+        where = where.narrowed(since=max(since, where.since) if where.since is not None else since)
+    task_scope = where.task_scope()
     with ledger.connect() as conn:
         batches = result_frame(
             conn.execute(
                 select(
                     BatchRow.id.label("batch_id"), BatchRow.user, BatchRow.model, BatchRow.created_at
-                ).where(*batch_filter)
+                ).where(*where.batch_clauses())
             )
         )
         requests = result_frame(
@@ -260,8 +270,7 @@ def summary(
                     RequestRow.target,
                     *_request_counts(("succeeded", "failed", "rejected")),
                 )
-                .join(BatchRow, BatchRow.id == RequestRow.batch_id)
-                .where(*batch_filter)
+                .where(*where.request_scope())
                 .group_by(RequestRow.batch_id, RequestRow.target)
             )
         )
@@ -274,16 +283,14 @@ def summary(
                     TaskRow.meter,
                     func.sum(TaskRow.energy_j).label("energy_j"),
                 )
-                .join(BatchRow, BatchRow.id == TaskRow.batch_id)
-                .where(TaskRow.energy_j.is_not(None), *batch_filter)
+                .where(TaskRow.energy_j.is_not(None), *task_scope)
                 .group_by(TaskRow.batch_id, TaskRow.target, TaskRow.energy_method, TaskRow.meter)
             )
         )
         accounting = result_frame(
             conn.execute(
                 select(TaskRow.batch_id, TaskRow.target, *_accounting_totals())
-                .join(BatchRow, BatchRow.id == TaskRow.batch_id)
-                .where(TaskRow.accounted_at.is_not(None), *batch_filter)
+                .where(TaskRow.accounted_at.is_not(None), *task_scope)
                 .group_by(TaskRow.batch_id, TaskRow.target)
             )
         )
@@ -291,7 +298,7 @@ def summary(
         return pd.DataFrame(columns=[by, *SUMMARY_COLUMNS])
 
     def keyed(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.merge(batches, on="batch_id", how="left")
+        frame = frame.merge(batches, on="batch_id", how="inner")
         if by == "day":
             frame["day"] = pd.to_datetime(frame["created_at"], utc=True).dt.strftime("%Y-%m-%d")
         elif by == "target":

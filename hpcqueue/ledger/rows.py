@@ -48,6 +48,7 @@ TASK_PLAN_COLUMNS: dict[str, Literal["float", "str", "time"]] = {
     "predicted_carbon_g": "float",
     "predicted_water_l": "float",
     "predicted_cost_usd": "float",
+    "account": "str",
 }
 #: Task columns of a prediction with its interval (each optional, as above): the 90 % bounds, the method and
 #: basis behind the prediction, and the target's hardware class.

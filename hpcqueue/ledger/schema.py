@@ -97,6 +97,7 @@ class BatchRow(Base):
     """One submission of an input file: who, where, what model and policy, and its batch directory."""
 
     __tablename__ = "batches"
+    __table_args__ = (Index(None, "user"), Index(None, "created_at"))
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     created_at: Mapped[datetime]
@@ -221,6 +222,8 @@ class TaskRow(_BatchPart, _Accounted, _Footprint, _SiteFactors, Base):
     prediction_method: Mapped[str | None] = mapped_column(String(16))
     prediction_basis: Mapped[str | None] = mapped_column(String(255))
     hardware: Mapped[str | None] = mapped_column(String(64))
+    # The Slurm account the task's target charges (NULL: none, or recorded before revision 0004).
+    account: Mapped[str | None] = mapped_column(String(255))
 
 
 class RequestRow(_BatchPart, _Accounted, _Footprint, Base):

@@ -234,6 +234,7 @@ def plan_requests(
     )
     for column, values in prediction_columns(tasks, targets, cost_models).items():
         tasks[column] = values
+    tasks["account"] = tasks["target"].map({t.name: t.account for t in targets})
     in_time = None
     if schedule.wanted(sites, options):
         in_time = schedule.place_tasks(

@@ -323,8 +323,9 @@ ROWS_0002: dict[str, list[dict[str, Any]]] = {
         },
     ],
 }
-#: What revision 0003 adds to ``tasks``.
-NEW_IN_0003 = [
+#: What revisions 0003 and 0004 add to ``tasks``.
+NEW_SINCE_0002 = [
+    "account",
     "hardware",
     "predicted_energy_high_j",
     "predicted_energy_low_j",
@@ -367,8 +368,8 @@ def test_opening_a_0002_ledger_keeps_every_row_and_value(ledger_url: str) -> Non
         assert context.get_current_revision() == SCHEMA_REVISION
         assert snapshot(conn, old) == before
         added = new_columns(conn, old)
-    assert added == {"batches": [], "tasks": NEW_IN_0003, "requests": [], "measurements": []}
-    assert rows(ledger, f"SELECT {', '.join(NEW_IN_0003)} FROM tasks") == [dict.fromkeys(NEW_IN_0003)] * 2
+    assert added == {"batches": [], "tasks": NEW_SINCE_0002, "requests": [], "measurements": []}
+    assert rows(ledger, f"SELECT {', '.join(NEW_SINCE_0002)} FROM tasks") == [dict.fromkeys(NEW_SINCE_0002)] * 2
 
     # ... and reads as the new code expects: the accounting and the plan as before, and an accuracy report
     # that says why no old task can be compared.
