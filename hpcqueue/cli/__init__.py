@@ -1,9 +1,9 @@
 """The ``hpcqueue`` command: one typer app, one module per command group.
 
 ``batch`` (submit, status, collect, retry, cancel, results), ``planning`` (plan, simulate),
-``estimating`` (estimate), ``ledger`` (ledger …), ``profiles`` (profiles …, profile), ``meters`` (doctor)
-and ``sites`` (sites …); ``params`` holds the options several commands take, ``common`` the consoles and
-the one place where errors become exit codes.
+``estimating`` (estimate), ``ledger`` (ledger …), ``reporting`` (report: the admin's HTML report),
+``profiles`` (profiles …, profile), ``meters`` (doctor) and ``sites`` (sites …); ``params`` holds the options
+several commands take, ``common`` the consoles and the one place where errors become exit codes.
 Commands parse, call the library and render; no logic lives here.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from hpcqueue.cli import batch, estimating, meters, planning, profiles, sites
+from hpcqueue.cli import batch, estimating, meters, planning, profiles, reporting, sites
 from hpcqueue.cli.ledger import ledger_app
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ for command in (
 ):
     app.command()(command)
 app.add_typer(ledger_app, name="ledger")
+app.command()(reporting.report)
 app.command()(planning.plan)
 app.command()(planning.simulate)
 app.command()(estimating.estimate)

@@ -317,3 +317,189 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return num(value, 3 if abs(value) < 10 else 1)
     return "-" if value is None else str(value)
+
+
+@ledger_app.command("init-site")
+def ledger_init_site(
+    admin: Annotated[
+        list[str] | None,
+        typer.Option("--admin", help="A role (Unix user name) that may read every user's rows. Repeatable."),
+    ] = None,
+    user: Annotated[
+        list[str] | None,
+        typer.Option("--user", help="A role (Unix user name) that may use the ledger. Repeatable."),
+    ] = None,
+    sql: Annotated[bool, typer.Option("--sql", help="Print the SQL instead of applying it.")] = False,
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Set up a shared PostgreSQL ledger (run as its database owner): migrate it, enable row-level
+    security so that each role reads and writes only its own batches, and grant the --user and --admin roles
+    (created with no password, for peer authentication, when missing). Safe to run again."""
+    try:
+        from hpcqueue.ledger.access import init_site, render_sql, site_sql
+
+        if sql:
+            sys.stdout.write(render_sql(site_sql(users=user or (), admins=admin or ())))
+            return
+        with open_ledger(resolve_settings(config, db_url=db_url)) as ledger:
+            done = init_site(ledger, users=user or (), admins=admin or ())
+    except HpcqueueError as exc:
+        fail(exc)
+    for line in done:
+        out.print(line, markup=False, soft_wrap=True)
+
+
+OutputFileOpt = Annotated[
+    Path, typer.Option("-o", "--output", help="The file to write (replaced atomically).")
+]
+
+
+@ledger_app.command("export")
+def ledger_export(
+    output: OutputFileOpt,
+    table: Annotated[
+        Literal["batches", "tasks", "requests"], typer.Option("--table", help="The ledger table to export.")
+    ] = "requests",
+    fmt: Annotated[
+        Literal["csv", "json", "parquet"] | None,
+        typer.Option("--format", help="File format (default: from the output's suffix). json: JSON Lines."),
+    ] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    user: UserFilterOpt = None,
+    account: AccountFilterOpt = None,
+    target: TargetFilterOpt = None,
+    model: ModelFilterOpt = None,
+    all_users: AllUsersOpt = False,
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Every column of one ledger table (batches, tasks or requests) for the rows the filters select, as
+    CSV, JSON Lines or Parquet: timestamps in UTC, NULL as empty (CSV) or null. Streams in chunks."""
+    from hpcqueue.errors import ConfigError
+
+    try:
+        if fmt is None:
+            suffix = output.suffix.lower().lstrip(".")
+            fmt = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet", "pq": "parquet"}.get(
+                suffix
+            )  # type: ignore[assignment]
+            if fmt is None:
+                raise ConfigError(
+                    f"cannot tell the format of {output} from its suffix; give --format csv, json or parquet"
+                )
+        where = ledger_filter(
+            since=since,
+            until=until,
+            users=user,
+            accounts=account,
+            targets=target,
+            models=model,
+            all_users=all_users,
+        )
+        from hpcqueue.ledger.export import export_table
+
+        ledger = open_filtered_ledger(resolve_settings(config, db_url=db_url), where)
+        with ledger:
+            done = export_table(ledger, table, fmt, output, where=where)
+    except HpcqueueError as exc:
+        fail(exc)
+    err.print(
+        f"wrote {done.rows} {table} rows ({where.describe()}) to {done.path} as {done.fmt}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@ledger_app.command("metrics")
+def ledger_metrics(
+    output: OutputFileOpt,
+    user: UserFilterOpt = None,
+    all_users: AllUsersOpt = False,
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """The ledger's all-time totals (energy, carbon, water, requests, tokens by user, account, target and
+    model) as Prometheus counters, for node_exporter's textfile collector. Counters never shrink, so there
+    is no time filter; the file is replaced atomically."""
+    try:
+        where = ledger_filter(users=user, all_users=all_users)
+        from hpcqueue.ledger.metrics import write_metrics
+
+        ledger = open_filtered_ledger(resolve_settings(config, db_url=db_url), where)
+        with ledger:
+            counters = write_metrics(ledger, output, users=where.users)
+    except HpcqueueError as exc:
+        fail(exc)
+    series = sum(len(counter.samples) for counter in counters)
+    err.print(f"wrote {series} series ({where.describe()}) to {output}", markup=False, soft_wrap=True)
+
+
+@ledger_app.command("reconcile")
+def ledger_reconcile(
+    batch: Annotated[
+        str | None, typer.Argument(help="Only this batch (its id); default: every batch.")
+    ] = None,
+    user: UserFilterOpt = None,
+    all_users: AllUsersOpt = False,
+    since: SinceOpt = None,
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Each Slurm task's energy in the ledger beside Slurm's own accounting of its job (sacct's
+    ConsumedEnergyRaw), with what each measures: whole nodes, exclusive or shared allocations, GPUs or
+    not; says plainly when the cluster gathers no energy."""
+    try:
+        where = ledger_filter(since=since, users=user, all_users=all_users)
+        from hpcqueue.ledger.reconcile import reconcile
+
+        ledger = open_filtered_ledger(resolve_settings(config, db_url=db_url), where)
+        with ledger:
+            result = reconcile(ledger, batch=batch, where=where)
+    except HpcqueueError as exc:
+        fail(exc)
+    if fmt == "json":
+        print_json(result.as_dict())
+        return
+    if result.tasks and result.energy_accounting:
+        table = Table(
+            "batch",
+            "task",
+            "job",
+            "node",
+            "ledger J",
+            "method",
+            "Slurm J",
+            "ledger/Slurm",
+            "allocation",
+            "note",
+            title=f"ledger against Slurm ({where.describe()})",
+        )
+        for task in result.tasks:
+            add_row(
+                table,
+                task.batch_id,
+                str(task.task_index),
+                task.job_id,
+                task.node or "-",
+                num(task.ledger_energy_j),
+                task.energy_method or "-",
+                num(task.slurm_energy_j),
+                num(task.ratio, 2),
+                task.allocation,
+                task.note or "-",
+            )
+        out.print(table)
+    elif not result.tasks:
+        out.print(f"no Slurm task in the ledger ({where.describe()}{', batch ' + batch if batch else ''})")
+    else:
+        out.print(f"{len(result.tasks)} Slurm task(s) in the ledger ({where.describe()})", markup=False)
+    for note in result.notes:
+        out.print(note, markup=False, soft_wrap=True)
+    if result.not_in_sacct:
+        shown = ", ".join(result.not_in_sacct[:10]) + (" ..." if len(result.not_in_sacct) > 10 else "")
+        out.print(
+            f"sacct does not know {len(result.not_in_sacct)} job(s): {shown}", markup=False, soft_wrap=True
+        )

@@ -579,3 +579,116 @@ class SacctPoller:
             for job_id, state in self._known.items()
             if job_id in wanted or (state.array_job_id is not None and state.array_job_id in wanted)
         }
+
+
+# ---------------------------------------------------------------------------------------------- energy
+
+SACCT_ENERGY_FIELDS = ("JobID", "State", "NodeList", "AllocNodes", "AllocCPUS", "ConsumedEnergyRaw")
+"""The columns ``parse_sacct_energy`` reads, in this order: every line, steps included (no ``-X``)."""
+
+NO_ENERGY_PLUGINS = frozenset({"", "(null)", "none", "acct_gather_energy/none"})
+"""``AcctGatherEnergyType`` values meaning Slurm gathers no energy at all."""
+
+
+@dataclass(frozen=True)
+class EnergyRecord:
+    """One line of ``sacct`` energy output: a job or array task (``step`` None) or one of its steps
+    (``"batch"``, ``"extern"``, ``"0"``). ``energy_j`` is ``ConsumedEnergyRaw`` in joules, None when sacct
+    printed nothing; ``alloc_cpus`` the CPUs the allocation held (None for a step that does not say)."""
+
+    job_id: str
+    step: str | None
+    state: str
+    node: str | None
+    alloc_nodes: int | None
+    alloc_cpus: int | None
+    energy_j: float | None
+
+
+def parse_sacct_energy(text: str) -> list[EnergyRecord]:
+    """Rows of ``sacct -P -n --format=JobID,State,NodeList,AllocNodes,AllocCPUS,ConsumedEnergyRaw``, in
+    sacct's order, steps included: ``123_4`` → job ``123_4``, ``123_4.batch`` → its step ``batch``. Array
+    remainders (``123_[5-9]``, never started) and lines that are not job rows are skipped."""
+    records: list[EnergyRecord] = []
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) < len(SACCT_ENERGY_FIELDS):
+            continue
+        job_text, state, node, alloc_nodes, alloc_cpus, energy = fields[: len(SACCT_ENERGY_FIELDS)]
+        job_id, _, step = job_text.partition(".")
+        try:
+            _, _, remainder = split_job_id(job_id)
+        except ValueError:
+            logger.warning("skipping a sacct line with a job id hpcqueue does not understand: %r", line)
+            continue
+        if remainder is not None:
+            continue
+        records.append(
+            EnergyRecord(
+                job_id=job_id,
+                step=step or None,
+                state=normalise_state(state),
+                node=None if node in ("", "None assigned", "(null)") else node,
+                alloc_nodes=_int_or_none(alloc_nodes),
+                alloc_cpus=_int_or_none(alloc_cpus),
+                energy_j=_energy_or_none(energy),
+            )
+        )
+    return records
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _energy_or_none(text: str) -> float | None:
+    # sacct prints an empty field when no energy was gathered, and 18446744073709551614 (NO_VAL64) on some
+    # versions for a step that never reported.
+    if not text.isdigit() or int(text) >= 2**63:
+        return None
+    return float(text)
+
+
+def sacct_energy(job_ids: Sequence[str], *, runner: Runner = subprocess.run) -> list[EnergyRecord]:
+    """``ConsumedEnergyRaw`` of the given jobs and array tasks (``"123_4"``) and of all their steps, from ONE
+    ``sacct`` call (``--parsable2 --noheader``, every step). Only the asked ids (and, for an array id, its
+    tasks) are returned. Raises SlurmError when sacct fails."""
+    wanted = {job_id.strip() for job_id in job_ids if job_id.strip()}
+    if not wanted:
+        return []
+    bases = sorted({base_job_id(job_id) for job_id in wanted}, key=lambda b: (len(b), b))
+    args = [
+        "sacct",
+        "--parsable2",
+        "--noheader",
+        f"--format={','.join(SACCT_ENERGY_FIELDS)}",
+        f"--jobs={','.join(bases)}",
+    ]
+    output = _run(
+        args,
+        runner,
+        what_to_check="Check that job accounting works: `sacct` should list recent jobs "
+        "(AccountingStorageType in `scontrol show config`; is slurmdbd running?).",
+    )
+    return [
+        record
+        for record in parse_sacct_energy(output)
+        if record.job_id in wanted or base_job_id(record.job_id) in wanted
+    ]
+
+
+def node_cpus(*, runner: Runner = subprocess.run) -> dict[str, int]:
+    """Each node's CPU count (``CPUTot``), from one ``scontrol show node -o`` call: whether an allocation
+    held a whole node."""
+    output = _run(
+        ["scontrol", "show", "node", "-o"],
+        runner,
+        what_to_check="Check that slurmctld is reachable: `scontrol ping` should say UP.",
+    )
+    cpus: dict[str, int] = {}
+    for line in output.splitlines():
+        record = parse_key_values(line)
+        name, total = record.get("NodeName"), record.get("CPUTot", "")
+        if name and total.isdigit():
+            cpus[name] = int(total)
+    return cpus

@@ -44,6 +44,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.sql import ColumnElement
 
 from hpcqueue.errors import BatchNotFoundError, ConfigError
+from hpcqueue.ledger.filters import LedgerFilter
 from hpcqueue.ledger.queries import LedgerReader, result_frame
 from hpcqueue.ledger.schema import BatchRow, MeasurementRow, RequestRow, TaskRow
 
@@ -98,13 +99,15 @@ def accuracy(
     *,
     batch: str | None = None,
     since: datetime | None = None,
+    where: LedgerFilter | None = None,
 ) -> pd.DataFrame:
     """Predicted against measured energy and runtime, one row per ``by`` value (see the module docstring).
 
     ``by``: ``target``, ``model`` (the batch's model), ``hardware`` (the target's hardware class), ``day``
     (UTC date the task ended, else was collected) or ``batch`` (its id). ``batch`` keeps one batch (raises
-    BatchNotFoundError for an unknown id); ``since`` keeps batches submitted at or after it. Only tasks with a
-    prediction (energy or runtime) are counted. Columns: the key, then ``ACCURACY_COLUMNS``: ``tasks``
+    BatchNotFoundError for an unknown id); ``since`` keeps batches submitted at or after it; ``where`` keeps
+    the tasks a report's filter selects (its batches, targets and accounts). Only tasks with a prediction
+    (energy or runtime) are counted. Columns: the key, then ``ACCURACY_COLUMNS``: ``tasks``
     (compared), the ``EXCLUSIONS`` counts, the energy and runtime figures (NaN where no task gives one),
     ``task_energy_j`` and ``task_runtime_s`` (the compared tasks' whole metered energy and wall time) and
     ``methods`` (the prediction methods of the compared tasks, sorted). Rows are sorted by the key; a group
@@ -112,16 +115,21 @@ def accuracy(
     """
     if by not in ACCURACY_KEYS:
         raise ConfigError(f"cannot group accuracy by {by!r}; choose one of {', '.join(ACCURACY_KEYS)}")
-    return accuracy_table(task_frame(ledger, batch=batch, since=since), by)
+    return accuracy_table(task_frame(ledger, batch=batch, since=since, where=where), by)
 
 
 def task_frame(
-    ledger: LedgerReader, *, batch: str | None = None, since: datetime | None = None
+    ledger: LedgerReader,
+    *,
+    batch: str | None = None,
+    since: datetime | None = None,
+    where: LedgerFilter | None = None,
 ) -> pd.DataFrame:
     """One row per task with a prediction: its key values, state, energy and method, the prediction with its
     interval and method, and, for completed measured tasks, the energy and duration of its generation batches
     (``generation_energy_j``, ``generation_runtime_s``, ``generation_calls``, ``untimed_calls``) and how many
-    of its requests ran in an earlier attempt (``resumed_requests``). What :func:`accuracy_table` reads."""
+    of its requests ran in an earlier attempt (``resumed_requests``). ``where`` narrows the tasks as a
+    report's filter does. What :func:`accuracy_table` reads."""
     scope: list[ColumnElement[bool]] = [
         or_(TaskRow.predicted_energy_j.is_not(None), TaskRow.predicted_runtime_s.is_not(None))
     ]
@@ -129,6 +137,8 @@ def task_frame(
         scope.append(TaskRow.batch_id == batch)
     if since is not None:
         scope.append(BatchRow.created_at >= since)
+    if where is not None:  # every query below joins the task to its batch
+        scope.extend([*where.batch_clauses(), *where.task_clauses()])
     compared = [*scope, TaskRow.state == "completed", TaskRow.energy_method == "measured"]
     same_task = and_(
         TaskRow.batch_id == MeasurementRow.batch_id, TaskRow.task_index == MeasurementRow.task_index
@@ -197,6 +207,7 @@ def task_frame(
                     TaskRow.predicted_runtime_low_s,
                     TaskRow.predicted_runtime_high_s,
                     TaskRow.prediction_method,
+                    TaskRow.prediction_basis,
                 )
                 .join(BatchRow, BatchRow.id == TaskRow.batch_id)
                 .where(*scope)
@@ -237,6 +248,12 @@ def accuracy_table(tasks: pd.DataFrame, by: AccuracyKey) -> pd.DataFrame:
     )
     table["methods"] = [methods.get(key, []) for key in table.index]
     return table.rename_axis(by).reset_index()[[by, *ACCURACY_COLUMNS]]
+
+
+def task_outcomes(tasks: pd.DataFrame) -> np.ndarray:
+    """For each row of a :func:`task_frame`: ``tasks`` when it is compared, else the ``EXCLUSIONS`` name of
+    why not (what :func:`accuracy_table` counts)."""
+    return _outcomes(tasks)
 
 
 def _key(tasks: pd.DataFrame, by: AccuracyKey) -> pd.Series:

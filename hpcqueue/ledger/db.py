@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, delete, event, func, insert, select, updat
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
-from hpcqueue.errors import BatchNotFoundError, LedgerError
+from hpcqueue.errors import AccessError, BatchNotFoundError, LedgerError
 from hpcqueue.fileio import PRIVATE_FILE_MODE, is_private, make_private_dir, tighten
 from hpcqueue.ledger import accuracy, queries
 from hpcqueue.ledger.accuracy import AccuracyKey
@@ -159,9 +159,18 @@ class Ledger:
         with self._translate_errors("open"):
             with self.engine.connect() as conn:
                 current = _current_revision(conn)
+                owner = current is None or _owns_schema(conn)
                 conn.rollback()
             if current == SCHEMA_REVISION:
                 return
+            if not owner:
+                # A user of a shared ledger may not change its schema (and must not try: no DDL as a user).
+                raise LedgerError(
+                    f"the ledger {self.masked_url} is at revision {current}, this hpcqueue needs "
+                    f"{SCHEMA_REVISION}, and only the owner of its tables may migrate it: ask the site's "
+                    "database admin to run 'hpcqueue ledger init-site' with this hpcqueue (or, if the ledger "
+                    "is newer than this hpcqueue, upgrade hpcqueue)"
+                )
             from alembic import command
             from alembic.config import Config
             from alembic.util.exc import CommandError
@@ -202,6 +211,8 @@ class Ledger:
         except DBAPIError as exc:
             if isinstance(exc, IntegrityError):
                 raise
+            if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege, row-level security
+                raise AccessError(_refusal(self.url, action, exc.orig)) from exc
             raise LedgerError(
                 f"cannot {action} the ledger {self.masked_url}: {exc.orig}. Check that the database server "
                 "is running and reachable from this host, the user name and password, that the database "
@@ -736,6 +747,43 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("hpcqueue_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _owns_schema(conn: Connection) -> bool:
+    """Whether this connection may migrate the ledger: always on SQLite; on PostgreSQL, if its role is (or
+    acts as) the owner of ``alembic_version``, as the one who created the tables is."""
+    if conn.dialect.name != "postgresql":
+        return True
+    from sqlalchemy import text
+
+    owns = conn.execute(
+        text(
+            "SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables"
+            " WHERE schemaname = current_schema() AND tablename = 'alembic_version'"
+        )
+    ).scalar()
+    return owns is not False
+
+
+def _refusal(url: str, action: str, error: object) -> str:
+    """Why PostgreSQL refused a user, and what to do: the role is not a ledger user, or (row-level security)
+    the row names another user than the role."""
+    import getpass
+
+    role = make_url(url).username or os.environ.get("PGUSER") or getpass.getuser()
+    message = f"cannot {action} the ledger {mask_url(url)} as role {role!r}: {error}".rstrip()
+    if "row-level security" in str(error):
+        return (
+            f"{message}. On a shared ledger each user writes only rows whose batch names them: the batch's "
+            f"user (the Unix user {getpass.getuser()!r}) must be the database role you connect as. Connect "
+            "as your own role (peer authentication: a URL without a user name, host = the socket directory, "
+            "for example 'postgresql+psycopg:///hpcqueue?host=/var/run/postgresql'), see docs/ledger.md, "
+            "'Access on a shared cluster'"
+        )
+    return (
+        f"{message}. The role is not a user of this shared ledger: the site's database admin adds it with "
+        f"'hpcqueue ledger init-site --user {role}' (see docs/ledger.md, 'Access on a shared cluster')"
+    )
 
 
 def _current_revision(conn: Connection) -> str | None:

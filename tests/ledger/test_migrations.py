@@ -1,6 +1,6 @@
-"""Migrations keep data: a ledger an older hpcqueue filled (revision 0001, or 0002) opens with every row and
-value intact, its new columns NULL, and can be accounted and reported on; going back down keeps the old rows
-too."""
+"""Migrations keep data: a ledger an older hpcqueue filled (revision 0001, 0002 or 0003) opens with every row
+and value intact, its new columns NULL, and can be accounted and reported on; going back down keeps the old
+rows too. Each runs on SQLite and, with HPCQUEUE_TEST_PG_URL (always under CI), on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -369,7 +369,9 @@ def test_opening_a_0002_ledger_keeps_every_row_and_value(ledger_url: str) -> Non
         assert snapshot(conn, old) == before
         added = new_columns(conn, old)
     assert added == {"batches": [], "tasks": NEW_SINCE_0002, "requests": [], "measurements": []}
-    assert rows(ledger, f"SELECT {', '.join(NEW_SINCE_0002)} FROM tasks") == [dict.fromkeys(NEW_SINCE_0002)] * 2
+    assert (
+        rows(ledger, f"SELECT {', '.join(NEW_SINCE_0002)} FROM tasks") == [dict.fromkeys(NEW_SINCE_0002)] * 2
+    )
 
     # ... and reads as the new code expects: the accounting and the plan as before, and an accuracy report
     # that says why no old task can be compared.
@@ -401,4 +403,109 @@ def test_downgrading_to_0002_keeps_its_rows(ledger_url: str) -> None:
     finally:
         engine.dispose()
     with Ledger(ledger_url) as again:  # and up again
+        assert again.batch_report("old")["carbon_g"] == 6.0
+
+
+# Rows as hpcqueue wrote them at revision 0003: those of 0002 with each task's prediction interval, method,
+# basis and hardware class.
+_PREDICTED = {
+    "predicted_energy_low_j": 40.0,
+    "predicted_energy_high_j": 70.0,
+    "predicted_runtime_low_s": 35.5,
+    "predicted_runtime_high_s": 65.25,
+    "prediction_method": "profile",
+    "prediction_basis": "profiles/gpu-demo.json",
+    "hardware": "a100",
+}
+ROWS_0003: dict[str, list[dict[str, Any]]] = ROWS_0002 | {
+    "tasks": [
+        ROWS_0002["tasks"][0] | _PREDICTED,
+        ROWS_0002["tasks"][1]
+        | _PREDICTED
+        | {"prediction_method": "analytic", "prediction_basis": "cpu-model"},
+    ]
+}
+#: The indexes revision 0004 adds, on ``batches``.
+INDEXES_0004 = {"ix_batches_user": ["user"], "ix_batches_created_at": ["created_at"]}
+
+
+def batch_indexes(conn: Connection) -> dict[str, list[str]]:
+    return {index["name"]: list(index["column_names"]) for index in inspect(conn).get_indexes("batches")}
+
+
+def filled_0003_ledger(url: str) -> tuple[MetaData, dict[str, list[tuple]]]:
+    """A ledger at revision 0003 holding ``ROWS_0003``; its tables as reflected then, and their rows."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "0003")
+    engine = create_engine(url)
+    try:
+        old = MetaData()
+        old.reflect(engine)
+        assert "hardware" in old.tables["tasks"].columns and "account" not in old.tables["tasks"].columns
+        with engine.begin() as conn:
+            assert not set(INDEXES_0004) & set(batch_indexes(conn))
+            for name, table_rows in ROWS_0003.items():
+                table = old.tables[name]
+                blank = dict.fromkeys(c.name for c in table.columns if not c.primary_key or name == "batches")
+                conn.execute(table.insert(), [blank | row for row in table_rows])
+        with engine.connect() as conn:
+            return old, snapshot(conn, old)
+    finally:
+        engine.dispose()
+
+
+def test_opening_a_0003_ledger_keeps_every_row_and_value(ledger_url: str) -> None:
+    old, before = filled_0003_ledger(ledger_url)
+    assert [len(before[name]) for name in ROWS_0003] == [1, 2, 5, 2, 2]
+    # the prediction columns are filled, so the snapshot's equality below checks them too
+    hardware = old.tables["tasks"].columns.keys().index("hardware")
+    assert [row[hardware] for row in before["tasks"]] == ["a100", "a100"]
+
+    ledger = Ledger(ledger_url)  # migrates to the newest revision
+    with ledger.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert context.get_current_revision() == SCHEMA_REVISION
+        assert snapshot(conn, old) == before
+        assert new_columns(conn, old) == {
+            "batches": [],
+            "tasks": ["account"],
+            "requests": [],
+            "measurements": [],
+        }
+        assert batch_indexes(conn).items() >= INDEXES_0004.items()
+    assert rows(ledger, "SELECT task_index, account FROM tasks ORDER BY task_index") == [
+        {"task_index": 0, "account": None},
+        {"task_index": 1, "account": None},
+    ]
+
+    # ... and reads as the new code expects: a filter by account finds none of the old tasks.
+    from hpcqueue.ledger.filters import LedgerFilter
+
+    assert ledger.summary("target", where=LedgerFilter(accounts=("physics",))).empty
+    everything = ledger.summary("target", where=LedgerFilter(users=("alice",)))
+    assert sorted(everything["target"]) == ["(none)", "cpu", "gpu"]  # (none): the rejected line
+    (row,) = ledger.accuracy("hardware").to_dict("records")
+    assert (row["hardware"], row["tasks"], row["excluded_partial"]) == ("a100", 0, 1)
+
+
+def test_downgrading_to_0003_keeps_its_rows(ledger_url: str) -> None:
+    from alembic import command
+
+    old, before = filled_0003_ledger(ledger_url)
+    with Ledger(ledger_url) as ledger, ledger.engine.begin() as conn:  # a value in the column 0003 lacks
+        conn.exec_driver_sql("UPDATE tasks SET account = 'physics' WHERE task_index = 0")
+    command.downgrade(alembic_config(ledger_url), "0003")
+    engine = create_engine(ledger_url)
+    try:
+        with engine.connect() as conn:
+            assert all(columns == [] for columns in new_columns(conn, old).values())
+            assert not set(INDEXES_0004) & set(batch_indexes(conn))
+            assert snapshot(conn, old) == before
+            assert MigrationContext.configure(conn).get_current_revision() == "0003"
+    finally:
+        engine.dispose()
+    with Ledger(ledger_url) as again:  # and up again
+        assert rows(again, "SELECT DISTINCT account FROM tasks") == [{"account": None}]
         assert again.batch_report("old")["carbon_g"] == 6.0

@@ -5,8 +5,9 @@
 #   tests/services/postgres.sh stop
 #
 # Installs Debian's postgresql package when it is missing and we are root. The server runs as the
-# 'postgres' user from a throw-away data directory, listens on 127.0.0.1 only, trusts local connections,
-# and is stopped (and its data removed) by `stop`. It never touches a system cluster.
+# 'postgres' user from a throw-away data directory, listens on 127.0.0.1 only (trusted) and on a socket in
+# that directory (peer authentication when started as root, else trusted), and is stopped (and its data
+# removed) by `stop`. It never touches a system cluster.
 set -euo pipefail
 
 PGDIR=${HPCQUEUE_TEST_PG_DIR:-/tmp/hpcqueue-test-pg}
@@ -57,7 +58,12 @@ start() {
     rm -rf "$PGDIR"
     mkdir -p "$PGDIR"
     [ "$(id -u)" = 0 ] && chown postgres:postgres "$PGDIR"
-    as_pg "$bin/initdb" -D "$PGDIR/data" --auth=trust --username=postgres --encoding=UTF8 >/dev/null
+    # TCP from 127.0.0.1 is trusted (the suite's URL). As root, the socket uses peer authentication, as a
+    # site's would: a Unix user connects as the role of its own name only (tests/ledger/test_access.py).
+    local auth_local=trust
+    [ "$(id -u)" = 0 ] && auth_local=peer
+    as_pg "$bin/initdb" -D "$PGDIR/data" --auth-host=trust --auth-local="$auth_local" --username=postgres \
+      --encoding=UTF8 >/dev/null
     as_pg "$bin/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w \
       -o "-p $PGPORT -c listen_addresses=127.0.0.1 -k $PGDIR -c fsync=off" start >/dev/null
     as_pg "$bin/psql" -h "$PGDIR" -p "$PGPORT" -U postgres -qc "CREATE DATABASE $DB" >/dev/null

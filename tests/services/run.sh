@@ -40,6 +40,9 @@ if [ -z "${HPCQUEUE_TEST_PG_URL:-}" ]; then
   fi
 fi
 
+# Chromium for the report's browser tests (tests/report/): installed when missing and we are root.
+"$here/chromium.sh" install || echo "run.sh: no chromium: the browser tests skip, or fail under CI=true" >&2
+
 if [ -z "${HPCQUEUE_TEST_SLURM:-}" ]; then
   slurm_ok=""
   t0=$(date +%s.%N)
