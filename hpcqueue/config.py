@@ -20,6 +20,7 @@ With no config file the embedded default is a single ``local`` target on this ma
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from datetime import datetime
@@ -51,6 +52,41 @@ else:  # pragma: no cover - Python 3.10
 APP_NAME = "hpcqueue"
 ENV_PREFIX = "HPCQUEUE_"
 DEFAULT_TARGET_NAME = "local"
+
+
+#: A target or site name: it becomes a folder of the batch's logs, part of Slurm job and profile names.
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._+-]{0,62}[A-Za-z0-9._+-])?")
+NAME_RULE = "1 to 64 letters, digits, spaces, '.', '_', '+' or '-', starting with a letter or a digit"
+#: An ``extra_sbatch`` key: a long option of sbatch without its ``--`` (``reservation``, ``mail-type``).
+SBATCH_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+#: Fields of a target that become ``#SBATCH`` lines.
+SBATCH_FIELDS = ("partition", "gres", "account", "qos", "constraint")
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a valid target or site name (:data:`NAME_RE`), else a ValueError saying what is."""
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(f"{what} name {value!r} is not allowed: use {NAME_RULE}")
+    return value
+
+
+def check_sbatch_value(value: Any, key: str) -> Any:
+    """``value`` if it can be an ``#SBATCH`` option's value, else a ValueError: sbatch options are written
+    one per line of a shell script, so a control character (a newline above all) would end the line and
+    let the rest run as a command; and sbatch drops a backslash from the value. Quotes, ``$``, backticks,
+    spaces and the like are fine: submitit quotes them and sbatch reads them back intact."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{key} is empty")
+        bad = sorted({ch for ch in value if ord(ch) < 32 or ord(ch) == 127})
+        if bad:
+            raise ValueError(
+                f"{key} holds control character(s) {', '.join(repr(ch) for ch in bad)} (a newline, a tab, "
+                "NUL ...); an sbatch option is one line of the job script: remove them"
+            )
+        if "\\" in value:  # sbatch reads #SBATCH lines with backslash escapes, even inside quotes
+            raise ValueError(f"{key} holds a backslash, which sbatch would drop from the value: remove it")
+    return value
 
 
 class Target(BaseModel):
@@ -89,6 +125,35 @@ class Target(BaseModel):
     )
     device: str = "auto"
     dtype: str = "auto"
+
+    @field_validator("name", "site")
+    @classmethod
+    def _safe_name(cls, value: str, info: Any) -> str:
+        return check_name(value, "a target's" if info.field_name == "name" else "a site's")
+
+    @field_validator("profile")
+    @classmethod
+    def _safe_profile(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"profile name {value!r} is not allowed: use letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator(*SBATCH_FIELDS)
+    @classmethod
+    def _sbatch_value(cls, value: str | None, info: Any) -> str | None:
+        return check_sbatch_value(value, info.field_name)
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _sbatch_options(cls, value: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        for key, option in value.items():
+            if not SBATCH_KEY_RE.fullmatch(key):
+                raise ValueError(
+                    f"extra_sbatch key {key!r} is not an sbatch option name: use letters, digits, '-' and "
+                    "'_', starting with a letter, without the leading '--' (e.g. reservation, mail-type)"
+                )
+            check_sbatch_value(option, f"extra_sbatch.{key}")
+        return value
 
     @model_validator(mode="after")
     def _slurm_needs_partition(self) -> Target:
@@ -161,6 +226,11 @@ class SiteSpec(BaseModel):
     price: str | float | None = Field(default=None, description="USD/MWh: a constant or a CSV")
     power: float | str | None = Field(default=None, description='kW available: a constant, a CSV, or "wind"')
     wind: WindTurbines = Field(default_factory=lambda: WindTurbines(), description='for power = "wind"')
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_name(value, "a site's")
 
     @field_validator("timezone")
     @classmethod
@@ -301,6 +371,7 @@ class Settings(BaseModel):
     max_new_tokens: int = Field(default=64, ge=1)
     max_new_tokens_limit: int = Field(default=32768, ge=1)
     max_line_bytes: int = Field(default=1_048_576, ge=64)
+    max_input_bytes: int = Field(default=2**31, ge=64, description="largest accepted input file, in bytes")
     task_size: int = Field(default=256, ge=1)
     batch_size: int = Field(default=16, ge=1)
     max_batch_tokens: int = Field(default=8192, ge=1)
@@ -412,6 +483,7 @@ _ENV_FIELDS = (
     "max_new_tokens",
     "max_new_tokens_limit",
     "max_line_bytes",
+    "max_input_bytes",
     "task_size",
     "batch_size",
     "max_batch_tokens",

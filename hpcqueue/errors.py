@@ -49,6 +49,11 @@ class BatchNotFoundError(HpcqueueError):
     """No batch with that id exists in the batch root or the ledger."""
 
 
+class UnsafePathError(HpcqueueError):
+    """A file or directory hpcqueue reads or writes is not what it created: a symbolic link where a batch
+    directory holds only regular files and directories, or a place other users may write."""
+
+
 class DispatchError(HpcqueueError):
     """Work could not be submitted to an executor."""
 

@@ -11,6 +11,7 @@ places an older version left readable by others (``tighten``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -21,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from hpcqueue.errors import UnsafePathError
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,12 @@ def atomic_open(
 
 def _new_file_mode(target: Path) -> int:
     try:
-        return target.stat().st_mode & 0o7777
+        info = target.lstat()  # a symbolic link planted at ``target`` lends it no mode (it is replaced)
     except FileNotFoundError:
+        info = None
+    if info is None or stat.S_ISLNK(info.st_mode):
         return 0o666 & ~_umask()
+    return info.st_mode & 0o7777
 
 
 def _umask() -> int:
@@ -126,9 +132,59 @@ def atomic_write_jsonl(path: str | os.PathLike[str], records: Iterable[Any]) -> 
             handle.write("\n")
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[Any]:
-    """Yield the JSON objects of a JSONL file, skipping a torn last line (from an append cut short)."""
-    with open(path, encoding="utf-8") as handle:
+def open_nofollow(
+    path: str | os.PathLike[str], flags: int = os.O_RDONLY, *, below: str | os.PathLike[str] | None = None
+) -> int:
+    """``os.open`` that never follows a symbolic link: not as ``path``'s last part, and, with ``below``, not
+    as any directory between ``below`` and ``path`` either. Raises :class:`UnsafePathError` naming the link.
+
+    Batch directories hold only regular files and directories that hpcqueue made; a symbolic link there
+    was planted, and following it would read another user's file as a result, or append to one. New files
+    are owner-only (0600).
+    """
+    target = Path(path)
+    if below is not None:
+        base = Path(below)
+        for parent in reversed(target.relative_to(base).parents[:-1]):
+            _refuse_link(base / parent)
+    try:
+        return os.open(target, flags | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(target):
+            raise UnsafePathError(_link_message(target)) from None
+        raise
+
+
+def _refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        raise UnsafePathError(_link_message(path))
+
+
+def _link_message(path: Path) -> str:
+    return (
+        f"{path} is a symbolic link (to {os.readlink(path)}); hpcqueue never follows links inside a batch "
+        "directory, where it writes only regular files: remove the link (someone with write access to the "
+        "directory may have planted it) and check the directory's permissions"
+    )
+
+
+def read_bytes_nofollow(
+    path: str | os.PathLike[str], *, below: str | os.PathLike[str] | None = None
+) -> bytes:
+    """The bytes of ``path``, refusing a symbolic link (see :func:`open_nofollow`)."""
+    with os.fdopen(open_nofollow(path, below=below), "rb") as handle:
+        return handle.read()
+
+
+def read_text_nofollow(path: str | os.PathLike[str], *, below: str | os.PathLike[str] | None = None) -> str:
+    """The UTF-8 text of ``path``, refusing a symbolic link (see :func:`open_nofollow`)."""
+    return read_bytes_nofollow(path, below=below).decode("utf-8")
+
+
+def read_jsonl(path: str | os.PathLike[str], *, below: str | os.PathLike[str] | None = None) -> Iterator[Any]:
+    """Yield the JSON objects of a JSONL file, skipping a torn last line (from an append cut short).
+    A symbolic link is refused (:func:`open_nofollow`): JSONL files are the batch directory's own."""
+    with os.fdopen(open_nofollow(path, below=below), encoding="utf-8") as handle:
         for raw in handle:
             if not raw.endswith("\n"):
                 return  # torn final line: the writer died mid-append

@@ -9,6 +9,7 @@ are collected (if they were not yet), tasks held by a live job are left alone, a
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,10 +22,12 @@ import pandas as pd
 
 from hpcqueue.config import Settings, Target
 from hpcqueue.dispatch import batchdir
-from hpcqueue.dispatch.jobs import begin_or_now
+from hpcqueue.dispatch.jobs import begin_or_now, cancel_unrecorded
 from hpcqueue.errors import PlanningError
 from hpcqueue.fileio import json_safe, read_jsonl
 from hpcqueue.ingest import Rejected, RequestSet, read_and_count, rejected_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -357,19 +360,41 @@ def deferred_starts(
 
 
 def submit(prepared: Prepared, ledger: Any) -> SubmitOutcome:
-    """Create (or resume) the batch and submit every task that is neither finished nor held by a live job."""
+    """Create (or resume) the batch and submit every task that is neither finished nor held by a live job.
+
+    Runs under the batch's submission lock (:func:`hpcqueue.dispatch.batchdir.submission_lock`), so two
+    submissions of the same file at once make one batch and run each task once."""
     from hpcqueue.dispatch.status import live_task_indices
     from hpcqueue.ledger.collect import refresh
 
-    batch, created = create_or_open(prepared, ledger)
-    views = refresh(batch, ledger)
-    live = live_task_indices(views)
-    to_run = {i: view.target for i, view in views.items() if view.status == "pending"}
-    outcome = SubmitOutcome(batch, created, already_running=sorted(live))
-    if to_run:
-        outcome.jobs = _resubmit(batch, ledger, to_run, ledger_url(prepared.settings))
-        outcome.submitted_tasks = sorted(to_run)
+    # Under the batch's submission lock: a concurrent submit of the same file waits, then finds these jobs.
+    with batchdir.submission_lock(prepared.settings.batch_root, prepared.batch_id):
+        batch, created = create_or_open(prepared, ledger)
+        if not created:
+            cancel_unrecorded(batch)
+        views = refresh(batch, ledger)
+        live = live_task_indices(views)
+        to_run = {i: view.target for i, view in views.items() if view.status == "pending"}
+        outcome = SubmitOutcome(batch, created, already_running=sorted(live))
+        if to_run:
+            outcome.jobs = _resubmit(batch, ledger, to_run, ledger_url(prepared.settings))
+            outcome.submitted_tasks = sorted(to_run)
     return outcome
+
+
+def cancel_orphans(batch: batchdir.BatchDir) -> list[str]:
+    """Cancel the batch's Slurm jobs that no record follows (a submit killed between ``sbatch`` and writing
+    ``jobs.json``; :func:`hpcqueue.dispatch.jobs.cancel_unrecorded`) unless a submission of the batch is
+    under way right now (its jobs are not recorded yet): what ``hpcqueue status`` does before it looks.
+    A queue that cannot be asked is a warning here: the status is still worth showing."""
+    from hpcqueue.errors import SlurmError
+
+    with batchdir.submission_lock(batch.path.parent, batch.batch_id, blocking=False) as held:
+        try:
+            return cancel_unrecorded(batch) if held else []
+        except SlurmError as exc:
+            log.warning("cannot look for unrecorded jobs of batch %s: %s", batch.batch_id, exc)
+            return []
 
 
 def retry(
@@ -382,11 +407,19 @@ def retry(
     Once the batch's deadline has passed, nothing can run before it: a new ``deadline_at`` (epoch seconds)
     is needed, and the tasks to run are placed again in time before it (as ``hpcqueue replan`` does), so the
     work the deadline cut is re-planned rather than run at whatever hour. Without a new deadline this raises
-    :class:`PlanningError` saying so.
+    :class:`PlanningError` saying so. Runs under the batch's submission lock, like ``submit``.
     """
+    with batchdir.submission_lock(batch.path.parent, batch.batch_id):
+        return _retry(batch, ledger, settings, deadline_at=deadline_at)
+
+
+def _retry(
+    batch: batchdir.BatchDir, ledger: Any, settings: Settings, *, deadline_at: float | None
+) -> SubmitOutcome:
     from hpcqueue.dispatch.status import live_task_indices
     from hpcqueue.ledger.collect import refresh
 
+    cancel_unrecorded(batch)
     views = refresh(batch, ledger)
     to_run = {
         index: view.target

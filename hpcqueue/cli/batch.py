@@ -278,8 +278,13 @@ def status(
     from hpcqueue import submission
     from hpcqueue.ledger.collect import refresh
 
+    if not watch:
+        _status_if_ledger_down(config, db_url, batch_id, as_json)
     _, batch, ledger = _open_recorded(config, db_url, batch_id)
     try:
+        orphans = submission.cancel_orphans(batch)
+        if orphans:
+            err.print(f"cancelled Slurm job(s) {', '.join(orphans)}, which no record of the batch followed")
         if watch:
             views = submission.wait(batch, ledger, on_progress=_status_printer(batch, as_json))
         else:
@@ -334,6 +339,43 @@ def status(
         )
     elif problems:
         out.print(f"run them again with: hpcqueue retry {info['batch_id']}")
+
+
+def _status_if_ledger_down(
+    config: Path | None, db_url: str | None, batch_id: str | None, as_json: bool
+) -> None:
+    """When the ledger cannot be reached, show what the batch directory and the jobs say — how many tasks
+    finished but are not collected — and exit with the ledger's error; otherwise return and let ``status``
+    go on. The results are safe in the files: ``hpcqueue collect`` records them once the ledger is back."""
+    from hpcqueue.dispatch.status import task_views
+    from hpcqueue.errors import LedgerError
+    from hpcqueue.ledger.collect import unreachable
+
+    try:
+        settings = resolve_settings(config, db_url=db_url)
+        batch = _batch(settings, batch_id)
+        open_ledger(settings).close()
+        return
+    except LedgerError as exc:
+        if not unreachable(exc):
+            fail(exc)
+        error = exc
+    except HpcqueueError as exc:
+        fail(exc)
+    counts = _task_counts(task_views(batch))
+    finished = counts.get("completed", 0) + counts.get("failed", 0)
+    if as_json:
+        info = {"batch_id": batch.batch_id, "tasks": counts, "not_collected": finished}
+        print_json({**info, "ledger_error": str(error)})
+    else:
+        parts = ", ".join(f"{n} {k}" for k, n in counts.items() if k != "total")
+        out.print(f"batch {batch.batch_id}: {counts['total']} task(s): {parts}")
+        out.print(
+            f"{finished} finished task(s) not collected: the ledger is unreachable. Their results are kept "
+            f"in {batch.path}; `hpcqueue collect {batch.batch_id}` records them once the ledger is back",
+            soft_wrap=True,
+        )
+    fail(error)
 
 
 def _status_printer(batch: Any, quiet: bool) -> Any:

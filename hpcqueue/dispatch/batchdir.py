@@ -13,16 +13,20 @@ mistake for a real one. Batch directories hold prompts and outputs, so they are 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import getpass
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,14 +37,16 @@ from typing import Any, Literal
 import pandas as pd
 
 from hpcqueue import __version__
-from hpcqueue.errors import BatchNotFoundError, TaskLocked
+from hpcqueue.errors import BatchNotFoundError, TaskLocked, UnsafePathError
 from hpcqueue.fileio import (
-    PRIVATE_FILE_MODE,
     atomic_write_json,
     is_private,
     make_private_dir,
+    open_nofollow,
     private_umask,
+    read_bytes_nofollow,
     read_jsonl,
+    read_text_nofollow,
     tighten,
 )
 from hpcqueue.ingest import Rejected, write_rejects
@@ -118,6 +124,11 @@ def batch_id_for(
     return f"hq-{digest[:16]}"
 
 
+#: A batch id (:func:`batch_id_for` makes ``hq-`` and 16 hex digits); one given on the command line must
+#: match, since it becomes a path: no '/', no '..', no spaces.
+BATCH_ID_RE = re.compile(r"hq-[A-Za-z0-9_-]{1,64}")
+
+
 def task_dir_name(task_index: int) -> str:
     return f"{task_index:06d}"
 
@@ -162,6 +173,17 @@ def attempt_metrics_name(attempt: int) -> str:
     return f"metrics.attempt-{attempt}.json"
 
 
+def submit_lock_name(batch_id: str) -> str:
+    """The batch's submission lock, in the batch root beside its directory (:func:`submission_lock`)."""
+    return f".{batch_id}.submit.lock"
+
+
+def refused_output_name(attempt: int) -> str:
+    """Where collect keeps an output.jsonl it refused (torn, corrupt or short), beside that attempt's
+    ``metrics.attempt-N.json``: never read as a result."""
+    return f"output.refused-{attempt}.jsonl"
+
+
 class _Child:
     """A fixed file or folder inside a batch directory, read as an attribute: ``batch.logs_dir``."""
 
@@ -197,12 +219,16 @@ class BatchDir:
             return set()
         return {int(p.name) for p in self.tasks_dir.iterdir() if p.is_dir() and p.name.isdigit()}
 
+    def _read_text(self, path: Path) -> str:
+        """A file of this batch, never through a symbolic link (:func:`fileio.open_nofollow`)."""
+        return read_text_nofollow(path, below=self.path.parent)
+
     def manifest(self) -> dict[str, Any]:
-        with open(self.manifest_path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(self._read_text(self.manifest_path))
 
     def plan(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        return pd.read_parquet(self.path / PLAN, columns=list(columns) if columns else None)
+        data = read_bytes_nofollow(self.path / PLAN, below=self.path.parent)
+        return pd.read_parquet(io.BytesIO(data), columns=list(columns) if columns else None)
 
     def task_indices(self) -> list[int]:
         return [task["task_index"] for task in self.manifest()["tasks"]]
@@ -213,7 +239,7 @@ class BatchDir:
         task_dir = self.task_dir(task_index)
         metrics = task_dir / METRICS
         if metrics.exists():
-            state = json.loads(metrics.read_text(encoding="utf-8")).get("state")
+            state = json.loads(self._read_text(metrics)).get("state")
             return "completed" if state == "completed" else "failed"
         return "running" if is_locked(task_dir / LOCK) else "pending"
 
@@ -224,7 +250,7 @@ class BatchDir:
         path = self.task_dir(task_index) / METRICS
         if not path.exists():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(self._read_text(path))
 
     def archive_attempt(self, task_index: int) -> None:
         """Keep a failed attempt's metrics.json for the record, under a name the task state does not read,
@@ -237,10 +263,27 @@ class BatchDir:
             attempt += 1
         os.replace(metrics, metrics.parent / attempt_metrics_name(attempt))
 
+    def refuse_attempt(self, task_index: int) -> int | None:
+        """Set aside an attempt whose output.jsonl cannot be trusted (torn, corrupt, short): its metrics.json
+        becomes ``metrics.attempt-N.json`` and its output ``output.refused-N.jsonl``, so the task reads as not
+        finished and ``hpcqueue retry`` runs it again (resuming after its intact ``partial.jsonl``). Returns
+        N, or None when another process set it aside first."""
+        task_dir = self.task_dir(task_index)
+        attempt = 1
+        while (task_dir / attempt_metrics_name(attempt)).exists():
+            attempt += 1
+        try:
+            os.replace(task_dir / METRICS, task_dir / attempt_metrics_name(attempt))
+        except FileNotFoundError:
+            return None  # a concurrent collect refused it already
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(task_dir / OUTPUT, task_dir / refused_output_name(attempt))
+        return attempt
+
     def outputs(self, task_index: int) -> Iterator[dict[str, Any]]:
         path = self.task_dir(task_index) / OUTPUT
         if path.exists():
-            yield from read_jsonl(path)
+            yield from read_jsonl(path, below=self.path.parent)
 
     def finished_lines(self, task_index: int) -> int:
         """Requests with an output so far (final output, else the partial file of a running task)."""
@@ -248,7 +291,7 @@ class BatchDir:
         for name in (OUTPUT, PARTIAL):
             path = task_dir / name
             if path.exists():
-                return sum(1 for _ in read_jsonl(path))
+                return sum(1 for _ in read_jsonl(path, below=self.path.parent))
         return 0
 
     def schedule(self) -> dict[str, Any]:
@@ -257,7 +300,7 @@ class BatchDir:
         A batch created before schedules existed has no file: no deadline, every task starts when submitted.
         """
         try:
-            text = self.schedule_path.read_text(encoding="utf-8")
+            text = self._read_text(self.schedule_path)
         except FileNotFoundError:
             return {"deadline_at": None, "begin_at": {}}
         try:
@@ -300,7 +343,7 @@ class BatchDir:
     def _schedule_update(self) -> Iterator[dict[str, Any]]:
         """Read, change and atomically rewrite the schedule under its lock (owner-only files)."""
         with private_umask():
-            fd = os.open(self.path / SCHEDULE_LOCK, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+            fd = open_nofollow(self.path / SCHEDULE_LOCK, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 schedule = self.schedule()
@@ -313,7 +356,7 @@ class BatchDir:
         path = self.path / JOBS
         if not path.exists():
             return []
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(self._read_text(path))
 
     def add_jobs(self, jobs: Sequence[Mapping[str, Any]]) -> None:
         self.write_jobs([*self.jobs(), *jobs])
@@ -361,7 +404,8 @@ def hold_task_lock(task_dir: Path) -> Iterator[None]:
     The kernel drops the lock when the holder dies, so a lock held means a live worker (``is_locked``). The
     file says which host and process hold it, for someone reading the directory by hand.
     """
-    fd = os.open(task_dir / LOCK, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    # Never through a symbolic link: the lock file is truncated, and a planted link would truncate its target.
+    fd = open_nofollow(task_dir / LOCK, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -377,6 +421,31 @@ def hold_task_lock(task_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def submission_lock(root: str | os.PathLike[str], batch_id: str, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold the batch's submission lock (fcntl on ``<batch root>/.<batch id>.submit.lock``) while deciding
+    what to submit and submitting it, and until the jobs are recorded in ``jobs.json``.
+
+    Two ``hpcqueue submit`` of the same file at once (or a submit and a ``retry``) would otherwise both find
+    the tasks unsubmitted and both submit them. The second waits, then finds the first one's jobs. The lock
+    lives beside the batch directory, not in it, because the first submission creates the directory; the
+    kernel drops it when its holder dies, so a killed submit blocks nobody. With ``blocking=False`` it yields
+    False at once, holding nothing, while someone else holds it.
+    """
+    root = batch_root(root, create=True)
+    with private_umask():
+        fd = open_nofollow(root / submit_lock_name(batch_id), os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def is_locked(lock_path: Path) -> bool:
@@ -404,8 +473,22 @@ def batch_root(path: str | os.PathLike[str], *, create: bool = False) -> Path:
     root = Path(path)
     if not root.exists():
         return make_private_dir(root) if create else root
+    _refuse_shared(root)
     _make_private(root, "the batch root")
     return root
+
+
+def _refuse_shared(root: Path) -> None:
+    """A batch root another user owns and others may write (``/tmp``, a shared scratch folder) is refused:
+    batch ids are predictable, so anyone could plant a symbolic link or a directory of their own where
+    a batch will be created. (A batch root this user owns is made owner-only by :func:`_make_private`.)"""
+    info = root.stat()
+    if info.st_uid != os.getuid() and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePathError(
+            f"the batch root {root} belongs to another user (uid {info.st_uid}) and others may write to it "
+            f"(mode {stat.S_IMODE(info.st_mode):o}): set batch_root (or HPCQUEUE_BATCH_ROOT) to a directory "
+            "of your own, such as a folder you create inside it"
+        )
 
 
 def _make_private(path: Path, what: str) -> None:
@@ -423,8 +506,18 @@ def _make_private(path: Path, what: str) -> None:
 
 
 def open_batch(root: Path, batch_id: str) -> BatchDir:
+    if not BATCH_ID_RE.fullmatch(batch_id):
+        raise BatchNotFoundError(
+            f"{batch_id!r} is not a batch id: a batch id is 'hq-' and up to 64 letters, digits, '-' or '_' "
+            "(`hpcqueue ledger batches` lists yours)"
+        )
     root = batch_root(root)
     batch = BatchDir(root / batch_id)
+    if batch.path.is_symlink():
+        raise UnsafePathError(
+            f"the batch directory {batch.path} is a symbolic link (to {os.readlink(batch.path)}); "
+            "hpcqueue reads only batch directories it created: remove the link"
+        )
     if not batch.manifest_path.exists():
         known = sorted(b.batch_id for b in list_batches(root))
         hint = f"batches under {root}: {', '.join(known[-5:])}" if known else f"no batches under {root}"
@@ -438,7 +531,7 @@ def open_batch(root: Path, batch_id: str) -> BatchDir:
 def list_batches(root: Path) -> list[BatchDir]:
     """Every batch under the batch root, by id."""
     root = batch_root(root)
-    return [BatchDir(p.parent) for p in sorted(root.glob(f"hq-*/{MANIFEST}"))]
+    return [BatchDir(p.parent) for p in sorted(root.glob(f"hq-*/{MANIFEST}")) if not p.parent.is_symlink()]
 
 
 def latest_batch(root: Path) -> BatchDir:

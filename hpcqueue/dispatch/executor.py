@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hpcqueue.config import Target
+from hpcqueue.config import SBATCH_KEY_RE, Target, check_sbatch_value
 from hpcqueue.dispatch.slurm import format_slurm_time
-from hpcqueue.errors import DispatchError, HpcqueueError
+from hpcqueue.errors import ConfigError, DispatchError, HpcqueueError
 from hpcqueue.fileio import private_umask
 
 Cluster = Literal["local", "slurm"]
+
+#: How long before the time limit submitit's Slurm jobs get their checkpoint signal (submitit's default).
+SUBMITIT_SIGNAL_DELAY_S = 90
 
 # hpcqueue target field → submitit AutoExecutor parameter. Generic names first, then Slurm's own.
 _SLURM_PARAMETERS = {
@@ -62,6 +65,11 @@ def executor_parameters(target: Target, *, tasks_in_job: int = 1) -> dict[str, A
                 params[submitit_name] = value
         if target.exclusive:
             params["slurm_exclusive"] = True
+        # submitit asks Slurm for its checkpoint signal 90 s before the time limit; with a limit of a few
+        # minutes that would requeue every job before it produced anything. A quarter of the limit at most.
+        limit_s = params["timeout_min"] * 60
+        if limit_s < 4 * SUBMITIT_SIGNAL_DELAY_S:
+            params["slurm_signal_delay_s"] = max(1, limit_s // 4)
         if target.extra_sbatch:
             params["slurm_additional_parameters"] = dict(target.extra_sbatch)
     return params
@@ -174,6 +182,8 @@ def submit_array(fn: Callable[..., Any], args: Sequence[Sequence[Any]], *, job: 
 def _executor(job: JobSpec) -> Iterator[Any]:
     import submitit  # imported here: only commands that submit need it
 
+    if job.cluster == "slurm":
+        check_script_values(job)
     try:
         with private_umask() if job.private else contextlib.nullcontext():
             executor = submitit.AutoExecutor(folder=job.folder, cluster=job.cluster)
@@ -182,6 +192,30 @@ def _executor(job: JobSpec) -> Iterator[Any]:
                 yield executor
     except Exception as exc:  # submitit raises plain exceptions (sbatch output, missing binaries)
         raise job.error(f"could not submit {job.what}: {exc}{job.hint}") from exc
+
+
+def check_script_values(job: JobSpec) -> None:
+    """Refuse what cannot be written into an sbatch script safely; raises :class:`ConfigError`.
+
+    submitit writes each parameter as an ``#SBATCH --key=<value>`` line, the value quoted for the shell
+    (``shlex.quote``), and the job folder into those lines and the command. Quoting keeps ``$(...)``,
+    backticks, quotes and spaces as data, but a control character — a newline above all — would end the
+    ``#SBATCH`` comment and run the rest of the value as a shell command; and a key becomes ``--key``
+    unquoted. The config's checks refuse such values first (:class:`hpcqueue.config.Target`); this is the
+    last check before the script is written, for every value however it got here.
+    """
+    extra = job.parameters.get("slurm_additional_parameters") or {}
+    values: dict[str, Any] = {"the job folder": str(job.folder)}
+    values.update({k: v for k, v in job.parameters.items() if k != "slurm_additional_parameters"})
+    values.update({f"slurm_additional_parameters.{k}": v for k, v in extra.items()})
+    try:
+        for key in extra:
+            if not SBATCH_KEY_RE.fullmatch(str(key)):
+                raise ValueError(f"{key!r} is not an sbatch option name")
+        for key, value in values.items():
+            check_sbatch_value(value, key)
+    except ValueError as exc:
+        raise ConfigError(f"cannot submit {job.what}: {exc}") from None
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ ledger, so the ledger fills while the user is away.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from typing import Any
 from hpcqueue.config import Target
 from hpcqueue.dispatch.batchdir import BatchDir
 from hpcqueue.dispatch.executor import JobSpec, executor_parameters, submit, submit_array, time_parameters
+
+log = logging.getLogger(__name__)
 
 #: A begin time at most this far ahead counts as now: its tasks are submitted without ``--begin``.
 NOW_S = 10.0
@@ -59,6 +62,38 @@ def collect_job_parameters(
     if qos:
         params["slurm_qos"] = qos
     return params
+
+
+def batch_comment(batch_id: str) -> str:
+    """The ``--comment`` of every Slurm job submitted for a batch: it finds the batch's jobs in the queue
+    even when ``jobs.json`` does not record them (a submit killed between sbatch and writing its records)."""
+    return f"hpcqueue:{batch_id}"
+
+
+def cancel_unrecorded(batch: BatchDir) -> list[str]:
+    """Cancel the batch's queued or running Slurm jobs that ``jobs.json`` does not record, and return them.
+
+    A submit killed after an ``sbatch`` but before it wrote ``jobs.json`` leaves such arrays: nothing would
+    follow them, and the next submission would run their tasks again beside them. Cancelled, their tasks are
+    simply unsubmitted (a task they finished stays finished; one they were running resumes after its last
+    finished generation batch). Call it only under the batch's submission lock
+    (:func:`hpcqueue.dispatch.batchdir.submission_lock`): a live submission's jobs are not recorded yet.
+    """
+    if not any(t.get("executor") == "slurm" for t in batch.manifest()["targets"].values()):
+        return []
+    from hpcqueue.dispatch.slurm import queued_with_comment, scancel
+
+    recorded = {str(record["job_id"]).split("_")[0] for record in batch.jobs()}
+    orphans = sorted(queued_with_comment(batch_comment(batch.batch_id)) - recorded)
+    if orphans:
+        log.warning(
+            "batch %s: cancelling Slurm job(s) %s, submitted by a submission that ended before recording "
+            "them; their tasks are submitted again",
+            batch.batch_id,
+            ", ".join(orphans),
+        )
+        scancel(orphans)
+    return orphans
 
 
 def split_for_max_array_size(groups: Sequence[Sequence[int]], max_array_size: int) -> list[list[list[int]]]:
@@ -183,6 +218,8 @@ def submit_tasks(
             deadline_at=deadline_at,
             predicted_runtime_s=[runtime_s.get(index) for group in groups for index in group],
         )
+        if target.executor == "slurm":
+            parameters["slurm_comment"] = batch_comment(batch.batch_id)
         jobs = submit_array(
             run,
             [([str(batch.task_dir(index)) for index in group],) for group in groups],
@@ -249,9 +286,10 @@ def _submit_collect_job(
         job=JobSpec(
             folder=batch.logs_dir / "collect" / "%j",
             cluster="slurm",
-            parameters=collect_job_parameters(
-                first.partition, array_ids, account=first.account, qos=first.qos
-            ),
+            parameters={
+                **collect_job_parameters(first.partition, array_ids, account=first.account, qos=first.qos),
+                "slurm_comment": batch_comment(batch.batch_id),
+            },
             what=f"the collect job after arrays {', '.join(array_ids)}",
             private=True,
         ),

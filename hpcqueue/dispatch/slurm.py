@@ -456,6 +456,25 @@ def partition_time_limit_min(name: str, *, runner: Runner = subprocess.run) -> i
     return None if seconds is None else int(seconds // 60)
 
 
+def queued_with_comment(comment: str, *, runner: Runner = subprocess.run) -> set[str]:
+    """The ids (an array's base id) of this user's queued or running jobs whose ``--comment`` is ``comment``,
+    from one ``squeue`` call. hpcqueue comments every job it submits with its batch
+    (:func:`hpcqueue.dispatch.jobs.batch_comment`), so the batch's jobs can be found without its records."""
+    import getpass
+
+    output = _run(
+        ["squeue", "--noheader", f"--user={getpass.getuser()}", "--format=%F|%k"],
+        runner,
+        what_to_check="Check that slurmctld answers: `squeue --me` should list your jobs.",
+    )
+    found = set()
+    for line in output.splitlines():
+        job_id, _, text = line.strip().partition("|")
+        if job_id and text.strip() == comment:
+            found.add(job_id)
+    return found
+
+
 def scancel(job_ids: Sequence[str], *, runner: Runner = subprocess.run) -> None:
     """Cancel jobs, array tasks or whole arrays with one ``scancel`` call; nothing to do for an empty list.
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hpcqueue.errors import InputError, InputIssue
-from hpcqueue.fileio import atomic_write_jsonl
+from hpcqueue.fileio import atomic_write_jsonl, read_bytes_nofollow
 from hpcqueue.ingest.records import InputFormat, ReadOptions, Rejected, Request, RequestSet
 from hpcqueue.ingest.validate import parse_request, scan_lines
 
@@ -54,10 +54,19 @@ def read_requests(path: str | os.PathLike[str], options: ReadOptions = DEFAULT_O
     """
     name = str(path)
     file_path = Path(path)
+    limit = options.max_input_bytes
     try:
-        data = file_path.read_bytes()
+        with open(file_path, "rb") as handle:
+            # Read at most one byte past the limit: a huge file (or an endless one, /dev/zero) is refused
+            # before it fills memory.
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise InputError(f"{name}: cannot read the input file: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise InputError(
+            f"{name}: the input file is larger than max_input_bytes ({limit} bytes): split it into several "
+            "files, or raise the limit with max_input_bytes in the config file or HPCQUEUE_MAX_INPUT_BYTES"
+        )
     sha256 = hashlib.sha256(data).hexdigest()
     if not data:
         raise InputError(f"{name}: no requests: the file is empty")
@@ -139,7 +148,7 @@ def load_task_input(
     """
     name = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes_nofollow(path)
     except OSError as exc:
         raise InputError(f"{name}: cannot read the task input: {exc.strerror or exc}") from exc
     requests: list[Request] = []

@@ -27,6 +27,7 @@ class ReadOptions:
     """Limits and behaviour of input validation (from settings and command-line flags)."""
 
     max_line_bytes: int = 1_048_576
+    max_input_bytes: int = 2**31  # 2 GiB: the file is held in memory while it is checked
     default_max_new_tokens: int = 64
     max_new_tokens_limit: int = 32768
     skip_invalid: bool = False

@@ -37,6 +37,7 @@ def read_options(settings: Settings, *, skip_invalid: bool) -> ReadOptions:
     """How ``settings`` ask an input file to be read."""
     return ReadOptions(
         max_line_bytes=settings.max_line_bytes,
+        max_input_bytes=settings.max_input_bytes,
         default_max_new_tokens=settings.max_new_tokens,
         max_new_tokens_limit=settings.max_new_tokens_limit,
         skip_invalid=skip_invalid,

@@ -268,6 +268,18 @@ def _messages(value: Any, name: str, out: _Line) -> tuple[dict[str, str], ...] |
 _Fields = tuple[Any, ...]
 
 
+#: The longest request id accepted, in characters: ids are kept in the ledger and every result record.
+MAX_ID_CHARS = 1024
+
+
+def _bad_id(rid: str) -> str:
+    """Why a string id is refused. Ids are data only (JSON and ledger rows, never a path or a command), so
+    any other character is kept as it is."""
+    if len(rid) > MAX_ID_CHARS:
+        return f"is {len(rid)} characters long; the limit is {MAX_ID_CHARS}: use a shorter id"
+    return "holds a NUL character (\\u0000), which the ledger cannot store: remove it"
+
+
 def _parse_simple(
     obj: dict[str, Any], line: int, options: ReadOptions, out: _Line
 ) -> tuple[_Fields | None, str | None]:
@@ -278,6 +290,9 @@ def _parse_simple(
         rid = str(rid)
     elif type(rid) is not str or not rid:
         out.error("id", f"must be a non-empty string or an integer, got {_shown(rid)}")
+        rid = None
+    elif len(rid) > MAX_ID_CHARS or "\x00" in rid:
+        out.error("id", _bad_id(rid))
         rid = None
 
     prompt: str | None = None
@@ -338,6 +353,9 @@ def _parse_openai(
         out.error("custom_id", "missing: every OpenAI batch line needs a unique string custom_id")
     elif type(rid) is not str or not rid:
         out.error("custom_id", f"must be a non-empty string, got {_shown(rid)}")
+        rid = None
+    elif len(rid) > MAX_ID_CHARS or "\x00" in rid:
+        out.error("custom_id", _bad_id(rid))
         rid = None
     method = obj.get("method", "POST")
     if method != "POST":

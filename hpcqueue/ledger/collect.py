@@ -3,7 +3,9 @@
 A worker's last act is to write ``tasks/<NNNNNN>/metrics.json`` atomically (docs/internals.md), so a task is
 finished exactly when that file exists. ``collect_batch`` reads each such file, and for a completed task its
 ``output.jsonl``, and records them with :meth:`Ledger.collect_task`, one transaction per task. It is the only
-writer of task results: workers never open the database. Running it again changes nothing.
+writer of task results: workers never open the database. Running it again changes nothing. An output.jsonl
+damaged on disk (torn, corrupt or short) is refused, never recorded as complete: the attempt is set aside so
+``hpcqueue retry`` runs that task again.
 
 ``refresh`` is what every look at a batch does (``status``, ``wait``, ``submit`` resuming): collect, then
 record each unfinished task's job, node and state from :mod:`hpcqueue.dispatch.status`, then account the
@@ -14,18 +16,29 @@ what the collect job runs on a compute node after a batch's arrays.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcqueue.dispatch.batchdir import MANIFEST, METRICS, OUTPUT, BatchDir
+from hpcqueue.dispatch.batchdir import (
+    MANIFEST,
+    METRICS,
+    OUTPUT,
+    BatchDir,
+    attempt_metrics_name,
+    refused_output_name,
+)
 from hpcqueue.dispatch.status import TaskView, task_views
-from hpcqueue.errors import BatchNotFoundError, LedgerError
-from hpcqueue.fileio import read_jsonl
+from hpcqueue.errors import AccessError, BatchNotFoundError, LedgerError, UnsafePathError
+from hpcqueue.fileio import read_bytes_nofollow, read_text_nofollow
 from hpcqueue.ledger.accounting import account_batch
 from hpcqueue.ledger.db import Ledger
 from hpcqueue.ledger.rows import utc_from_epoch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,13 +47,15 @@ class CollectReport:
 
     ``collected``: recorded by this run (completed or failed); ``already``: their metrics were already in
     the ledger; ``pending``: no metrics.json yet; ``failed``: tasks whose metrics.json says ``failed``
-    (whether collected now or before; each is also counted in ``collected`` or ``already``).
+    (whether collected now or before; each is also counted in ``collected`` or ``already``); ``refused``:
+    completed tasks whose output.jsonl was damaged, set aside to run again (see ``_read_outputs``).
     """
 
     collected: int = 0
     already: int = 0
     pending: int = 0
     failed: int = 0
+    refused: int = 0
 
     @property
     def done(self) -> bool:
@@ -76,7 +91,7 @@ def collect_batch(ledger: Ledger, batch_dir: Path, *, batch_id: str | None = Non
             f"batch {batch_id} (directory {batch_dir}) is not in the ledger {ledger.masked_url}; "
             "was it submitted with another HPCQUEUE_DB_URL?"
         )
-    collected = already = pending = failed = 0
+    collected = already = pending = failed = refused = 0
     for index in sorted(set(states) | batch.task_dirs_on_disk()):
         task_dir = batch.task_dir(index)
         metrics_path = task_dir / METRICS
@@ -95,16 +110,17 @@ def collect_batch(ledger: Ledger, batch_dir: Path, *, batch_id: str | None = Non
         ):
             already += 1  # cheap check first: no need to read output.jsonl
             continue
-        outputs = read_jsonl(task_dir / OUTPUT) if state == "completed" else iter(())
+        outputs: list[dict[str, Any]] = []
+        if state == "completed":
+            outputs, problem = _read_outputs(task_dir / OUTPUT, metrics)
+            if problem is not None:
+                _refuse(ledger, batch, batch_id, index, problem)
+                refused += 1
+                continue
         log_tail = batch.log_tail(index) if state == "failed" and "log_tail" not in metrics else None
         try:
             new = ledger.collect_task(batch_id, index, metrics, outputs, log_tail=log_tail)
-        except FileNotFoundError as exc:
-            raise LedgerError(
-                f"{metrics_path} says the task completed but {task_dir / OUTPUT} is missing; "
-                "delete metrics.json to have the task run again"
-            ) from exc
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise LedgerError(
                 f"cannot collect {task_dir}: malformed output.jsonl or metrics.json ({exc})"
             ) from exc
@@ -112,12 +128,65 @@ def collect_batch(ledger: Ledger, batch_dir: Path, *, batch_id: str | None = Non
             collected += 1
         else:
             already += 1
-    return CollectReport(collected=collected, already=already, pending=pending, failed=failed)
+    return CollectReport(
+        collected=collected, already=already, pending=pending, failed=failed, refused=refused
+    )
+
+
+def _read_outputs(path: Path, metrics: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a completed task's output.jsonl, or why they cannot be trusted.
+
+    The worker writes output.jsonl whole (atomically) before metrics.json, so a torn last line, a line that
+    is not a JSON object with its ``line``, or fewer records than metrics.json's ``n_requests`` means the file
+    was damaged on disk after the worker wrote it. ``read_jsonl`` forgives a torn last line (right for
+    ``partial.jsonl``, which is appended to); here it would lose a request silently, so the file is read
+    strictly.
+    """
+    try:
+        data = read_bytes_nofollow(path)
+    except FileNotFoundError:
+        return [], "it is missing"
+    except UnsafePathError as exc:  # a planted symbolic link: set aside like a damaged file, never read
+        return [], str(exc)
+    except OSError as exc:
+        return [], f"it cannot be read ({exc})"
+    if data and not data.endswith(b"\n"):
+        return [], "its last line is cut short (the file was truncated)"
+    records: list[dict[str, Any]] = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            record = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return [], f"line {number} is not JSON ({exc})"
+        if not isinstance(record, dict) or not isinstance(record.get("line"), int):
+            return [], f"line {number} is not an output record with its input line number"
+        records.append(record)
+    expected = metrics.get("n_requests")
+    if isinstance(expected, int) and len(records) != expected:
+        return [], f"it has {len(records)} record(s) where metrics.json says the task produced {expected}"
+    return records, None
+
+
+def _refuse(ledger: Ledger, batch: BatchDir, batch_id: str, index: int, problem: str) -> None:
+    """Refuse a completed task whose output.jsonl cannot be trusted: record nothing of it, set the attempt
+    aside (:meth:`BatchDir.refuse_attempt`) so ``hpcqueue retry`` runs that task alone again, and say so on
+    stderr and in the ledger's error for the task."""
+    path = batch.task_dir(index) / OUTPUT
+    attempt = batch.refuse_attempt(index)
+    if attempt is None:
+        return  # a concurrent collect refused it first (and said so)
+    message = (
+        f"refused {path}: {problem}. Nothing of task {index} was recorded; its files were set aside as "
+        f"{refused_output_name(attempt)} and {attempt_metrics_name(attempt)}; "
+        f"`hpcqueue retry {batch_id}` runs that task again"
+    )
+    log.warning("%s", message)
+    ledger.update_tasks(batch_id, [{"task_index": index, "state": "failed", "error": message}])
 
 
 def _read_metrics(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_nofollow(path))
     except (OSError, json.JSONDecodeError) as exc:
         raise LedgerError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
@@ -192,12 +261,43 @@ def refresh(
     return views
 
 
-def collect_job(batch_dir: str, db_url: str | None) -> dict[str, Any]:
-    """What the collect job runs on a compute node after the batch's arrays: refresh the ledger."""
+#: How long the collect job waits before each new try while the ledger cannot be reached (seconds): about
+#: 8 minutes in all, well inside the job's time limit (``dispatch.jobs.COLLECT_JOB_TIMEOUT_MIN``).
+COLLECT_RETRY_DELAYS_S = (5.0, 15.0, 45.0, 120.0, 300.0)
+
+
+def collect_job(
+    batch_dir: str, db_url: str | None, *, retry_delays_s: Sequence[float] = COLLECT_RETRY_DELAYS_S
+) -> dict[str, Any]:
+    """What the collect job runs on a compute node after the batch's arrays: refresh the ledger.
+
+    A ledger that cannot be reached (a database restarting, a network blip) is tried again after each of
+    ``retry_delays_s``; each task is one transaction, so a try cut short leaves no task half-recorded and the
+    next try collects what is left. When the ledger stays down the job fails with the last error: the
+    results stay in the batch directory, ``hpcqueue status`` shows the tasks finished but not collected, and
+    the next ``hpcqueue collect`` (or ``status``) records them.
+    """
     batch = BatchDir(Path(batch_dir))
-    with Ledger(db_url) as ledger:
-        views = refresh(batch, ledger)
+    for delay_s in [*retry_delays_s, None]:
+        try:
+            with Ledger(db_url) as ledger:
+                views = refresh(batch, ledger)
+            break
+        except LedgerError as exc:
+            if delay_s is None or not unreachable(exc):
+                raise
+            log.warning("collect: %s; trying again in %.0f s", exc, delay_s)
+            time.sleep(delay_s)
     counts: dict[str, int] = {}
     for view in views.values():
         counts[view.status] = counts.get(view.status, 0) + 1
     return {"batch_id": batch.batch_id, "tasks": counts}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The ledger could not be reached or dropped the connection (worth trying again), as opposed to a
+    refusal (permissions, a missing batch) or a malformed file, which a retry would only repeat."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    cause = exc.__cause__
+    return isinstance(cause, (OperationalError, InterfaceError)) and not isinstance(exc, AccessError)

@@ -501,10 +501,12 @@ class Ledger:
             task_values["hardware"] = func.coalesce(TaskRow.hardware, hardware)
         new_measurements = measurement_rows(batch_id, task_index, metrics.get("measurements") or [])
         with self._write() as conn:
+            # FOR UPDATE: a concurrent collect of the same task waits here until this one commits, then
+            # finds it collected (SQLite's write transaction already queues the writers).
             row = conn.execute(
-                select(TaskRow.state, TaskRow.ended_at, TaskRow.collected_at, TaskRow.accounted_at).where(
-                    TaskRow.batch_id == batch_id, TaskRow.task_index == task_index
-                )
+                select(TaskRow.state, TaskRow.ended_at, TaskRow.collected_at, TaskRow.accounted_at)
+                .where(TaskRow.batch_id == batch_id, TaskRow.task_index == task_index)
+                .with_for_update()
             ).first()
             if row is None:
                 raise LedgerError(

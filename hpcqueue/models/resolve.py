@@ -13,6 +13,7 @@ Three kinds of model name are accepted, tried in this order:
 from __future__ import annotations
 
 import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def resolve_model(name: str, *, cache_dir: Path | None = None) -> ModelRef:
 
 def _hf_cached_snapshot(repo_id: str) -> Path:
     how_to_fetch = (
-        f"On a machine with network access (a login node) run `hf download {repo_id}` with HF_HOME set to a "
+        # The name is quoted: the user may paste this command into a shell.
+        f"On a machine with network access (a login node) run `hf download {shlex.quote(repo_id)}` with "
+        "HF_HOME set to a "
         "directory on the shared file system, and set the same HF_HOME for hpcqueue; or pass the path of a "
         "local model directory (one holding config.json) as the model."
     )

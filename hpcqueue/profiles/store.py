@@ -345,6 +345,8 @@ def list_profiles(search_path: Sequence[str | os.PathLike[str]] | None = None) -
 
 def find_profile(name: str, search_path: Sequence[str | os.PathLike[str]] | None = None) -> Profile:
     """Load the profile called ``name`` from the first directory of the search path that has it."""
+    if not _NAME_RE.match(name):  # it becomes a path: no '/', no '..'
+        raise PlanningError(f"{name!r} is not a profile name: use letters, digits, '.', '_' and '-'")
     dirs = profile_search_path() if search_path is None else [Path(d) for d in search_path]
     for root in dirs:
         candidate = root / name

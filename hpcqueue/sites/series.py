@@ -124,7 +124,8 @@ class Series:
         overlap. Raises :class:`SiteDataError` naming the file and both spans when a slot falls outside
         :meth:`span`.
         """
-        starts = np.asarray(starts).astype("datetime64[s]").reshape(-1)
+        # to the millisecond: a task's run interval is not aligned to whole seconds
+        starts = np.asarray(starts).astype("datetime64[ms]").reshape(-1)
         if not (slot_s > 0 and math.isfinite(slot_s)):
             raise ValueError(f"a slot must last a positive, finite number of seconds, got {slot_s!r}")
         if self.is_constant:
@@ -132,11 +133,11 @@ class Series:
         if starts.size == 0:
             return np.empty(0)
         knots, integral = self._integral
-        begin = (starts - self.times[0]).astype(np.int64).astype(np.float64)
+        begin = (starts - self.times[0]).astype("timedelta64[ms]").astype(np.int64) / 1000.0
         end = begin + float(slot_s)
         if begin.min() < 0 or end.max() > knots[-1]:
             first, last = self.span()
-            needed_from = starts.min()
+            needed_from = starts.min().astype("datetime64[s]")
             needed_to = needed_from + np.timedelta64(math.ceil(end.max() - begin.min()), "s")
             raise SiteDataError(
                 f"{self.source}: {self.name} covers {format_time(first)} to {format_time(last)} (UTC); "

@@ -116,7 +116,10 @@ class Site:
 
         Raises :class:`SiteDataError` naming the file when a series does not cover the slots.
         """
-        starts = np.asarray(starts).astype("datetime64[s]").reshape(-1)
+        starts = np.asarray(starts).reshape(-1)
+        # whole seconds (the planner's slots), or milliseconds (a task's real run interval, when accounted)
+        if starts.dtype != np.dtype("datetime64[ms]"):
+            starts = starts.astype("datetime64[s]")
         series = self._series()
         sources: dict[str, str] = {}
         kinds: dict[str, str] = {}

@@ -41,7 +41,15 @@ from hpcqueue.dispatch.batchdir import (
     task_location,
 )
 from hpcqueue.errors import ModelError, StopRequested, TaskLocked
-from hpcqueue.fileio import atomic_write_json, atomic_write_jsonl, private_umask, read_jsonl
+from hpcqueue.fileio import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    open_nofollow,
+    private_umask,
+    read_bytes_nofollow,
+    read_jsonl,
+    read_text_nofollow,
+)
 from hpcqueue.worker.attribution import ATTRIBUTION_RULE, ATTRIBUTION_RULE_TEXT, attribute_rest, share
 
 if TYPE_CHECKING:
@@ -260,7 +268,7 @@ def _failed_metrics(run: _Run, task_meter: Meter | None, error: dict[str, Any]) 
 def _read_spec(task_dir: Path) -> dict[str, Any]:
     path = task_dir / TASK_SPEC
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        spec = json.loads(read_text_nofollow(path))
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{path} is missing: this is not a task directory of a batch") from exc
     except ValueError as exc:
@@ -305,7 +313,9 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
     make_meter = _meter_factory(spec)
     if todo:
         engine = _engine_for(spec, run, make_meter)
-        with open(task_dir / PARTIAL, "a", encoding="utf-8") as partial:
+        # Appended through no symbolic link: a link planted here would make the worker write into its target.
+        append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        with os.fdopen(open_nofollow(task_dir / PARTIAL, append), "a", encoding="utf-8") as partial:
 
             def on_batch(records: list[dict[str, Any]], measurement: Measurement | None) -> None:
                 if measurement is not None:
@@ -401,10 +411,10 @@ def _resume(partial_path: Path) -> dict[int, dict[str, Any]]:
     """Records of an interrupted attempt, by line; a torn last line is cut off so appends stay valid."""
     if not partial_path.exists():
         return {}
-    data = partial_path.read_bytes()
+    data = read_bytes_nofollow(partial_path)
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        with open(partial_path, "r+b") as handle:
+        with os.fdopen(open_nofollow(partial_path, os.O_RDWR), "r+b") as handle:
             handle.truncate(end)
             handle.flush()
             os.fsync(handle.fileno())

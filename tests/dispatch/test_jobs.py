@@ -69,6 +69,14 @@ def test_slurm_target_parameters_golden() -> None:
     }
 
 
+def test_a_short_time_limit_gets_its_checkpoint_signal_within_the_last_quarter() -> None:
+    # submitit's default is 90 s before the limit: a one-minute job would be requeued before it began
+    short = executor_parameters(GPU.model_copy(update={"time_limit_min": 1}))
+    assert short["slurm_signal_delay_s"] == 15
+    assert executor_parameters(GPU.model_copy(update={"time_limit_min": 5}))["slurm_signal_delay_s"] == 75
+    assert "slurm_signal_delay_s" not in executor_parameters(GPU.model_copy(update={"time_limit_min": 6}))
+
+
 def test_local_slots_deal_tasks_round_robin() -> None:
     assert _local_slots([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
     assert _local_slots([7], 4) == [[7]]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES, run_cli
+from tests.faults.invariant import assert_exactly_once
 from tests.helpers import input_ids, ledger_db, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -148,6 +149,7 @@ def test_cancelled_array_task_is_retried_without_loss_or_duplicates(
     status = json.loads(run_cli(["status", submitted["batch_id"], "--json"], hq_env).stdout)
     assert status["tasks"].get("lost", 0) >= 1
     assert any(p["slurm_state"] == "CANCELLED" for p in status["problems"])
+    assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"], complete=False)
 
     retried = run_cli(["retry", submitted["batch_id"], "--wait", "--json"], hq_env)
     assert retried.returncode == 0, retried.stderr
@@ -159,9 +161,8 @@ def test_cancelled_array_task_is_retried_without_loss_or_duplicates(
     assert run_cli(["results", submitted["batch_id"], "-o", str(out)], hq_env).returncode == 0
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert ids == [f"p{i}" for i in range(24)]  # nothing lost, nothing twice
-    for task_dir in sorted((batch_dir / "tasks").iterdir()):
-        lines = [json.loads(x)["line"] for x in (task_dir / "output.jsonl").read_text().splitlines()]
-        assert len(lines) == len(set(lines)) == json.loads((task_dir / "task.json").read_text())["n_requests"]
+    outcome = assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"])
+    assert (outcome.succeeded, outcome.duplicates, outcome.lost) == (24, 0, 0)
 
 
 def test_collect_job_fills_the_ledger_without_the_user(hq_env: dict[str, str], tmp_path: Path) -> None:

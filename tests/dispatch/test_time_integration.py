@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.faults.invariant import assert_exactly_once
 from tests.helpers import ledger_db, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -314,6 +315,7 @@ def test_deferred_work_through_a_cancel_a_slurmctld_restart_and_a_passed_deadlin
     states = {p["task_index"]: p["status"] for p in status["problems"]}
     assert sorted(states.values()) == ["expired", "lost"], status["problems"]
     assert status["per_target"]["gpu"]["completed"] == 2
+    assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"], complete=False)
 
     refused = run_cli(["retry", batch_id], hq_env)
     assert refused.returncode != 0 and "deadline" in refused.stderr and "--deadline" in refused.stderr
@@ -334,3 +336,4 @@ def test_deferred_work_through_a_cancel_a_slurmctld_restart_and_a_passed_deadlin
     with ledger_db(hq_env) as db:
         statuses = db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall()
     assert statuses == [("succeeded", 8)]
+    assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"])

@@ -242,6 +242,13 @@ def test_a_longer_slot_is_the_time_weighted_mean() -> None:
     assert series.on_slots(starts, 7200) == pytest.approx([15, 40])
 
 
+def test_a_run_interval_that_starts_within_a_second_is_weighed_to_the_millisecond() -> None:
+    # a task accounted from 00:59:59.750 for 1 s: a quarter of it at 10, three quarters at 20
+    series = hourly([10.0, 20.0])
+    start = utc("2023-01-01T00:59:59").astype("datetime64[ms]") + np.timedelta64(750, "ms")
+    assert series.on_slots(np.array([start]), 1.0) == pytest.approx([17.5])
+
+
 def test_slots_not_aligned_with_the_series_weigh_the_overlap() -> None:
     series = hourly([10.0, 20.0, 30.0])
     starts = np.array([utc("2023-01-01T00:30"), utc("2023-01-01T00:45")])
