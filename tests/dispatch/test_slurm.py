@@ -115,7 +115,7 @@ SCONTROL_SHOW_JOB_547 = (
     "NodeList= NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 ReqB:S:C:T=0:0:*:* "
     "TRES=cpu=1,mem=1G,node=1,billing=1 Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=* MinCPUsNode=1 "
     "MinMemoryCPU=1G MinTmpDiskNode=0 Features=(null) DelayBoot=00:00:00 OverSubscribe=OK Contiguous=0 "
-    "Licenses=(null) Network=(null) Command=(null) WorkDir=/work/main StdErr=/tmp/hqexp/p_547_4294967294.out "
+    "Licenses=(null) Network=(null) Command=(null) WorkDir=/home/alice/project StdErr=/tmp/hqexp/p_547_4294967294.out "
     "StdIn=/dev/null StdOut=/tmp/hqexp/p_547_4294967294.out Power= \n"
     "JobId=548 ArrayJobId=547 ArrayTaskId=2 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A "
     "Priority=4294901559 Nice=0 Account=root QOS=normal JobState=PENDING Reason=BeginTime Dependency=(null) "
@@ -127,7 +127,7 @@ SCONTROL_SHOW_JOB_547 = (
     "NodeList= NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 ReqB:S:C:T=0:0:*:* "
     "TRES=cpu=1,mem=1G,node=1,billing=1 Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=* MinCPUsNode=1 "
     "MinMemoryCPU=1G MinTmpDiskNode=0 Features=(null) DelayBoot=00:00:00 OverSubscribe=OK Contiguous=0 "
-    "Licenses=(null) Network=(null) Command=(null) WorkDir=/work/main StdErr=/tmp/hqexp/p_547_2.out "
+    "Licenses=(null) Network=(null) Command=(null) WorkDir=/home/alice/project StdErr=/tmp/hqexp/p_547_2.out "
     "StdIn=/dev/null StdOut=/tmp/hqexp/p_547_2.out Power= \n"
 )
 # `scontrol show job -o 540` for a plain job (trimmed to the keys hpcqueue reads), and what scontrol says
