@@ -106,7 +106,7 @@ def account_task(
         return empty | {"factor_kinds": {}, "factor_sources": {"site": reason}}
     duration = max(end - start, 1.0)
     try:
-        factors = site.factors(np.array([np.datetime64(round(start * 1000), "ms")]), duration)
+        factors = site.factors(np.array([np.datetime64(round(start * 1e6), "us")]), duration)
     except HpcqueueError as exc:
         return empty | {"factor_kinds": {}, "factor_sources": {"error": str(exc)}}
 

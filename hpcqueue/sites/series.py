@@ -124,8 +124,8 @@ class Series:
         overlap. Raises :class:`SiteDataError` naming the file and both spans when a slot falls outside
         :meth:`span`.
         """
-        # to the millisecond: a task's run interval is not aligned to whole seconds
-        starts = np.asarray(starts).astype("datetime64[ms]").reshape(-1)
+        # to the microsecond: a task's run interval is not aligned to whole seconds
+        starts = np.asarray(starts).astype("datetime64[us]").reshape(-1)
         if not (slot_s > 0 and math.isfinite(slot_s)):
             raise ValueError(f"a slot must last a positive, finite number of seconds, got {slot_s!r}")
         if self.is_constant:
@@ -133,7 +133,7 @@ class Series:
         if starts.size == 0:
             return np.empty(0)
         knots, integral = self._integral
-        begin = (starts - self.times[0]).astype("timedelta64[ms]").astype(np.int64) / 1000.0
+        begin = (starts - self.times[0]).astype("timedelta64[us]").astype(np.int64) / 1e6
         end = begin + float(slot_s)
         if begin.min() < 0 or end.max() > knots[-1]:
             first, last = self.span()

@@ -117,8 +117,8 @@ class Site:
         Raises :class:`SiteDataError` naming the file when a series does not cover the slots.
         """
         starts = np.asarray(starts).reshape(-1)
-        # whole seconds (the planner's slots), or milliseconds (a task's real run interval, when accounted)
-        if starts.dtype != np.dtype("datetime64[ms]"):
+        # whole seconds (the planner's slots), or microseconds (a task's real run interval, when accounted)
+        if starts.dtype != np.dtype("datetime64[us]"):
             starts = starts.astype("datetime64[s]")
         series = self._series()
         sources: dict[str, str] = {}

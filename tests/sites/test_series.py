@@ -242,11 +242,14 @@ def test_a_longer_slot_is_the_time_weighted_mean() -> None:
     assert series.on_slots(starts, 7200) == pytest.approx([15, 40])
 
 
-def test_a_run_interval_that_starts_within_a_second_is_weighed_to_the_millisecond() -> None:
+def test_a_run_interval_that_starts_within_a_second_is_weighed_to_the_microsecond() -> None:
     # a task accounted from 00:59:59.750 for 1 s: a quarter of it at 10, three quarters at 20
     series = hourly([10.0, 20.0])
-    start = utc("2023-01-01T00:59:59").astype("datetime64[ms]") + np.timedelta64(750, "ms")
+    start = utc("2023-01-01T00:59:59").astype("datetime64[us]") + np.timedelta64(750, "ms")
     assert series.on_slots(np.array([start]), 1.0) == pytest.approx([17.5])
+    # 00:59:59.999 999 for 1 s: one microsecond at 10, the rest at 20 (a millisecond grid would miss it)
+    start = utc("2023-01-01T00:59:59").astype("datetime64[us]") + np.timedelta64(999_999, "us")
+    assert series.on_slots(np.array([start]), 1.0) == pytest.approx([20.0 - 10.0 * 1e-6], rel=1e-12)
 
 
 def test_slots_not_aligned_with_the_series_weigh_the_overlap() -> None:
