@@ -116,9 +116,12 @@ def running_workers(batch_dir: Path) -> dict[int, int]:
 class Killer(threading.Thread):
     """SIGKILLs a random running worker at exponentially distributed moments (``per_minute`` on average)."""
 
-    def __init__(self, batch_dir: Path, per_minute: float, seed: int, start: float) -> None:
+    def __init__(
+        self, batch_dir: Path, per_minute: float, seed: int, start: float, max_kills: int | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.batch_dir, self.per_minute, self.start_time = batch_dir, per_minute, start
+        self.max_kills = max_kills
         self.rng = random.Random(seed)
         self.kills: list[Kill] = []
         self.stopped = threading.Event()
@@ -127,6 +130,8 @@ class Killer(threading.Thread):
         if self.per_minute <= 0:
             return
         while not self.stopped.wait(self.rng.expovariate(self.per_minute / 60)):
+            if self.max_kills is not None and len(self.kills) >= self.max_kills:
+                return  # enough faults: let the batch finish
             workers = running_workers(self.batch_dir)
             if not workers:
                 continue
@@ -155,7 +160,7 @@ def soak(args: argparse.Namespace, root: Path) -> tuple[dict[str, Any], bool]:
     batch_id, batch_dir = info["batch_id"], Path(info["batch_dir"])
     took = time.monotonic() - start
     print(f"submitted {batch_id}: {info.get('tasks')} tasks ({took:.1f} s)", file=sys.stderr)
-    killer = Killer(batch_dir, args.kills_per_minute, args.seed, start)
+    killer = Killer(batch_dir, args.kills_per_minute, args.seed, start, getattr(args, "max_kills", None))
     killer.start()
     retries = 0
     completed = False
@@ -220,6 +225,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="Prompts per generation batch (default 8).")
     parser.add_argument("--policy", default=None, help="Placement policy (default: the config's, threshold).")
     parser.add_argument("--kills-per-minute", type=float, default=4.0, help="Mean SIGKILL rate (default 4).")
+    parser.add_argument(
+        "--max-kills", type=int, default=None, help="Stop killing after this many kills (default: never)."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the prompts and the killer (default 0).")
     parser.add_argument("--timeout", type=float, default=1800, help="Give up after this many seconds.")
     parser.add_argument("--poll", type=float, default=5, help="Seconds between status polls (default 5).")

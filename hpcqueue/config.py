@@ -59,6 +59,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._+-]{0,62}[A-Za-z0-9._+-])?")
 NAME_RULE = "1 to 64 letters, digits, spaces, '.', '_', '+' or '-', starting with a letter or a digit"
 #: An ``extra_sbatch`` key: a long option of sbatch without its ``--`` (``reservation``, ``mail-type``).
 SBATCH_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+#: The inference engines a worker can run a model with.
+EngineName = Literal["transformers", "vllm"]
+ENGINES: tuple[str, ...] = ("transformers", "vllm")
+DEFAULT_ENGINE = "transformers"
 #: Fields of a target that become ``#SBATCH`` lines.
 SBATCH_FIELDS = ("partition", "gres", "account", "qos", "constraint")
 
@@ -125,6 +129,17 @@ class Target(BaseModel):
     )
     device: str = "auto"
     dtype: str = "auto"
+    engine: EngineName | None = Field(
+        default=None, description='"transformers" or "vllm"; default: the top-level engine (transformers)'
+    )
+    python: str | None = Field(
+        default=None,
+        description="the Python the workers run with (a venv's bin/python: vLLM may need a venv of its own)",
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="vLLM: share of each GPU's memory it may take"
+    )
+    max_model_len: int | None = Field(default=None, ge=1, description="vLLM: longest input + output, tokens")
 
     @field_validator("name", "site")
     @classmethod
@@ -154,6 +169,16 @@ class Target(BaseModel):
                 )
             check_sbatch_value(option, f"extra_sbatch.{key}")
         return value
+
+    @field_validator("python")
+    @classmethod
+    def _interpreter(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_sbatch_value(value, "python")  # it becomes part of the job script's command line
+        if not os.path.isabs(os.path.expanduser(value)):
+            raise ValueError(f"python must be an absolute path to an interpreter, not {value!r}")
+        return os.path.expanduser(value)
 
     @model_validator(mode="after")
     def _slurm_needs_partition(self) -> Target:
@@ -345,6 +370,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     model: str = "hpcqueue-demo"
+    engine: EngineName = Field(
+        default="transformers",
+        description='"transformers" or "vllm": the engine of targets that name none (--engine and '
+        "HPCQUEUE_ENGINE apply to every target)",
+    )
     policy: str = "threshold"
     lambda_: float = Field(
         default=1.0,
@@ -438,6 +468,11 @@ class Settings(BaseModel):
             )
         return self
 
+    def engine_of(self, target: str | Target) -> str:
+        """The engine a target's workers run: its own, else the top-level one."""
+        found = self.target(target) if isinstance(target, str) else target
+        return found.engine or self.engine
+
     def target(self, name: str) -> Target:
         try:
             return self.targets[name]
@@ -473,6 +508,7 @@ def _looks_like_time(text: str) -> bool:
 # those of the config file (``lambda``, ``deadline``).
 _ENV_FIELDS = (
     "model",
+    "engine",
     "policy",
     "lambda",
     "deadline",
@@ -580,9 +616,14 @@ def resolve(
             "shorthand for objective energy=λ,runtime=1−λ; give one of them"
         )
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, origin, env, flags or {})) from None
+    if "engine" in given_flags or "engine" in env:
+        # asked for on the command line or in the environment: every target runs it
+        targets = {n: t.model_copy(update={"engine": settings.engine}) for n, t in settings.targets.items()}
+        settings = settings.model_copy(update={"targets": targets})
+    return settings
 
 
 def _describe_validation_error(

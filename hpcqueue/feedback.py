@@ -78,6 +78,7 @@ def calibrate_target(
         model_path=model.path,
         cache_dir=settings.cache_dir,
         calibrated=False,
+        default_engine=settings.engine,
     )[target.name]
     if base is None:
         from hpcqueue.errors import PlanningError
@@ -86,7 +87,8 @@ def calibrate_target(
             f"target {target.name!r} has no cost model for {model.name!r} to calibrate (no profile, and no "
             "architecture for the analytic model)"
         )
-    tasks, requests = Ledger(settings.db_url).measured_tasks(target.name, model.name)
+    engine = settings.engine_of(target)
+    tasks, requests = Ledger(settings.db_url).measured_tasks(target.name, model.name, engine)
     batch_size = target.batch_size or settings.batch_size
     fitted = calibrate.fit(
         base, requests, tasks, batch_size=batch_size, target=target.name, min_tasks=min_tasks
@@ -102,6 +104,7 @@ def calibrate_target(
         target=target,
         batch_size=batch_size,
         revision=calibrate.next_revision(existing, target.name),
+        engine=engine,
     )
     path = None
     if not dry_run:

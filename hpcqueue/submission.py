@@ -61,7 +61,13 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
     notes: list[str] = []
     search_path = profile_search_path(settings.profile_dirs)
     cost_models = resolve_cost_models(
-        targets, model.name, search_path, notes=notes, model_path=model.path, cache_dir=settings.cache_dir
+        targets,
+        model.name,
+        search_path,
+        notes=notes,
+        model_path=model.path,
+        cache_dir=settings.cache_dir,
+        default_engine=settings.engine,
     )
     sites = load_sites(settings.sites)
     options = PlanOptions.from_settings(settings, model=model.name)
@@ -72,7 +78,12 @@ def prepare(path: str | os.PathLike[str], settings: Settings, *, skip_invalid: b
         from hpcqueue.profiles.staleness import profile_warnings
 
         warnings = profile_warnings(
-            targets, model.name, search_path, settings.cache_dir, config_path=settings.config_path
+            targets,
+            model.name,
+            search_path,
+            settings.cache_dir,
+            config_path=settings.config_path,
+            default_engine=settings.engine,
         )
         plan.warnings.extend(warnings)
     identity = settings.model_dump(mode="json")
@@ -117,6 +128,10 @@ def _task_specs(prepared: Prepared) -> list[dict[str, Any]]:
                 "nominal_power_w": target.nominal_power_w,
                 "device": target.device,
                 "dtype": target.dtype,
+                "engine": settings.engine_of(target),
+                "tensor_parallel_size": max(1, target.gpus_per_node),
+                "gpu_memory_utilization": target.gpu_memory_utilization,
+                "max_model_len": target.max_model_len,
                 "default_max_new_tokens": settings.max_new_tokens,
                 "max_new_tokens_limit": settings.max_new_tokens_limit,
                 "max_line_bytes": settings.max_line_bytes,

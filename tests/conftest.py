@@ -36,6 +36,16 @@ PG_URL = os.environ.get("HPCQUEUE_TEST_PG_URL")
 LEDGER_BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL or os.environ.get("CI") == "true" else [])
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that use the local Slurm cluster share its two nodes, and some stop its daemons or take a node
+    down: under ``pytest -n N --dist loadgroup`` (``make test``) they all run on one worker, one after
+    another, while the other workers run the rest."""
+    for item in items:
+        if "slurm" in item.keywords or "real_slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.fixture(params=LEDGER_BACKENDS)
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty ledger database: a SQLite file, and a private schema on PostgreSQL when one is given."""
@@ -142,13 +152,34 @@ def real_slurm() -> None:
         pytest.skip("local Slurm cluster not running")
 
 
+#: A Python with vLLM and hpcqueue installed (``make vllm`` makes one; ``make test`` sets this to it).
+VLLM_PYTHON_ENV = "HPCQUEUE_TEST_VLLM_PYTHON"
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The interpreter of the vLLM tests, named by ``HPCQUEUE_TEST_VLLM_PYTHON``: vLLM pins its own
+    transformers, so it lives in a venv of its own. Skipped without one, except under CI: there a failure."""
+    value = os.environ.get(VLLM_PYTHON_ENV, "")
+    reason = None
+    if not value:
+        reason = f"{VLLM_PYTHON_ENV} is not set (`make vllm` builds .venv-vllm; `make test` sets it)"
+    elif not os.access(value, os.X_OK):
+        reason = f"{VLLM_PYTHON_ENV}={value} is not an executable"
+    if reason is None:
+        return value
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture()
 def hq_env(tmp_path: Path, hq_cache: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment for the real CLI in a subprocess: private batch root, SQLite ledger and config dir."""
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("HPCQUEUE_") or key == "HPCQUEUE_TEST_PG_URL"
+        if not key.startswith("HPCQUEUE_") or key in ("HPCQUEUE_TEST_PG_URL", VLLM_PYTHON_ENV)
     }
     env.update(
         HPCQUEUE_CACHE_DIR=str(hq_cache),
@@ -169,10 +200,11 @@ def hq_env(tmp_path: Path, hq_cache: Path, monkeypatch: pytest.MonkeyPatch) -> d
 
 
 def run_cli(
-    args: list[str], env: dict[str, str], cwd: Path = REPO, timeout: float = 600
+    args: list[str], env: dict[str, str], cwd: Path = REPO, timeout: float = 600, python: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``hpcqueue`` command (as a user would) and capture its output."""
-    command = [sys.executable, "-m", "hpcqueue", *args]
+    """Run the real ``hpcqueue`` command (as a user would) and capture its output; ``python``: the
+    interpreter whose hpcqueue runs it (default: the tests' own)."""
+    command = [python or sys.executable, "-m", "hpcqueue", *args]
     return subprocess.run(
         command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -127,3 +127,70 @@ def test_unknown_key_lists_lambda_and_deadline_by_their_config_names(tmp_path: P
     assert "lamda: unknown key" in message
     keys = message.split("valid keys: ")[1].split(", ")
     assert "deadline" in keys and "lambda" in keys and "lambda_" not in keys
+
+
+ENGINES_CONFIG = """
+[targets.cpu]
+executor = "local"
+
+[targets.gpu]
+executor = "slurm"
+partition = "gpu"
+gpus_per_node = 2
+engine = "vllm"
+python = "/opt/venvs/vllm/bin/python"
+gpu_memory_utilization = 0.85
+max_model_len = 4096
+"""
+
+
+def test_engines_per_target_with_the_top_level_default(tmp_path: Path) -> None:
+    config = _write(tmp_path, ENGINES_CONFIG)
+    settings = resolve(config, environ={})
+    assert (settings.engine_of("cpu"), settings.engine_of("gpu")) == ("transformers", "vllm")
+    gpu = settings.targets["gpu"]
+    assert (gpu.python, gpu.gpu_memory_utilization, gpu.max_model_len) == (
+        "/opt/venvs/vllm/bin/python",
+        0.85,
+        4096,
+    )
+    # a top-level engine in the file is the default of targets that name none; theirs stays
+    settings = resolve(_write(tmp_path, 'engine = "vllm"\n' + ENGINES_CONFIG), environ={})
+    assert (settings.engine_of("cpu"), settings.engine_of("gpu")) == ("vllm", "vllm")
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_engine_asked_for_on_the_command_line_or_environment_applies_to_every_target(
+    tmp_path: Path, source: str
+) -> None:
+    config = _write(tmp_path, ENGINES_CONFIG)
+    if source == "flag":
+        settings = resolve(config, flags={"engine": "transformers"}, environ={"HPCQUEUE_ENGINE": "vllm"})
+        expected = "transformers"  # the flag beats the environment
+    else:
+        settings = resolve(config, environ={"HPCQUEUE_ENGINE": "vllm"})
+        expected = "vllm"
+    assert {settings.engine_of(name) for name in settings.targets} == {expected}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[targets.a]\nengine = "tgi"\n', "targets.a.engine: Input should be 'transformers' or 'vllm'"),
+        ('[targets.a]\npython = "venv/bin/python"\n', "python must be an absolute path"),
+        ('[targets.a]\npython = "/venv/bin/python\\nrm -rf ~"\n', "control character"),
+        ("[targets.a]\ngpu_memory_utilization = 1.5\n", "targets.a.gpu_memory_utilization"),
+        ("[targets.a]\nmax_model_len = 0\n", "targets.a.max_model_len"),
+    ],
+)
+def test_bad_engine_settings_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(_write(tmp_path, text), environ={})
+    assert expected in str(info.value)
+
+
+def test_a_bad_engine_flag_lists_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match="option --engine: engine: Input should be 'transformers' or 'vllm'"
+    ):
+        resolve(None, flags={"engine": "tgi"}, environ={"XDG_CONFIG_HOME": str(tmp_path)})

@@ -65,7 +65,9 @@ def _batch(settings: Any, batch_id: str | None) -> Any:
     return open_batch(settings.batch_root, batch_id) if batch_id else latest_batch(settings.batch_root)
 
 
-@setting_options("db_url", "model", "max_new_tokens", "task_size", "batch_size", "max_line_bytes", *PLANNING)
+@setting_options(
+    "db_url", "model", "engine", "max_new_tokens", "task_size", "batch_size", "max_line_bytes", *PLANNING
+)
 def submit(
     prompts: Annotated[
         Path, typer.Argument(help="JSONL file of requests (simple records or OpenAI Batch lines).")
@@ -257,7 +259,8 @@ def _render_report(report: dict[str, Any]) -> None:
     )
     out.print(
         f"energy: {num(report['energy_j'])} J ({report['energy_method']}; meters: "
-        f"{', '.join(report.get('meters') or []) or '-'})"
+        f"{', '.join(report.get('meters') or []) or '-'}; "
+        f"engines: {', '.join(report.get('engines') or []) or '-'})"
     )
     table = Table("target", "requests", "succeeded", "failed", "pending", "energy (J)")
     for name, row in sorted(report.get("per_target", {}).items()):

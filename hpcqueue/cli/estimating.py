@@ -52,7 +52,7 @@ PerRequestOpt = Annotated[
 ]
 
 
-@setting_options("model", "batch_size", "max_new_tokens", *PLANNING)
+@setting_options("model", "engine", "batch_size", "max_new_tokens", *PLANNING)
 def estimate(
     input_file: Annotated[
         Path,

@@ -1,4 +1,5 @@
-"""``hpcqueue doctor``: what this machine offers hpcqueue: its energy meters, and why one cannot be used."""
+"""``hpcqueue doctor``: what this machine offers hpcqueue: its energy meters (and why one cannot be used), and
+per target, whether the target's interpreter can run its engine and on which device."""
 
 from __future__ import annotations
 
@@ -7,23 +8,35 @@ from typing import Any
 
 from rich.table import Table
 
-from hpcqueue.cli.common import add_row, fail, out, print_json
-from hpcqueue.cli.params import JsonOpt
+from hpcqueue.cli.common import add_row, fail, out, print_json, resolve_settings
+from hpcqueue.cli.params import ConfigOpt, EngineOpt, JsonOpt
 from hpcqueue.errors import HpcqueueError
 
 
-def doctor(as_json: JsonOpt = False) -> None:
-    """What this machine offers hpcqueue: its energy meters, and why a meter cannot be used here."""
+def doctor(config: ConfigOpt = None, engine: EngineOpt = None, as_json: JsonOpt = False) -> None:
+    """What this machine offers hpcqueue: its energy meters (and why a meter cannot be used here), and for
+    each target of the config whether its interpreter can run the target's engine, on which device.
+
+    The interpreters are asked on this machine: for Slurm targets that holds when the compute nodes share
+    its file system and software.
+    """
+    from hpcqueue.dispatch.interpreters import probe_interpreter
     from hpcqueue.meters import doctor_report
 
     try:
-        report = doctor_report()
+        settings = resolve_settings(config, engine=engine)
+        report: dict[str, Any] = {"meters": doctor_report()}
+        report["targets"] = [
+            probe_interpreter(t.python, target=t.name, engine=settings.engine_of(t)).to_dict()
+            for t in settings.targets.values()
+        ]
     except HpcqueueError as exc:
         fail(exc)
     if as_json:
         print_json(report)
         return
-    _render_report(report)
+    _render_report(report["meters"], title="energy meters")
+    _render_report(report["targets"], title="targets: interpreter and engine")
 
 
 def _render_report(report: Any, title: str | None = None) -> None:

@@ -62,6 +62,17 @@ ModelOpt = setting(
         typer.Option("--model", help="Model id, alias or local path. Default: the config's model."),
     ],
 )
+EngineOpt = setting(
+    "engine",
+    Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="transformers | vllm: the engine every target's workers run. Default: each target's "
+            "engine, else the config's (transformers).",
+        ),
+    ],
+)
 MaxNewTokensOpt = setting(
     "max_new_tokens",
     Annotated[int | None, typer.Option(help="Token limit for requests that do not set one.", min=1)],

@@ -32,7 +32,7 @@ from hpcqueue.errors import HpcqueueError, PlanningError
 NEGLIGIBLE_SAVING = 0.01
 
 
-@setting_options("model", "max_new_tokens", "task_size", *PLANNING)
+@setting_options("model", "engine", "max_new_tokens", "task_size", *PLANNING)
 def plan(
     prompts: Annotated[Path, typer.Argument(help="JSONL file of requests, as for submit.")],
     config: ConfigOpt = None,
@@ -113,6 +113,7 @@ def simulate(
             notes=notes,
             kv_cache=None,
             analytic=False,
+            default_engine=settings.engine,
         )
         _require_all_models(targets, cost_models, settings)
         sites = load_sites(settings.sites)

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpcqueue.cli.common import add_row, fail, out, print_json, resolve_settings, with_meter
-from hpcqueue.cli.params import ConfigOpt, JsonOpt, MeterOpt, ModelOpt, ProfileDirOpt, flag
+from hpcqueue.cli.params import ConfigOpt, EngineOpt, JsonOpt, MeterOpt, ModelOpt, ProfileDirOpt, flag
 from hpcqueue.errors import HpcqueueError
 
 profiles_app = typer.Typer(
@@ -100,6 +100,7 @@ def _row(name: str, meta: Any, points: int | None, path: Path, *, provenance: bo
         "name": name,
         "model": meta.model,
         "hardware": meta.hardware,
+        "engine": meta.engine,
         "system": meta.system,
     }
     if provenance:
@@ -139,6 +140,7 @@ def show(
         "model",
         "model_aliases",
         "hardware",
+        "engine",
         "system",
         "source",
         "method",
@@ -447,6 +449,7 @@ def import_wilkins2024(
 def profile(
     target: Annotated[str, typer.Argument(help="Target to measure (a [targets.NAME] of the config).")],
     model: ModelOpt = None,
+    engine: EngineOpt = None,
     quick: Annotated[
         bool, flag("--quick", "A small grid with few trials: minutes instead of hours.")
     ] = False,
@@ -459,10 +462,11 @@ def profile(
     """Measure a model's runtime and energy on a target over input and output token counts (a profile).
 
     Runs as a job on the target (a Slurm job on its partition, or a local process), so the profile
-    describes the hardware the planner will send work to.
+    describes the hardware the planner will send work to. It measures with the target's engine
+    (--engine to choose): the planner uses a profile only for targets of the engine it was measured with.
     """
     try:
-        settings = resolve_settings(config, model=model)
+        settings = resolve_settings(config, model=model, engine=engine)
         chosen = settings.target(target)
         if meter is not None:
             chosen = with_meter(chosen, meter)
@@ -477,10 +481,12 @@ def profile(
             cache_dir=settings.cache_dir,
             wait=wait,
             batch_root=settings.batch_root,
+            engine=settings.engine_of(chosen),
         )
         info: dict[str, Any] = {
             "target": target,
             "model": settings.model,
+            "engine": run.engine,
             "name": run.name,
             "job_id": str(run.job_id),
             "executor": run.executor,
@@ -504,7 +510,8 @@ def profile(
             )
     else:
         out.print(
-            f"profiling {settings.model} on target {target}: job {info['job_id']} ({info['executor']}); "
+            f"profiling {settings.model} with {info['engine']} on target {target}: job {info['job_id']} "
+            f"({info['executor']}); "
             f"the profile {info['name']} will be written to {info['out_dir']}"
         )
 

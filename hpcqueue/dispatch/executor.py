@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -154,6 +155,8 @@ class JobSpec:
     ``what`` names the job in the error ("the collect job after arrays 12, 13"); ``hint`` says what to check;
     ``error`` is the exception raised (a ``DispatchError`` unless the caller has its own). With ``private``
     everything the submission creates (submitit's pickles and logs, the job's own files) is owner-only.
+    ``python`` is the interpreter the job runs ``submitit``'s entry point with (it must have hpcqueue and
+    submitit installed); None runs it with the submitting process's own.
     """
 
     folder: str | Path
@@ -163,6 +166,7 @@ class JobSpec:
     hint: str = ""
     error: type[HpcqueueError] = DispatchError
     private: bool = False
+    python: str | None = None  # the interpreter the job runs with (a target's ``python``); None: this one
 
 
 def submit(fn: Callable[..., Any], *args: Any, job: JobSpec) -> Any:
@@ -186,7 +190,9 @@ def _executor(job: JobSpec) -> Iterator[Any]:
         check_script_values(job)
     try:
         with private_umask() if job.private else contextlib.nullcontext():
-            executor = submitit.AutoExecutor(folder=job.folder, cluster=job.cluster)
+            # submitit writes the interpreter into the job's command line as it is: quoted here
+            interpreter = {f"{job.cluster}_python": shlex.quote(job.python)} if job.python else {}
+            executor = submitit.AutoExecutor(folder=job.folder, cluster=job.cluster, **interpreter)
             executor.update_parameters(**job.parameters)
             with _controller_output(job) if job.cluster == "local" else contextlib.nullcontext():
                 yield executor
@@ -206,6 +212,8 @@ def check_script_values(job: JobSpec) -> None:
     """
     extra = job.parameters.get("slurm_additional_parameters") or {}
     values: dict[str, Any] = {"the job folder": str(job.folder)}
+    if job.python:
+        values["python"] = job.python
     values.update({k: v for k, v in job.parameters.items() if k != "slurm_additional_parameters"})
     values.update({f"slurm_additional_parameters.{k}": v for k, v in extra.items()})
     try:

@@ -230,6 +230,7 @@ def submit_tasks(
                 what=f"{len(groups)} task(s) to target {name!r}",
                 hint=_slurm_hint(target, deadline_at) if target.executor == "slurm" else "",
                 private=True,
+                python=target.python,
             ),
         )
         submitted_at = time.time()

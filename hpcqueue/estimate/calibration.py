@@ -570,6 +570,8 @@ def _skip_reason(profile: Profile | ProfileEntry) -> str | None:
         return "a revision scaled to a target's ledger, not a measurement of its own"
     if meta.kv_cache is None:
         return "meta.json does not say whether a KV cache was used (kv_cache)"
+    if meta.engine != "transformers":
+        return f"measured with {meta.engine}: the analytic model predicts the transformers engine's passes"
     if meta.model == DEMO_MODEL:
         return "the demo model's passes are all framework overhead: it does not measure the hardware"
     device = str(meta.software.get("device") or "")

@@ -194,6 +194,7 @@ def task_frame(
                     TaskRow.target,
                     BatchRow.model,
                     TaskRow.hardware,
+                    TaskRow.engine,
                     TaskRow.state,
                     TaskRow.started_at,
                     TaskRow.ended_at,
@@ -316,10 +317,11 @@ def _figures(
 
 
 def measured_tasks(
-    ledger: LedgerReader, *, target: str, model: str | None = None
+    ledger: LedgerReader, *, target: str, model: str | None = None, engine: str | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The evidence a calibration of ``target`` fits on: the tasks :func:`accuracy` compares (completed,
-    energy measured, every generation call metered) of that target (and ``model``), and their requests.
+    energy measured, every generation call metered) of that target (and ``model``, and ``engine``: tasks
+    recorded without one ran before engines were recorded, with transformers), and their requests.
 
     Returns ``(tasks, requests)``: tasks with ``batch_id``, ``task_index``, ``energy_j`` and ``runtime_s``
     (the generation energy and time); requests with ``batch_id``, ``task_index``, ``input_tokens`` and
@@ -328,6 +330,8 @@ def measured_tasks(
     frame = frame[(frame["target"] == target) & (_outcomes(frame) == "tasks")]
     if model is not None:
         frame = frame[frame["model"] == model]
+    if engine is not None:
+        frame = frame[frame["engine"].fillna("transformers") == engine]
     frame = frame[frame["generation_runtime_s"].notna() & (frame["untimed_calls"] == 0)]
     tasks = pd.DataFrame(
         {

@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 #: The newest migration in ``migrations/versions``; a test keeps the two in step. Opening a ledger whose
 #: ``alembic_version`` already says this skips loading Alembic altogether.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _INSERT_CHUNK_ROWS = 20_000
@@ -491,6 +491,8 @@ class Ledger:
             "energy_method": method,
             "meter": meter,
             "attribution_rule": rule,
+            "engine": str_or_none(metrics.get("engine")),
+            "engine_version": str_or_none(metrics.get("engine_version")),
             "error": error_text(metrics.get("error")),
             "log_tail": log_tail if log_tail is not None else metrics.get("log_tail"),
             "collected_at": now,
@@ -668,10 +670,12 @@ class Ledger:
         (target, model, hardware, day or batch); see :func:`hpcqueue.ledger.accuracy.accuracy`."""
         return accuracy.accuracy(self, by, batch=batch, since=since)
 
-    def measured_tasks(self, target: str, model: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def measured_tasks(
+        self, target: str, model: str | None = None, engine: str | None = None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The measured tasks of ``target`` and their requests, for a calibration; see
         :func:`hpcqueue.ledger.accuracy.measured_tasks`."""
-        return accuracy.measured_tasks(self, target=target, model=model)
+        return accuracy.measured_tasks(self, target=target, model=model, engine=engine)
 
     def list_batches(self, limit: int = 20) -> pd.DataFrame:
         """The newest batches first; see :func:`hpcqueue.ledger.queries.list_batches`."""

@@ -205,6 +205,11 @@ def batch_report(ledger: LedgerReader, batch_id: str) -> dict[str, Any]:
         task_states = conn.execute(
             select(TaskRow.state, func.count()).where(TaskRow.batch_id == batch_id).group_by(TaskRow.state)
         ).all()
+        engines = conn.execute(
+            select(TaskRow.engine, TaskRow.engine_version)
+            .where(TaskRow.batch_id == batch_id, TaskRow.engine.is_not(None))
+            .distinct()
+        ).all()
         accounting = conn.execute(select(*_accounting_totals()).where(TaskRow.batch_id == batch_id)).all()
 
     energy_by_target: dict[str, float] = {}
@@ -216,6 +221,10 @@ def batch_report(ledger: LedgerReader, batch_id: str) -> dict[str, Any]:
     report["energy_j"] = sum(energy_by_target.values()) if task_energy else None
     report["energy_method"] = combine_methods(row.energy_method for row in task_energy)
     report["meters"] = sorted({row.meter for row in task_energy if row.meter is not None})
+    # the engines that ran the batch's tasks, with their versions ("vllm 0.32.0")
+    report["engines"] = sorted(
+        {f"{row.engine} {row.engine_version or '(version unknown)'}" for row in engines}
+    )
     report["per_target"] = {
         row.target: {
             "requests": int(row.requests),

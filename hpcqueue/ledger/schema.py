@@ -224,6 +224,9 @@ class TaskRow(_BatchPart, _Accounted, _Footprint, _SiteFactors, Base):
     hardware: Mapped[str | None] = mapped_column(String(64))
     # The Slurm account the task's target charges (NULL: none, or recorded before revision 0004).
     account: Mapped[str | None] = mapped_column(String(255))
+    # The inference engine that ran the task and its version (NULL: not run, or before revision 0005).
+    engine: Mapped[str | None] = mapped_column(String(32))
+    engine_version: Mapped[str | None] = mapped_column(String(64))
 
 
 class RequestRow(_BatchPart, _Accounted, _Footprint, Base):

@@ -49,7 +49,9 @@ def _token_text(value: Any) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_model_json(path: Path) -> dict[str, Any]:
+    """A JSON object of a model's directory (config.json, tokenizer_config.json...): {} when the file is
+    missing, a ModelError naming it when it cannot be read."""
     if not path.is_file():
         return {}
     try:
@@ -101,7 +103,7 @@ class Tokenizer:
             raise ModelError(f"{tokenizer_file}: cannot be loaded by tokenizers ({exc})") from exc
         backend.no_truncation()
         backend.no_padding()
-        tok_config = _read_json(root / "tokenizer_config.json")
+        tok_config = read_model_json(root / "tokenizer_config.json")
         special = {key: text for key in _SPECIAL_TOKEN_KEYS if (text := _token_text(tok_config.get(key)))}
         if tok_config.get("split_special_tokens"):
             backend.encode_special_tokens = True
@@ -125,12 +127,12 @@ class Tokenizer:
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             default = named.get("default")
             return default if isinstance(default, str) else None
-        legacy = _read_json(root / "chat_template.json").get("chat_template")
+        legacy = read_model_json(root / "chat_template.json").get("chat_template")
         return legacy if isinstance(legacy, str) else None
 
     @staticmethod
     def _find_context_length(root: Path, tok_config: dict[str, Any]) -> int | None:
-        config = _read_json(root / "config.json")
+        config = read_model_json(root / "config.json")
         sections = [config, config.get("text_config") or {}]
         for section in sections:
             for key in _CONTEXT_KEYS:

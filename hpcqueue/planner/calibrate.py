@@ -202,8 +202,10 @@ def revision_profile(
     batch_size: int,
     revision: int,
     now: datetime | None = None,
+    engine: str = "transformers",
 ) -> Profile:
-    """The profile revision holding ``calibration`` (see the module docstring)."""
+    """The profile revision holding ``calibration`` (see the module docstring), for the tasks ``engine``
+    ran."""
     now = now or datetime.now(timezone.utc)
     calibrated = CalibratedCostModel(base, calibration.energy_factors, calibration.runtime_factors)
     n_in = requests["input_tokens"].to_numpy(dtype=float)
@@ -266,6 +268,7 @@ def revision_profile(
         hardware=target.hardware,
         source="calibrated",
         method="estimated",
+        engine=engine,
         created=now.date().isoformat(),
         kv_cache=True,
         notes=(

@@ -140,6 +140,7 @@ def estimate_file(
         model_path=model_path,
         cache_dir=settings.cache_dir,
         dtype=request.dtype,
+        default_engine=settings.engine,
     )
     missing = [name for name, model in cost_models.items() if model is None]
     if missing:

@@ -3,11 +3,13 @@
 Three kinds, one interface (:class:`PlannerCostModel`):
 
 * ``profile`` — :class:`ProfileCostModel`: the phase model fitted on a measured profile of the model on the
-  target's hardware (:mod:`hpcqueue.planner.costs`). Its 90 % interval comes from the profile's
-  leave-one-point-out cross-validated residuals (:func:`hpcqueue.planner.evaluate.evaluate_profile`), and its
-  energy split by domain from the profile's measured split.
-* ``analytic`` — :class:`AnalyticCostModel`: no profile of this model on this hardware; the roofline model of
-  :mod:`hpcqueue.estimate.analytic`, calibrated on every measured profile and transferred to this hardware.
+  target's hardware, measured with the target's engine (:mod:`hpcqueue.planner.costs`). Its 90 % interval
+  comes from the profile's leave-one-point-out cross-validated residuals
+  (:func:`hpcqueue.planner.evaluate.evaluate_profile`), and its energy split by domain from the profile's
+  measured split.
+* ``analytic`` — :class:`AnalyticCostModel`: no profile of this model on this hardware and engine; the
+  roofline model of :mod:`hpcqueue.estimate.analytic`, calibrated on every measured profile and transferred
+  to this hardware.
 * ``calibrated`` — :class:`CalibratedCostModel`: one of the two above scaled, phase by phase, to the ledger's
   measured tasks of a target (``hpcqueue profiles calibrate``); stored as a profile revision.
 
@@ -30,10 +32,10 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
-from hpcqueue.config import Target
+from hpcqueue.config import DEFAULT_ENGINE, Target
 from hpcqueue.errors import HpcqueueError
 from hpcqueue.planner.costs import CostModel, Prediction
-from hpcqueue.profiles.store import Profile, find_profile, find_profiles_for
+from hpcqueue.profiles.store import Profile, find_profile, find_profiles_for, list_profiles, model_matches
 
 FloatArray = npt.NDArray[np.float64]
 Method = Literal["profile", "analytic", "calibrated"]
@@ -232,29 +234,41 @@ def resolve_cost_models(
     cache_dir: Path | None = None,
     dtype: str | None = None,
     calibrated: bool = True,
+    default_engine: str = DEFAULT_ENGINE,
 ) -> dict[str, PlannerCostModel | None]:
     """The cost model of each target (see the module docstring).
 
     From the target's ``profile`` setting when set (an unknown name is an error), else the best profile of
-    ``model`` (id or alias) on the target's hardware (``find_profiles_for``'s order, a calibrated revision
-    of this target first; none with ``calibrated=False``), else — when ``analytic`` — the analytic model of
-    ``model``'s architecture (read from ``model_path``'s config.json, else found by name), else None.
-    ``kv_cache`` is the regime predicted (True: hpcqueue's workers; None: each profile's own, as
-    ``simulate`` uses).
+    ``model`` (id or alias) on the target's hardware measured with the target's engine
+    (``find_profiles_for``'s order, a calibrated revision of this target first; none with
+    ``calibrated=False``), else — when ``analytic`` — the analytic model of ``model``'s architecture (read
+    from ``model_path``'s config.json, else found by name), else None. A target's engine is its own
+    ``engine``, else ``default_engine`` (pass ``Settings.engine``). ``kv_cache`` is the regime predicted
+    (True: hpcqueue's workers; None: each profile's own, as ``simulate`` uses).
 
-    What was chosen and why is appended to ``notes`` (if given): several matching profiles, an analytic
-    model, an architecture that cannot be read.
+    What was chosen and why is appended to ``notes`` (if given): several matching profiles, a profile named
+    by the target but measured with another engine, an analytic model (naming the engine that had no
+    profile), an architecture that cannot be read.
     """
     result: dict[str, PlannerCostModel | None] = {}
     architecture: Any = None
     architecture_error: str | None = None
     for target in targets:
+        engine = target.engine or default_engine
         if target.profile:
             profile = find_profile(target.profile, search_path)
             result[target.name] = _from_profile(profile, kv_cache)
+            if profile.meta.engine != engine and notes is not None:
+                notes.append(
+                    f"target {target.name!r} runs {engine}, but its profile {profile.name!r} was measured "
+                    f"with {profile.meta.engine}: its predictions may not hold. Measure a {engine} profile "
+                    f"with: hpcqueue profile {target.name} --engine {engine}"
+                )
             _note_regime(result[target.name], target, notes)
             continue
-        matches = _ranked(find_profiles_for(model, target.hardware, search_path), target, calibrated)
+        matches = _ranked(
+            find_profiles_for(model, target.hardware, search_path, engine=engine), target, calibrated
+        )
         if matches:
             result[target.name] = _from_profile(matches[0], kv_cache)
             if len(matches) > 1 and notes is not None:
@@ -277,8 +291,8 @@ def resolve_cost_models(
             result[target.name] = None
             if notes is not None:
                 notes.append(
-                    f"target {target.name!r}: no profile of {model!r} on {target.hardware!r} and no analytic "
-                    f"estimate: {architecture_error}"
+                    f"target {target.name!r}: no {engine} profile of {model!r} on {target.hardware!r} and no "
+                    f"analytic estimate: {architecture_error}"
                 )
             continue
         cost_model = analytic_cost_model(
@@ -287,10 +301,30 @@ def resolve_cost_models(
         result[target.name] = cost_model
         if notes is not None:
             notes.append(
-                f"target {target.name!r}: no profile of {model!r} on {target.hardware!r}; predicted by the "
-                f"analytic model ({cost_model.profile_name})"
+                f"target {target.name!r}: no {engine} profile of {model!r} on {target.hardware!r}; predicted "
+                f"by the analytic model ({cost_model.profile_name})"
+                + _other_engines(model, target, engine, search_path)
             )
     return result
+
+
+def _other_engines(
+    model: str, target: Target, engine: str, search_path: Sequence[str | os.PathLike[str]] | None
+) -> str:
+    """A clause naming the profiles of ``model`` on ``target``'s hardware measured with engines other than
+    ``engine`` (the planner does not use them for the target), or "" when there are none."""
+    others = [
+        e
+        for e in list_profiles(search_path)
+        if e.meta.hardware == target.hardware and e.meta.engine != engine and model_matches(e.meta, model)
+    ]
+    if not others:
+        return ""
+    listed = ", ".join(f"{e.name} ({e.meta.engine})" for e in others)
+    return (
+        f". Not used, being of another engine: {listed}. Measure a {engine} profile with: hpcqueue profile "
+        f'{target.name} --engine {engine}; or set profile = "<name>" in [targets.{target.name}] to use one'
+    )
 
 
 def _note_regime(model: Any, target: Target, notes: list[str] | None) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from hpcqueue.config import DEFAULT_ENGINE, ENGINES
 from hpcqueue.errors import HpcqueueError
 from hpcqueue.profiles.store import POINT_COLUMNS, ci95_half_width
 
@@ -48,6 +49,10 @@ class SweepConfig:
     Each point gets ``warmup_trials`` calls that are not counted. Then it is repeated until the 95 % CI
     half-width of its mean runtime is at most ``ci_half_width_s``, with at least ``min_trials`` and at most
     ``max_trials`` calls. ``idle_s`` seconds of idle are metered before the sweep.
+
+    ``engine`` runs the model: ``transformers`` (a point's batch size is prompts per ``generate`` call) or
+    ``vllm`` (sequences submitted together, running concurrently). ``tensor_parallel_size``,
+    ``gpu_memory_utilization`` and ``max_model_len`` are vLLM's settings (None: vLLM's default).
     """
 
     model: str = "hpcqueue-demo"
@@ -69,6 +74,10 @@ class SweepConfig:
     dtype: str = "auto"
     kv_cache: bool = True
     preset: str = "full"
+    engine: str = DEFAULT_ENGINE
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,6 +92,14 @@ class SweepConfig:
             problems.append(f"min_trials ({self.min_trials}) exceeds max_trials ({self.max_trials})")
         if self.warmup_trials < 0 or self.idle_s < 0 or self.ci_half_width_s <= 0:
             problems.append("warmup_trials and idle_s must be >= 0 and ci_half_width_s > 0")
+        if self.engine not in ENGINES:
+            problems.append(f"engine {self.engine!r} is not known; valid values: {', '.join(ENGINES)}")
+        if self.engine == "vllm" and not self.kv_cache:
+            problems.append(
+                "vLLM always generates with its KV cache: kv_cache=False needs engine transformers"
+            )
+        if self.tensor_parallel_size < 1:
+            problems.append(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size!r}")
         if problems:
             raise HpcqueueError("invalid sweep configuration: " + "; ".join(problems))
 

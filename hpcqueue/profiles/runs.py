@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hpcqueue.config import Target
+from hpcqueue.config import DEFAULT_ENGINE, Target
 from hpcqueue.errors import HpcqueueError, ProfileRunError
 from hpcqueue.profiles.sweep import (
     FULL_TIMEOUT_MIN,
@@ -32,7 +32,8 @@ _LOG_TAIL_LINES = 30
 
 @dataclass
 class ProfileRun:
-    """A profiling job: submitted through submitit to a target, saving profile ``name`` under ``out_dir``."""
+    """A profiling job: submitted through submitit to a target, saving profile ``name`` (measured with
+    ``engine``) under ``out_dir``."""
 
     job_id: str
     executor: Literal["local", "slurm"]
@@ -41,6 +42,7 @@ class ProfileRun:
     log_dir: Path
     target: str
     job: Any = field(repr=False, default=None)
+    engine: str = DEFAULT_ENGINE
 
     @property
     def profile_dir(self) -> Path:
@@ -99,23 +101,37 @@ def profile_target(
     batch_root: Path,
     config: SweepConfig | None = None,
     timeout_min: int | None = None,
+    engine: str | None = None,
 ) -> ProfileRun:
     """Measure ``model`` on ``target`` as a job and save the profile ``<model slug>.<target>.<hardware>``
-    under ``out_dir``.
+    (``…-vllm`` for vLLM: :func:`hpcqueue.profiles.sweep.profile_name`) under ``out_dir``.
 
     A local target runs through submitit's local executor. A Slurm target gets the target's submitit
     parameters (``dispatch.executor.executor_parameters``) and a whole node (``slurm_exclusive``), as the
     paper measured, so other jobs do not share the meters. ``config`` replaces the grid (default: the full
     grid, or ``SweepConfig.quick`` with ``quick``). The target's meter, nominal power, device and dtype always
-    apply. The time limit is ``timeout_min``, else 24 h (1 h quick) or the target's own limit if longer,
-    capped at the partition's ``MaxTime``. submitit's logs go under ``batch_root/profiles/``. With ``wait``
+    apply. ``engine`` is the engine to measure with (``Settings.engine_of(target)``; default: the target's
+    own, else transformers); for vLLM the target's ``gpus_per_node`` (tensor parallel size),
+    ``gpu_memory_utilization`` and ``max_model_len`` apply too. The job runs with the target's ``python``.
+    The time limit is ``timeout_min``, else 24 h (1 h quick) or the target's own limit if longer, capped at
+    the partition's ``MaxTime``. submitit's logs go under ``batch_root/profiles/``. With ``wait``
     the call returns after the job ended and raises ``ProfileRunError`` if it failed.
     """
     from hpcqueue.dispatch.executor import JobSpec, executor_parameters, submit
     from hpcqueue.meters.hardware import get_hardware
     from hpcqueue.models import resolve_model
 
+    engine = engine or target.engine or DEFAULT_ENGINE
     base = config or (SweepConfig.quick(model) if quick else SweepConfig(model=model))
+    vllm_options: dict[str, Any] = (
+        {
+            "tensor_parallel_size": max(1, target.gpus_per_node),
+            "gpu_memory_utilization": target.gpu_memory_utilization,
+            "max_model_len": target.max_model_len,
+        }
+        if engine == "vllm"
+        else {}
+    )
     sweep_config = dataclasses.replace(
         base,
         model=model,
@@ -123,9 +139,11 @@ def profile_target(
         nominal_power_w=target.nominal_power_w,
         device=target.device,
         dtype=target.dtype,
+        engine=engine,
+        **vllm_options,
     )
     get_hardware(target.hardware)  # an unknown class fails here, not after the job waited in the queue
-    name = profile_name(model, target.name, target.hardware)
+    name = profile_name(model, target.name, target.hardware, engine)
     ref = resolve_model(model, cache_dir=cache_dir)
     params = executor_parameters(target)
     params["name"] = f"hpcqueue-profile-{target.name}"
@@ -163,6 +181,7 @@ def profile_target(
             what=f"the profiling job to target {target.name!r}",
             hint=hint,
             error=ProfileRunError,
+            python=target.python,
         ),
     )
     run = ProfileRun(
@@ -173,6 +192,7 @@ def profile_target(
         log_dir=log_dir,
         target=target.name,
         job=job,
+        engine=engine,
     )
     if wait:
         run.wait()

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hpcqueue.config import DEFAULT_ENGINE
 from hpcqueue.errors import DispatchError, HpcqueueError, PlanningError
 from hpcqueue.fileio import atomic_write_json
 from hpcqueue.profiles.store import Profile, find_profile, find_profiles_for, profile_search_path
@@ -68,12 +69,18 @@ class ProfileCheck:
 
 
 def refresh_command(
-    target: str, model: str | None = None, config_path: str | os.PathLike[str] | None = None
+    target: str,
+    model: str | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> str:
-    """The shell command that measures ``target``'s profile again (``--model`` / ``--config`` when given)."""
+    """The shell command that measures ``target``'s profile again (``--model`` / ``--config`` when given,
+    ``--engine`` for an engine other than transformers)."""
     parts = ["hpcqueue", "profile", target]
     if model:
         parts += ["--model", model]
+    if engine != DEFAULT_ENGINE:
+        parts += ["--engine", engine]
     if config_path:
         parts += ["--config", str(config_path)]
     return shlex.join(parts)
@@ -87,9 +94,13 @@ def checks_cache_path(cache: str | os.PathLike[str]) -> Path:
 
 
 def resolve_profile(
-    target: Target, model: str, search_path: Sequence[str | os.PathLike[str]]
+    target: Target,
+    model: str,
+    search_path: Sequence[str | os.PathLike[str]],
+    default_engine: str = DEFAULT_ENGINE,
 ) -> tuple[Profile | None, str | None]:
-    """The profile the planner would use for ``target`` (same rules as ``resolve_cost_models``).
+    """The profile the planner would use for ``target`` (same rules as ``resolve_cost_models``: a profile of
+    the target's engine, else ``default_engine``'s).
 
     Returns ``(profile, None)``, or ``(None, why)`` when there is none.
     """
@@ -101,9 +112,10 @@ def resolve_profile(
                 f"no profile named {target.profile!r} (profile = {target.profile!r} in "
                 f"[targets.{target.name}]); after measuring one, set profile to the new profile's name"
             )
-    matches = find_profiles_for(model, target.hardware, search_path)
+    engine = target.engine or default_engine
+    matches = find_profiles_for(model, target.hardware, search_path, engine=engine)
     if not matches:
-        return None, f"no profile of model {model!r} on hardware {target.hardware!r}"
+        return None, f"no {engine} profile of model {model!r} on hardware {target.hardware!r}"
     return matches[0], None
 
 
@@ -129,6 +141,7 @@ def remote_fingerprint(
             cluster=target.executor,
             parameters=params,
             what=f"the fingerprint job to target {target.name!r} (partition {target.partition!r})",
+            python=target.python,
         ),
     )
     deadline = time.monotonic() + wait_s
@@ -178,8 +191,11 @@ def check_targets(
     checks: list[ProfileCheck] = []
     digests: dict[tuple[str, str], str] = {}
     for target in settings.targets.values():
-        refresh = refresh_command(target.name, model if model != settings.model else None, config_path)
-        profile, why = resolve_profile(target, model, search_path)
+        engine = settings.engine_of(target)
+        refresh = refresh_command(
+            target.name, model if model != settings.model else None, config_path, engine
+        )
+        profile, why = resolve_profile(target, model, search_path, engine)
         if profile is None:
             checks.append(
                 ProfileCheck(target.name, None, "missing", [why or ""], refresh, hardware=target.hardware)
@@ -231,8 +247,12 @@ def profile_warnings(
     cache: str | os.PathLike[str] | None,
     *,
     config_path: str | os.PathLike[str] | None = None,
+    default_engine: str = DEFAULT_ENGINE,
 ) -> list[str]:
     """Warnings about the targets' profiles that cost no job: for ``plan`` and ``submit``.
+
+    A target's profile is one of its engine (its own ``engine``, else ``default_engine``: pass
+    ``Settings.engine``), as the planner picks it.
 
     Warns about targets without a profile, local targets whose measured profile differs from this machine,
     and Slurm targets whose profile the last ``hpcqueue profiles check`` found stale (read from ``cache``,
@@ -243,8 +263,9 @@ def profile_warnings(
     cached = _load_checks(checks_cache_path(cache)) if cache is not None else {}
     warnings: list[str] = []
     for target in targets:
-        refresh = refresh_command(target.name, model, config_path)
-        profile, why = resolve_profile(target, model, dirs)
+        engine = target.engine or default_engine
+        refresh = refresh_command(target.name, model, config_path, engine)
+        profile, why = resolve_profile(target, model, dirs, engine)
         if profile is None:
             warnings.append(f"target {target.name!r} has no profile: {why}; measure one with: {refresh}")
             continue

@@ -26,6 +26,7 @@ import pandas as pd
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hpcqueue.config import DEFAULT_ENGINE, ENGINES
 from hpcqueue.errors import PlanningError
 from hpcqueue.fileio import atomic_write_json, atomic_write_text, json_safe
 
@@ -69,9 +70,13 @@ class ProfileMeta(BaseModel):
 
     ``fingerprint`` holds ``cpu_model``, ``cpu_count``, ``gpus`` (``[{"name", "memory_mb"}]``) and
     ``driver``, with ``None`` where unknown, so a change of hardware behind a target can be detected.
-    ``idle_subtracted`` says per energy domain whether idle power was subtracted; ``idle_subtraction``
-    says how. Keys this version does not know are kept in ``extra`` and written back unchanged.
-    Values are checked strictly (no string for a number, no number for a string).
+    ``engine`` is the inference engine that produced the numbers (``transformers`` or ``vllm``): the same
+    model on the same hardware costs differently under each, so the planner matches it to a target's
+    engine. A ``meta.json`` without the key was written before engines existed and means ``transformers``;
+    an engine this version does not know is kept and simply matches no target. ``idle_subtracted`` says
+    per energy domain whether idle power was subtracted; ``idle_subtraction`` says how. Keys this version
+    does not know are kept in ``extra`` and written back unchanged. Values are checked strictly (no string
+    for a number, no number for a string).
     """
 
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -79,6 +84,7 @@ class ProfileMeta(BaseModel):
     name: str = Field(min_length=1)
     model: str = Field(min_length=1)
     hardware: str = Field(min_length=1)
+    engine: str = Field(default=DEFAULT_ENGINE, min_length=1)
     source: Literal["imported", "measured", "calibrated"]
     method: Literal["measured", "estimated"]
     model_aliases: list[str] = Field(default_factory=list)
@@ -132,6 +138,8 @@ def _describe(error: Mapping[str, Any], where: str) -> str:
     valid."""
     key = str(error["loc"][0]) if error["loc"] else "(top level)"
     value = error.get("input")
+    if key == "engine":
+        return f"{where}: key 'engine' is {value!r}; it names an inference engine: {', '.join(ENGINES)}"
     if error["type"] in ("missing", "string_too_short") or (
         key in ("name", "model", "hardware", "source", "method") and not isinstance(value, str)
     ):
@@ -372,15 +380,22 @@ def model_matches(meta: ProfileMeta, model: str) -> bool:
 
 
 def find_profiles_for(
-    model: str, hardware: str, search_path: Sequence[str | os.PathLike[str]] | None = None
+    model: str,
+    hardware: str,
+    search_path: Sequence[str | os.PathLike[str]] | None = None,
+    engine: str | None = None,
 ) -> list[Profile]:
-    """Profiles of ``model`` (id or alias) on ``hardware``, best first.
+    """Profiles of ``model`` (id or alias) on ``hardware`` (measured with ``engine``, when given), best first.
 
     Order: search-path order (a user's own profiles before shipped ones); within that, profiles
     measured here (``source = "measured"``) before imported ones, then by name.
     """
     entries = [
-        e for e in list_profiles(search_path) if e.meta.hardware == hardware and model_matches(e.meta, model)
+        e
+        for e in list_profiles(search_path)
+        if e.meta.hardware == hardware
+        and model_matches(e.meta, model)
+        and (engine is None or e.meta.engine == engine)
     ]
     dirs = profile_search_path() if search_path is None else [Path(d) for d in search_path]
     dir_rank = {Path(d).resolve(): i for i, d in enumerate(dirs)}

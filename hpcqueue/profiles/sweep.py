@@ -18,6 +18,14 @@ The method follows Wilkins, Keshav and Mortier (2024), with these changes:
   enough (the paper's rule) or ``max_trials`` is reached; its warm-up calls are dropped. The model load is
   metered on its own.
 
+**Engines.** ``SweepConfig.engine`` picks what runs the model, behind one small interface
+(:class:`SweepRunner`: a tokenizer, the context length, ``generate_exact``). With ``transformers`` a point at
+batch size b is one ``generate`` call on b copies of the prompt. With ``vllm`` it is b copies submitted to
+vLLM together (``max_num_seqs`` = the grid's largest batch size, so they run as concurrent sequences), with
+the prompt given as token ids and ``min_tokens = max_tokens``, end-of-sequence ignored, prefix caching off
+(identical prompts would otherwise skip their prefill from the second call on). Metering, idle subtraction,
+trials and the files written are the same for both.
+
 The grid and the statistics of the trials are in :mod:`hpcqueue.profiles.grid`. ``run_sweep`` runs on this
 machine; ``sweep_job`` is what a profiling job runs on a target's node
 (:mod:`hpcqueue.profiles.runs` submits it).
@@ -28,16 +36,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 
+from hpcqueue.config import DEFAULT_ENGINE
 from hpcqueue.errors import HpcqueueError, ModelError
 from hpcqueue.fileio import atomic_write_text
 from hpcqueue.profiles.fingerprint import fingerprint, software_versions
@@ -183,6 +193,192 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+# ------------------------------------------------------------------------------------------ engines
+
+
+class SweepRunner(Protocol):
+    """An inference engine as the sweep drives it: a loaded model that generates exact lengths.
+
+    ``tokenizer`` is a transformers tokenizer (prompts are cut with :func:`exact_length_prompt`);
+    ``context_length`` the most tokens (prompt + output) one sequence may use, None when unknown. A point
+    whose sequences need more than ``kv_cache_tokens`` together does not run them all at once: the sweep
+    still measures it, and records it in ``meta.json`` (``kv_cache_limited_points``).
+    """
+
+    engine: str
+    tokenizer: Any
+    context_length: int | None
+    #: Most tokens the engine holds for sequences running at once (vLLM's KV cache); None: no such limit.
+    kv_cache_tokens: int | None
+    #: What a point's ``batch_size`` counts, for ``meta.json``.
+    batch_size_semantics: str
+
+    def generate_exact(self, prompt_ids: Sequence[int], n_out: int, batch_size: int) -> int:
+        """Generate exactly ``n_out`` tokens for each of ``batch_size`` copies of the prompt; returns the
+        prompt + generated tokens of all of them."""
+        ...
+
+    def release_memory(self) -> None:
+        """Free what a failed (out-of-memory) call left behind."""
+        ...
+
+    def software(self) -> dict[str, Any]:
+        """The engine's part of ``meta.json``'s ``software``: device, dtype, versions, generation settings."""
+        ...
+
+
+class TransformersRunner:
+    """The sweep on transformers: one ``generate`` call per point and trial (:func:`generate_exact`)."""
+
+    engine = "transformers"
+    kv_cache_tokens: int | None = None  # its KV cache grows with the batch until memory runs out
+    batch_size_semantics = (
+        "identical prompts per generate call (all rows the same length, no padding); runtime, energy and "
+        "total_tokens are per call"
+    )
+
+    def __init__(self, model_ref: ModelRef, config: SweepConfig) -> None:
+        from hpcqueue.worker.engine import Engine
+
+        self.kv_cache = config.kv_cache
+        self.model = Engine(model_ref, device=config.device, dtype=config.dtype, batch_size=1)
+        self.tokenizer = self.model.tokenizer
+        self.context_length: int | None = self.model.context_length
+
+    def generate_exact(self, prompt_ids: Sequence[int], n_out: int, batch_size: int) -> int:
+        return generate_exact(self.model, prompt_ids, n_out, batch_size, kv_cache=self.kv_cache)
+
+    def release_memory(self) -> None:
+        self.model._release_memory()
+
+    def software(self) -> dict[str, Any]:
+        return {
+            "device": self.model.device,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "generation": {
+                "decoding": "greedy",
+                "use_cache": self.kv_cache,
+                "output_length": "exact: min_new_tokens = max_new_tokens",
+            },
+        }
+
+
+class VllmRunner:
+    """The sweep on vLLM: a point's batch is submitted as that many sequences at once, which vLLM runs
+    concurrently (``max_num_seqs`` is the grid's largest batch size).
+
+    On one device vLLM's engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the
+    ``uni`` executor): it starts faster, and a meter that counts this process's CPU time sees the work. On
+    CPUs the graphs are not compiled (``enforce_eager``) and ``VLLM_CPU_KVCACHE_SPACE`` defaults to 1 GiB.
+    """
+
+    engine = "vllm"
+    batch_size_semantics = (
+        "concurrent sequences (vLLM max_num_seqs): that many identical prompts submitted to vLLM together, "
+        "with max_num_seqs = the sweep's largest batch size; runtime, energy and total_tokens are per "
+        "submission"
+    )
+
+    def __init__(self, model_ref: ModelRef, config: SweepConfig) -> None:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        single = config.tensor_parallel_size == 1
+        if single:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        try:
+            import vllm
+            from transformers import AutoTokenizer
+            from vllm.platforms import current_platform
+        except ImportError as exc:
+            raise ModelError(
+                f"engine vllm needs vLLM, which this Python ({sys.executable}) cannot import ({exc}); "
+                'install it there (pip install vllm), or set python = "<a venv with vLLM>/bin/python" in '
+                "the target's table"
+            ) from exc
+        self.device = str(current_platform.device_type or "cpu")
+        if config.device not in ("auto", self.device) and not config.device.startswith(f"{self.device}:"):
+            raise ModelError(
+                f"this vLLM runs on {self.device}, but device {config.device!r} was asked for; set device = "
+                f'"auto" (or "{self.device}") for the target, or use engine transformers'
+            )
+        on_cpu = self.device == "cpu"
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        self.options: dict[str, Any] = {
+            # "auto" as a transformers worker takes it: float32 on CPUs, the model's own dtype on GPUs
+            "dtype": "float32" if config.dtype == "auto" and on_cpu else config.dtype,
+            "enforce_eager": on_cpu,
+            "max_num_seqs": max(config.effective_batch_sizes(), default=1),
+            "tensor_parallel_size": config.tensor_parallel_size,
+            "enable_prefix_caching": False,
+            "seed": config.seed,
+        }
+        if single:
+            self.options["distributed_executor_backend"] = "uni"
+        if config.gpu_memory_utilization is not None:
+            self.options["gpu_memory_utilization"] = config.gpu_memory_utilization
+        if config.max_model_len is not None:
+            self.options["max_model_len"] = config.max_model_len
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_ref.path, local_files_only=True)
+            self.llm = vllm.LLM(model=str(model_ref.path), **self.options)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"vLLM cannot load model {model_ref.name!r} from {model_ref.path}: {exc}"
+            ) from exc
+        self._sampling = vllm.SamplingParams
+        self.version = str(vllm.__version__)
+        engine_config = self.llm.llm_engine.vllm_config
+        self.context_length: int | None = int(engine_config.model_config.max_model_len)
+        self.dtype = str(engine_config.model_config.dtype).removeprefix("torch.")
+        cache = engine_config.cache_config
+        blocks = cache.num_gpu_blocks
+        self.kv_cache_tokens: int | None = int(blocks) * int(cache.block_size) if blocks else None
+
+    def generate_exact(self, prompt_ids: Sequence[int], n_out: int, batch_size: int) -> int:
+        params = self._sampling(max_tokens=n_out, min_tokens=n_out, ignore_eos=True, temperature=0.0)
+        prompt = {"prompt_token_ids": list(prompt_ids)}
+        outputs = self.llm.generate([prompt] * batch_size, params, use_tqdm=False)
+        generated = [len(o.outputs[0].token_ids) for o in outputs]
+        if len(outputs) != batch_size or any(n != n_out for n in generated):
+            raise ModelError(
+                f"vLLM generated {generated} tokens for {batch_size} sequence(s) where {n_out} each were "
+                f"forced (min_tokens = max_tokens = {n_out}, ignore_eos)"
+            )
+        return sum(len(o.prompt_token_ids or ()) for o in outputs) + sum(generated)
+
+    def release_memory(self) -> None:
+        pass  # vLLM allocates its KV cache once, at load; a failed call leaves nothing to free
+
+    def software(self) -> dict[str, Any]:
+        return {
+            "vllm": self.version,
+            "device": self.device,
+            "dtype": self.dtype,
+            "vllm_options": {k: v for k, v in self.options.items() if k != "dtype"},
+            "kv_cache_tokens": self.kv_cache_tokens,
+            "generation": {
+                "decoding": "greedy (temperature 0)",
+                "use_cache": True,
+                "prefix_caching": False,
+                "output_length": "exact: min_tokens = max_tokens, ignore_eos",
+            },
+        }
+
+
+#: The runner of each engine.
+RUNNERS: dict[str, Callable[[ModelRef, SweepConfig], SweepRunner]] = {
+    "transformers": TransformersRunner,
+    "vllm": VllmRunner,
+}
+
+
+def load_runner(model_ref: ModelRef, config: SweepConfig) -> SweepRunner:
+    """Load ``model_ref`` into ``config.engine``'s runner."""
+    return RUNNERS[config.engine](model_ref, config)
+
+
 # ----------------------------------------------------------------------------------------- the sweep
 
 
@@ -205,9 +401,12 @@ def model_slug(model: str) -> str:
     return slug or "model"
 
 
-def profile_name(model: str, target_name: str, hardware: str) -> str:
-    """``<model slug>.<target name>.<hardware>``: the name of a profile measured on a target."""
-    return f"{model_slug(model)}.{model_slug(target_name)}.{model_slug(hardware)}"
+def profile_name(model: str, target_name: str, hardware: str, engine: str = DEFAULT_ENGINE) -> str:
+    """``<model slug>.<target name>.<hardware>``: the name of a profile measured on a target, with
+    ``-<engine>`` appended for an engine other than transformers (``….cpu-generic-vllm``), so profiles of
+    two engines never overwrite each other."""
+    name = f"{model_slug(model)}.{model_slug(target_name)}.{model_slug(hardware)}"
+    return name if engine == DEFAULT_ENGINE else f"{name}-{model_slug(engine)}"
 
 
 def run_sweep(
@@ -224,24 +423,23 @@ def run_sweep(
     ``hardware`` is the hardware class the profile describes, and it also picks the estimate meter's
     nominal power. ``model_ref`` is a model already resolved to a directory. Without it, ``config.model``
     is resolved here (``cache_dir`` is where the demo model is built). ``name`` defaults to
-    ``<model slug>.local.<hardware>``.
+    ``<model slug>.local.<hardware>`` (see :func:`profile_name`). ``config.engine`` runs the model.
     """
     import torch
 
     from hpcqueue.meters import get_meter
     from hpcqueue.models import resolve_model
-    from hpcqueue.worker.engine import Engine
 
     sweep_started = time.monotonic()
     if model_ref is None:
         model_ref = resolve_model(config.model, cache_dir=cache_dir)
-    name = name or profile_name(config.model, "local", hardware)
+    name = name or profile_name(config.model, "local", hardware, config.engine)
     meter = get_meter(config.meter, hardware=hardware, nominal_power_w=config.nominal_power_w)
     torch.manual_seed(config.seed)
 
-    log(f"profile {name}: loading {config.model} from {model_ref.path}")
+    log(f"profile {name}: loading {config.model} from {model_ref.path} with {config.engine}")
     with meter.measure() as held:
-        engine = Engine(model_ref, device=config.device, dtype=config.dtype, batch_size=1)
+        runner = load_runner(model_ref, config)
     load = held.measurement
     assert load is not None
     log(f"  model load: {load.duration_s:.2f} s, {load.total_energy_j:.2f} J ({load.method}, {load.meter})")
@@ -257,7 +455,7 @@ def run_sweep(
     prompts: dict[int, PromptSpec] = {}
     lengths = {*config.input_tokens, config.output_sweep_input_tokens}
     for n in sorted(lengths):
-        prompts[n] = exact_length_prompt(engine.tokenizer, n)
+        prompts[n] = exact_length_prompt(runner.tokenizer, n)
     inexact = [
         {"nominal_tokens": p.nominal_tokens, "achieved_tokens": p.tokens}
         for p in prompts.values()
@@ -269,8 +467,9 @@ def run_sweep(
             f"using {item['achieved_tokens']} tokens"
         )
 
-    context = engine.context_length
+    context = runner.context_length
     skipped: list[dict[str, Any]] = []
+    kv_limited: list[dict[str, Any]] = []
     oom_at: list[SweepPoint] = []
     rows: list[tuple[SweepPoint, int, bool, Trial]] = []
     order = shuffled(grid_points(config), config.seed)
@@ -297,12 +496,17 @@ def run_sweep(
             skipped.append(_skip(point, f"out of memory at {blocker.label()}"))
             log(f"  [{position}/{len(order)}] {point.label()}: skipped (out of memory at a smaller point)")
             continue
+        needed = point.batch_size * (point.input_tokens + point.output_tokens)
+        if runner.kv_cache_tokens is not None and needed > runner.kv_cache_tokens:
+            kv_limited.append({**dataclasses.asdict(point), "tokens": needed})
+            log(
+                f"  [{position}/{len(order)}] {point.label()}: note: its sequences need {needed} tokens of "
+                f"KV cache, which holds {runner.kv_cache_tokens}: they do not all run at once"
+            )
 
         def trial(point: SweepPoint = point, prompt: PromptSpec = prompt) -> Trial:
             with meter.measure() as held:
-                tokens = generate_exact(
-                    engine, prompt.ids, point.output_tokens, point.batch_size, kv_cache=config.kv_cache
-                )
+                tokens = runner.generate_exact(prompt.ids, point.output_tokens, point.batch_size)
             m = held.measurement
             assert m is not None
             return Trial(
@@ -320,7 +524,7 @@ def run_sweep(
         except Exception as exc:
             if not _is_out_of_memory(exc):
                 raise
-            engine._release_memory()
+            runner.release_memory()
             oom_at.append(point)
             skipped.append(_skip(point, f"out of memory: {exc}"))
             log(f"  [{position}/{len(order)}] {point.label()}: out of memory; larger batches skipped")
@@ -350,7 +554,7 @@ def run_sweep(
         config,
         name=name,
         hardware=hardware,
-        engine=engine,
+        runner=runner,
         model_ref=model_ref,
         load=load,
         idle=idle,
@@ -360,6 +564,7 @@ def run_sweep(
         or {domain_group(d): _meter_description(load.meter, load.method, load) for d in load.energy_j},
         skipped=skipped,
         inexact=inexact,
+        kv_limited=kv_limited,
         duration_s=duration_s,
         torch_threads=torch.get_num_threads(),
     )
@@ -392,7 +597,7 @@ def _meta(
     *,
     name: str,
     hardware: str,
-    engine: Engine,
+    runner: SweepRunner,
     model_ref: ModelRef,
     load: Measurement,
     idle: Measurement,
@@ -401,21 +606,18 @@ def _meta(
     meters: dict[str, str],
     skipped: list[dict[str, Any]],
     inexact: list[dict[str, int]],
+    kv_limited: list[dict[str, Any]],
     duration_s: float,
     torch_threads: int,
 ) -> ProfileMeta:
     machine = fingerprint()
-    software = {
-        **software_versions(),
-        "device": engine.device,
-        "dtype": str(engine.dtype).removeprefix("torch."),
-        "torch_threads": torch_threads,
-        "generation": {
-            "decoding": "greedy",
-            "use_cache": config.kv_cache,
-            "output_length": "exact: min_new_tokens = max_new_tokens",
-        },
-    }
+    software = {**software_versions(), "torch_threads": torch_threads, **runner.software()}
+    engine_note = (
+        f" Run with vLLM {software.get('vllm')}: a point's batch size is that many sequences submitted "
+        "together and run concurrently, not one batched call."
+        if runner.engine == "vllm"
+        else ""
+    )
     estimated_note = (
         " The energy figures are ESTIMATES (no energy counter was readable): nominal power × CPU-time share; "
         "they order workloads but are not measurements."
@@ -427,6 +629,7 @@ def _meta(
         model=config.model,
         model_aliases=[],
         hardware=hardware,
+        engine=runner.engine,
         system=f"{machine.get('cpu_model') or 'unknown CPU'}"
         + (f" + {len(machine['gpus'])}x {machine['gpus'][0]['name']}" if machine.get("gpus") else ""),
         source="measured",
@@ -449,16 +652,13 @@ def _meta(
             f"domain. Raw figures are in {TRIALS_FILE}."
         ),
         kv_cache=config.kv_cache,
-        batch_size_semantics=(
-            "identical prompts per generate call (all rows the same length, no padding); runtime, energy and "
-            "total_tokens are per call"
-        ),
+        batch_size_semantics=runner.batch_size_semantics,
         filter=(
             f"{config.warmup_trials} warm-up call(s) per point dropped; each point repeated until the "
             f"95 % CI half-width of runtime <= {config.ci_half_width_s} s (at least {config.min_trials}, "
             f"at most {config.max_trials} calls); points in a seeded random order (seed {config.seed})"
         ),
-        notes=config.describe() + "." + estimated_note,
+        notes=config.describe() + "." + engine_note + estimated_note,
         extra={
             "load_time_s": load.duration_s,
             "load_energy_j": load.total_energy_j,
@@ -469,6 +669,7 @@ def _meta(
             "sweep_duration_s": duration_s,
             "skipped_points": skipped,
             "inexact_prompts": inexact,
+            **({"kv_cache_limited_points": kv_limited} if runner.kv_cache_tokens is not None else {}),
         },
     )
 
@@ -526,8 +727,10 @@ def _main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - a deb
     parser.add_argument("--model", default="hpcqueue-demo")
     parser.add_argument("--hardware", default="cpu-generic")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=("transformers", "vllm"))
     args = parser.parse_args(argv)
     config = SweepConfig.quick(args.model) if args.quick else SweepConfig(model=args.model)
+    config = dataclasses.replace(config, engine=args.engine)
     profile = run_sweep(config, hardware=args.hardware)
     print(save_sweep(profile, args.out_dir))
     return 0

@@ -10,6 +10,11 @@ long prompts does not blow up memory.
 A request that cannot run never takes the task down with it: one whose input plus ``max_new_tokens`` does
 not fit the model's context gets an error record at once; a batch that raises (out of memory, a kernel
 error) is retried one request at a time, and a request that fails alone gets an error record.
+
+The worker reaches it through the seam it shares with ``vllm_engine.VllmEngine``: ``name`` and ``version``
+(the library's), ``attribution_rule`` and ``attributes_energy`` (this engine leaves the energy to the worker,
+which splits each batch's measurement with ``token-share-v1``), ``context_length``, ``encode``, ``generate``
+and ``close``.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from hpcqueue.errors import ModelError
+from hpcqueue.errors import ModelError, StopRequested
 from hpcqueue.ingest import Request, request_text
 from hpcqueue.models import ModelRef, Tokenizer
+from hpcqueue.worker.attribution import ATTRIBUTION_RULE
 
 if TYPE_CHECKING:
     from hpcqueue.meters.base import Measurement, Meter
@@ -33,11 +39,13 @@ log = logging.getLogger(__name__)
 FinishReason = Literal["stop", "length"]
 OnBatch = Callable[[list[dict[str, Any]], "Measurement | None"], None]
 MakeMeter = Callable[[], "Meter"]
+ShouldStop = Callable[[], bool]
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
-#: Error codes of output records written by the engine.
+#: Error codes of output records written by the engines.
 ERROR_CONTEXT = "context_length_exceeded"
 ERROR_GENERATION = "generation_failed"
+ERROR_CHAT = "invalid_chat"
 
 
 #: Padded tokens per generation batch. Long prompts go in smaller batches, short ones fill ``batch_size``.
@@ -77,8 +85,14 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 class Engine:
     """A loaded model and its tokenizer, ready to generate for batches of requests."""
 
+    name: ClassVar[str] = "transformers"
+    #: The worker splits each batch's measurement over the batch's records under this rule.
+    attribution_rule: ClassVar[str] = ATTRIBUTION_RULE
+    attributes_energy: ClassVar[bool] = False
+
     model: Any  # a transformers causal LM (typed loosely: its generate() overloads defeat type checkers)
     tokenizer: Any
+    version: str  # transformers.__version__
 
     def __init__(
         self,
@@ -92,10 +106,12 @@ class Engine:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
+        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        self.version = str(transformers.__version__)
         if batch_size < 1:
             raise ModelError(f"batch_size must be at least 1, not {batch_size}")
         self.model_ref = model
@@ -130,6 +146,16 @@ class Engine:
             raise ModelError(f"model {self.model_ref.name!r} defines no end-of-sequence token")
         return ids
 
+    @staticmethod
+    def library_version() -> str:
+        """``transformers.__version__``, for a task that needed no engine (every request resumed)."""
+        import transformers
+
+        return str(transformers.__version__)
+
+    def close(self) -> None:
+        """Nothing runs outside this object: the model is freed when the engine is dropped."""
+
     @property
     def context_length(self) -> int | None:
         """Most tokens (input + output) one request may use."""
@@ -147,12 +173,14 @@ class Engine:
         *,
         on_batch: OnBatch | None = None,
         make_meter: MakeMeter | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> list[dict[str, Any]]:
         """Generate for every request; return one output record per request, in the order given.
 
         ``on_batch(outputs, measurement)`` is called after each generation batch with that batch's records
         and the ``Measurement`` of a meter from ``make_meter()`` run around it (None without ``make_meter``,
-        and for requests rejected before any generation).
+        and for requests rejected before any generation). ``should_stop()`` is asked before each batch;
+        when it says yes, ``StopRequested`` is raised and the batches not started are left undone.
         """
         results: list[dict[str, Any] | None] = [None] * len(requests)
         runnable: list[_Prepared] = []
@@ -163,7 +191,7 @@ class Engine:
             try:
                 ids = self.encode(request)
             except ModelError as exc:
-                rejected.append(_error_record(request, None, "invalid_chat", str(exc), now))
+                rejected.append(_error_record(request, None, ERROR_CHAT, str(exc), now))
                 results[index] = rejected[-1]
                 continue
             if limit is not None and len(ids) + request.max_new_tokens > limit:
@@ -179,6 +207,8 @@ class Engine:
             on_batch(rejected, None)
 
         for batch in self._batches(runnable):
+            if should_stop is not None and should_stop():
+                raise StopRequested()
             meter = make_meter() if make_meter is not None else None
             if meter is not None:
                 meter.start()
@@ -328,24 +358,16 @@ class Engine:
         if request.stop:
             cut = _first_stop(text, request.stop)
             if cut is not None:
+                # the stop string that ended the row: the shortest one there (it was complete first)
+                stop_chars = min(len(s) for s in request.stop if s and text.startswith(s, cut))
+                tokens = tokens[: self._tokens_covering(tokens, cut + stop_chars - 1)]
                 text, finish = text[:cut], "stop"
-                tokens = tokens[: self._tokens_covering(tokens, cut)]
-        return {
-            "line": request.line,
-            "id": request.id,
-            "text": text,
-            "input_tokens": len(item.ids),
-            "output_tokens": len(tokens),
-            "finish_reason": finish,
-            "error": None,
-            "started_at": started_at,
-            "ended_at": ended_at,
-            "energy_j": None,
-        }
+        return _output_record(request, len(item.ids), text, len(tokens), finish, started_at, ended_at)
 
     def _tokens_covering(self, tokens: list[int], n_chars: int) -> int:
-        """Fewest leading tokens whose text goes past ``n_chars`` characters: the tokens up to and including
-        the one that completed the stop string (those were generated, so they count)."""
+        """Fewest leading tokens whose text goes past ``n_chars`` characters. Given the position of a stop
+        string's last character: the tokens up to and including the one that completed the stop string (those
+        were generated, so they count; vLLM counts them too)."""
         low, high = 0, len(tokens)
         while low < high:
             mid = (low + high) // 2
@@ -366,6 +388,30 @@ def _sampling_key(request: Request) -> tuple[float | None, float | None, int | N
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
     found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(found) if found else None
+
+
+def _output_record(
+    request: Request,
+    input_tokens: int,
+    text: str,
+    output_tokens: int,
+    finish: FinishReason,
+    started_at: float,
+    ended_at: float,
+) -> dict[str, Any]:
+    """The output record of a request that generated (docs/internals.md), energy left to attribution."""
+    return {
+        "line": request.line,
+        "id": request.id,
+        "text": text,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "finish_reason": finish,
+        "error": None,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "energy_j": None,
+    }
 
 
 def _error_record(

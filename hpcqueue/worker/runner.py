@@ -4,10 +4,12 @@
 waits for the task's begin time in the batch's ``schedule.json`` (a local worker holds tasks planned for
 later hours; on Slurm the job starts after its ``--begin``, so there is nothing left to wait), takes the
 task's lock, fails the task without running it when the batch's deadline has passed, resumes from
-``partial.jsonl`` when an earlier run was cut short, generates with ``engine.Engine`` (loaded once per
-process and model), meters the task, the model load and every generation batch, splits the energy over
-requests (``attribution``: ``token-share-v1``), and writes ``output.jsonl`` then ``metrics.json`` atomically.
-The task is done when ``metrics.json`` exists; formats are in docs/internals.md.
+``partial.jsonl`` when an earlier run was cut short, generates with the engine the task names (``engine``:
+``engine.Engine``, transformers, or ``vllm_engine.VllmEngine``, vLLM; loaded once per process and model),
+meters the task, the model load and every generation batch (with vLLM: every interval between two hand-overs
+of finished requests), splits the energy over requests (``attribution``: ``token-share-v1``, or
+``step-token-share-v1`` for vLLM), and writes ``output.jsonl`` then ``metrics.json`` atomically. The task is
+done when ``metrics.json`` exists; formats are in docs/internals.md.
 
 Workers only write files (owner-only, whatever the umask): the collect step reads them into the ledger.
 
@@ -25,12 +27,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
+from hpcqueue.config import DEFAULT_ENGINE, ENGINES, EngineName
 from hpcqueue.dispatch.batchdir import (
     INPUT,
     METRICS,
@@ -40,7 +43,7 @@ from hpcqueue.dispatch.batchdir import (
     hold_task_lock,
     task_location,
 )
-from hpcqueue.errors import ModelError, StopRequested, TaskLocked
+from hpcqueue.errors import ConfigError, ModelError, StopRequested, TaskLocked
 from hpcqueue.fileio import (
     atomic_write_json,
     atomic_write_jsonl,
@@ -50,11 +53,14 @@ from hpcqueue.fileio import (
     read_jsonl,
     read_text_nofollow,
 )
-from hpcqueue.worker.attribution import ATTRIBUTION_RULE, ATTRIBUTION_RULE_TEXT, attribute_rest, share
+from hpcqueue.worker.attribution import ATTRIBUTION_RULE, RULE_TEXTS, attribute_rest, share
 
 if TYPE_CHECKING:
+    from hpcqueue.ingest import Request
     from hpcqueue.meters.base import Measurement, Meter
+    from hpcqueue.models import ModelRef
     from hpcqueue.worker.engine import Engine
+    from hpcqueue.worker.vllm_engine import VllmEngine
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +69,104 @@ log = logging.getLogger(__name__)
 _TASK_LINE_BYTES = 1 << 30
 _TRACEBACK_LINES = 30
 
-# One engine per process, reused by the following tasks when they name the same model files and device.
-_ENGINES: dict[tuple[str, str, str], Engine] = {}
+
+class _Engine(Protocol):
+    """What the worker needs of an engine (``engine.Engine`` and ``vllm_engine.VllmEngine`` have it)."""
+
+    name: ClassVar[str]
+    version: str
+    attribution_rule: ClassVar[str]
+    #: True: the engine sets each record's energy_j itself; False: the worker splits each batch's energy.
+    attributes_energy: ClassVar[bool]
+
+    def generate(
+        self,
+        requests: Sequence[Request],
+        *,
+        on_batch: Callable[[list[dict[str, Any]], Measurement | None], None] | None = None,
+        make_meter: Callable[[], Meter] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a task runs its model: the engine keys of task.json (docs/internals.md), checked."""
+
+    engine: EngineName = "transformers"  # config.DEFAULT_ENGINE
+    device: str = "auto"
+    dtype: str = "auto"
+    #: transformers: most requests per generation batch; vLLM: most sequences running at once (max_num_seqs)
+    batch_size: int = 16
+    max_batch_tokens: int | None = None  # transformers only (None: the engine's default)
+    tensor_parallel_size: int = 1  # vLLM only, as the next two
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> EngineOptions:
+        """Read and check the keys; ``ConfigError`` names the key and what is valid."""
+        engine = spec.get("engine") or DEFAULT_ENGINE
+        if engine not in ENGINES:
+            raise ConfigError(
+                f"task.json: engine {engine!r} is not known; valid values: {', '.join(ENGINES)}"
+            )
+        memory = spec.get("gpu_memory_utilization")
+        if memory is not None and (
+            isinstance(memory, bool) or not isinstance(memory, (int, float)) or not 0 < memory <= 1
+        ):
+            raise ConfigError(
+                f"task.json: gpu_memory_utilization must be a number in (0, 1] or null, not {memory!r}"
+            )
+        return cls(
+            engine=cast(EngineName, engine),
+            device=str(spec.get("device") or "auto"),
+            dtype=str(spec.get("dtype") or "auto"),
+            batch_size=_positive_int(spec, "batch_size", 16),
+            max_batch_tokens=_positive_int(spec, "max_batch_tokens", None),
+            tensor_parallel_size=_positive_int(spec, "tensor_parallel_size", 1),
+            gpu_memory_utilization=None if memory is None else float(memory),
+            max_model_len=_positive_int(spec, "max_model_len", None),
+        )
+
+    def cache_key(self, model_path: Path) -> tuple[Any, ...]:
+        """What a cached engine must match to be reused: the transformers engine takes its batching from
+        each task, vLLM fixes every option when it starts."""
+        key: tuple[Any, ...] = (self.engine, str(model_path), self.device, self.dtype)
+        if self.engine == "vllm":
+            key += (
+                self.batch_size,
+                self.tensor_parallel_size,
+                self.gpu_memory_utilization,
+                self.max_model_len,
+            )
+        return key
+
+
+def _positive_int(spec: dict[str, Any], key: str, default: Any) -> Any:
+    value = spec.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"task.json: {key} must be a positive integer or null, not {value!r}")
+    return value
+
+
+def _engine_class(name: str) -> type[Engine] | type[VllmEngine]:
+    """The class of a named engine (importing neither torch nor vLLM yet)."""
+    if name == "vllm":
+        from hpcqueue.worker.vllm_engine import VllmEngine
+
+        return VllmEngine
+    from hpcqueue.worker.engine import Engine
+
+    return Engine
+
+
+# One engine per process, reused by the following tasks when they name the same model files and options.
+_ENGINES: dict[tuple[Any, ...], _Engine] = {}
 
 #: How often a worker waiting for a task's begin time reads the batch's schedule again, so that a re-plan
 #: that moves the time takes effect (tests lower it).
@@ -83,6 +185,9 @@ class _Run:
     seq: dict[str, int] = field(default_factory=dict)
     new_records: list[dict[str, Any]] = field(default_factory=list)
     batch_energy_j: float = 0.0
+    engine: str | None = None
+    engine_version: str | None = None
+    attribution_rule: str = ATTRIBUTION_RULE
 
     def add_measurement(self, scope: str, measurement: Measurement) -> None:
         seq = self.seq.get(scope, 0)
@@ -95,8 +200,8 @@ _stop = threading.Event()
 
 def _request_stop(signum: int, frame: Any) -> None:
     log.warning(
-        "SIGTERM: stopping (a waiting worker at once, a running task after its current generation batch; "
-        "finished outputs stay in partial.jsonl)"
+        "SIGTERM: stopping (a waiting worker at once, a running task after its current generation batch or "
+        "step; finished outputs stay in partial.jsonl)"
     )
     _stop.set()
 
@@ -111,9 +216,9 @@ def run_tasks(task_dirs: list[str]) -> list[dict[str, Any]]:
     metrics.json and the worker goes on with the next one. Summaries: ``{"task_dir", "state", "n_requests",
     "n_failed", "energy_j", "error"}`` with state ``completed``, ``failed``, ``skipped`` or ``locked``.
 
-    SIGTERM (what ``scancel`` sends before it kills) stops the worker after the generation batch it is in (or
-    within a second while it waits), instead of letting it burn energy until Slurm's kill timeout; the
-    process then exits with status 143.
+    SIGTERM (what ``scancel`` sends before it kills) stops the worker after the generation batch it is in (the
+    vLLM engine: after its current step, aborting the sequences in flight; within a second while it waits),
+    instead of letting it burn energy until Slurm's kill timeout; the process then exits with status 143.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     previous = None
@@ -296,6 +401,10 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
     from hpcqueue.ingest import ReadOptions, load_task_input
 
     spec = run.spec
+    engine_options = EngineOptions.from_spec(spec)
+    engine_class = _engine_class(engine_options.engine)
+    run.engine = engine_options.engine
+    run.attribution_rule = engine_class.attribution_rule
     options = ReadOptions(
         max_line_bytes=_TASK_LINE_BYTES,
         default_max_new_tokens=int(spec.get("default_max_new_tokens", 64)),
@@ -311,8 +420,11 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
         log.info("task %s: resuming, %d of %d requests already done", task_dir, len(kept), len(requests))
 
     make_meter = _meter_factory(spec)
-    if todo:
-        engine = _engine_for(spec, run, make_meter)
+    if not todo:  # every request was finished by an earlier attempt: no model to load
+        run.engine_version = engine_class.library_version()
+    else:
+        engine = _engine_for(spec, engine_options, run, make_meter)
+        run.engine_version = engine.version
         # Appended through no symbolic link: a link planted here would make the worker write into its target.
         append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         with os.fdopen(open_nofollow(task_dir / PARTIAL, append), "a", encoding="utf-8") as partial:
@@ -321,8 +433,12 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
                 if measurement is not None:
                     run.add_measurement("generation_batch", measurement)
                     run.batch_energy_j += measurement.total_energy_j
+                if engine.attributes_energy:  # its records carry their shares of the measured intervals
+                    for record in records:
+                        record["energy_j"] = float(record.get("energy_j") or 0.0)
+                elif measurement is not None:
                     share(records, measurement.total_energy_j)
-                else:
+                else:  # refused before any generation
                     for record in records:
                         record["energy_j"] = 0.0
                 run.new_records += records
@@ -332,7 +448,11 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
                 if _stop.is_set():
                     raise StopRequested()
 
-            engine.generate(todo, on_batch=on_batch, make_meter=make_meter)
+            try:
+                engine.generate(todo, on_batch=on_batch, make_meter=make_meter, should_stop=_stop.is_set)
+            except Exception:
+                _drop_engines()  # it may be broken (a crashed vLLM engine): the next task loads it afresh
+                raise
 
     records = {**kept, **{r["line"]: r for r in run.new_records}}
     missing = [r.line for r in requests if r.line not in records]
@@ -365,10 +485,64 @@ def _execute(task_dir: Path, run: _Run, task_meter: Meter) -> dict[str, Any]:
     return metrics
 
 
-def _engine_for(spec: dict[str, Any], run: _Run, make_meter: Any) -> Engine:
-    """The process's engine for this task's model, loading (and metering) it when not loaded yet."""
-    from hpcqueue.models import ModelRef, model_fingerprint, resolve_model
+def _engine_for(spec: dict[str, Any], options: EngineOptions, run: _Run, make_meter: Any) -> _Engine:
+    """The process's engine for this task's model and options, loading (and metering) it when not loaded."""
     from hpcqueue.worker.engine import DEFAULT_MAX_BATCH_TOKENS, Engine
+
+    ref = _model_ref(spec)
+    key = options.cache_key(ref.path)
+    engine = _ENGINES.get(key)
+    if engine is None:
+        _drop_engines()  # one model in memory at a time, freed before the next one loads
+        meter = make_meter()
+        meter.start()
+        try:
+            engine = _load_engine(ref, options)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"cannot load model {ref.name!r} from {ref.path}: {exc}") from exc
+        finally:
+            run.add_measurement("model_load", meter.stop())
+        _ENGINES[key] = engine
+    if isinstance(engine, Engine):  # its batching belongs to the task, not to the cached engine
+        engine.batch_size = options.batch_size
+        engine.max_batch_tokens = options.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
+    return engine
+
+
+def _load_engine(ref: ModelRef, options: EngineOptions) -> _Engine:
+    if options.engine == "vllm":
+        from hpcqueue.worker.vllm_engine import VllmEngine
+
+        return VllmEngine(
+            ref,
+            device=options.device,
+            dtype=options.dtype,
+            batch_size=options.batch_size,
+            tensor_parallel_size=options.tensor_parallel_size,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            max_model_len=options.max_model_len,
+        )
+    from hpcqueue.worker.engine import Engine
+
+    return Engine(ref, device=options.device, dtype=options.dtype, batch_size=options.batch_size)
+
+
+def _drop_engines() -> None:
+    """Close and forget the process's engines."""
+    engines = list(_ENGINES.values())
+    _ENGINES.clear()
+    for engine in engines:
+        try:
+            engine.close()
+        except Exception as exc:
+            log.warning("closing the %s engine failed: %s", engine.name, exc)
+
+
+def _model_ref(spec: dict[str, Any]) -> ModelRef:
+    """The task's model files: its ``model_path`` when readable here, else its name resolved on this node."""
+    from hpcqueue.models import ModelRef, model_fingerprint, resolve_model
 
     model_path = spec.get("model_path")
     if model_path and (Path(model_path) / "config.json").is_file():
@@ -384,27 +558,7 @@ def _engine_for(spec: dict[str, Any], run: _Run, make_meter: Any) -> Engine:
             )
         cache_dir = os.environ.get("HPCQUEUE_CACHE_DIR")
         ref = resolve_model(str(spec["model"]), cache_dir=Path(cache_dir) if cache_dir else None)
-    device = str(spec.get("device") or "auto")
-    dtype = str(spec.get("dtype") or "auto")
-    key = (str(ref.path), device, dtype)
-    engine = _ENGINES.get(key)
-    if engine is None:
-        meter = make_meter()
-        meter.start()
-        try:
-            engine = Engine(ref, device=device, dtype=dtype)
-        except ModelError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"cannot load model {ref.name!r} from {ref.path}: {exc}") from exc
-        finally:
-            run.add_measurement("model_load", meter.stop())
-        _ENGINES.clear()  # one model in memory at a time
-        _ENGINES[key] = engine
-    # Batching settings belong to the task, not to the cached engine.
-    engine.batch_size = int(spec.get("batch_size") or 16)
-    engine.max_batch_tokens = int(spec.get("max_batch_tokens") or DEFAULT_MAX_BATCH_TOKENS)
-    return engine
+    return ref
 
 
 def _resume(partial_path: Path) -> dict[int, dict[str, Any]]:
@@ -452,8 +606,10 @@ def _base_metrics(run: _Run) -> dict[str, Any]:
         "energy_j": None,
         "energy_method": None,
         "meter": None,
-        "attribution_rule": ATTRIBUTION_RULE,
-        "attribution_rule_text": ATTRIBUTION_RULE_TEXT,
+        "engine": run.engine,
+        "engine_version": run.engine_version,
+        "attribution_rule": run.attribution_rule,
+        "attribution_rule_text": RULE_TEXTS[run.attribution_rule],
         "measurements": run.measurements,
         "error": None,
     }

@@ -80,6 +80,7 @@ def test_list_json_names_every_shipped_profile_with_its_point_count(env: dict[st
     row = listed[SWING]
     assert row["points"] == len(find_profile(SWING).points)
     assert (row["hardware"], row["source"], row["system"]) == ("a100-40g", "imported", "Swing AMD+A100")
+    assert row["engine"] == "transformers"  # the paper measured with transformers' text-generation pipeline
     only = invoke("profiles", "list", "--json", "--hardware", "m1-pro")
     assert {r["hardware"] for r in json.loads(only.output)["profiles"]} == {"m1-pro"}
 
@@ -180,6 +181,13 @@ def test_profile_of_an_unknown_target_lists_the_targets(env: dict[str, str], tmp
     result = invoke("profile", "gpu", "--config", _config(tmp_path, tmp_path / "none"))
     assert result.exit_code == 2
     assert "unknown target 'gpu'" in result.output and "local" in result.output
+
+
+def test_profile_with_an_unknown_engine_lists_the_engines(env: dict[str, str], tmp_path: Path) -> None:
+    result = invoke("profile", "local", "--engine", "tgi", "--config", _config(tmp_path, tmp_path / "none"))
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "--engine" in text and "'transformers' or 'vllm'" in text and "tgi" in text
 
 
 def test_doctor_lists_the_meters(env: dict[str, str]) -> None:

@@ -41,3 +41,22 @@ def test_a_local_job_does_not_hold_the_submitter_s_output_open(tmp_path: Path) -
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)  # how cancel_jobs ends a local worker
     assert (tmp_path / "logs" / "controller.log").stat().st_mode & 0o777 == 0o600
+
+
+def _wrapped() -> str | None:
+    return os.environ.get("HQ_TEST_WRAPPED")
+
+
+def test_a_job_runs_with_the_target_s_python(tmp_path: Path) -> None:
+    """A target's ``python`` is the interpreter its jobs start with (quoted: a path with a space works)."""
+    from hpcqueue.dispatch.executor import JobSpec, submit
+
+    folder = tmp_path / "with space"
+    folder.mkdir()
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/bin/sh\nHQ_TEST_WRAPPED=yes exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    spec = JobSpec(folder=tmp_path / "logs", cluster="local", parameters={"timeout_min": 2}, what="a probe")
+    assert submit(_wrapped, job=spec).result() is None  # this interpreter: not wrapped
+    wrapped = JobSpec(**{**spec.__dict__, "python": str(wrapper)})
+    assert submit(_wrapped, job=wrapped).result() == "yes"

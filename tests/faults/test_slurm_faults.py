@@ -105,9 +105,28 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     raise AssertionError(f"sacct kept failing: {proc.stderr}")
 
 
+def _array_indices(row_id: str) -> tuple[str, set[int]]:
+    """The array and element indices an accounting row stands for: ``12_3`` → 12, {3}; a range of elements
+    still pending (or cancelled before they ran) is one row, ``12_[1-2,5%4]`` → 12, {1, 2, 5}."""
+    array, _, rest = row_id.partition("_")
+    if not rest.startswith("["):
+        return array, {int(rest)} if rest.isdigit() else set()
+    indices: set[int] = set()
+    for part in rest.strip("[]").split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        indices.update(range(int(low), int(high or low) + 1))
+    return array, indices
+
+
 def all_ended(job_ids: list[str]) -> bool:
-    states = sacct_states(job_ids)
-    return all(states.get(job, "").startswith(ENDED) for job in job_ids)
+    """Whether every one of these array elements ended, by its own accounting row or its range's."""
+    arrays = sorted({job.split("_")[0] for job in job_ids})
+    ended: set[str] = set()
+    for row_id, state in sacct_states(arrays).items():
+        if state.startswith(ENDED):
+            array, indices = _array_indices(row_id)
+            ended.update(f"{array}_{i}" for i in indices)
+    return ended >= set(job_ids)
 
 
 def mid_generation(task_dir: Path) -> int | None:

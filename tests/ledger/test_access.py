@@ -320,7 +320,7 @@ def test_each_user_sees_and_writes_only_their_own_rows(site: Site) -> None:
             assert "revision 0003" in stale.stderr
         finally:
             with owner.engine.begin() as conn:
-                conn.execute(text("UPDATE alembic_version SET version_num = '0004'"))
+                conn.execute(text("UPDATE alembic_version SET version_num = '0005'"))
 
     # Running init-site again changes nothing and says so.
     again = subprocess.run(

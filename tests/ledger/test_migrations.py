@@ -323,9 +323,11 @@ ROWS_0002: dict[str, list[dict[str, Any]]] = {
         },
     ],
 }
-#: What revisions 0003 and 0004 add to ``tasks``.
+#: What revisions 0003, 0004 and 0005 add to ``tasks``.
 NEW_SINCE_0002 = [
     "account",
+    "engine",
+    "engine_version",
     "hardware",
     "predicted_energy_high_j",
     "predicted_energy_low_j",
@@ -470,7 +472,7 @@ def test_opening_a_0003_ledger_keeps_every_row_and_value(ledger_url: str) -> Non
         assert snapshot(conn, old) == before
         assert new_columns(conn, old) == {
             "batches": [],
-            "tasks": ["account"],
+            "tasks": ["account", "engine", "engine_version"],
             "requests": [],
             "measurements": [],
         }

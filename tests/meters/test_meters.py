@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 import types
@@ -265,6 +266,52 @@ def test_real_clocks_busy_loop_gives_positive_energy_and_plausible_utilisation(
     assert m.duration_s >= 0.2
     assert 0 < m.details["utilisation"] <= 1.05
     assert m.method == "estimated"
+
+
+#: A child that burns ``argv[1]`` seconds of CPU, says so, and waits for its stdin to close before it exits.
+_BURNER = (
+    "import sys, time\n"
+    "end = time.process_time() + float(sys.argv[1])\n"
+    "while time.process_time() < end:\n"
+    "    pass\n"
+    "print('burnt', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_the_estimate_counts_the_cpu_time_of_child_processes_alive_or_reaped() -> None:
+    """An engine that generates in worker processes (vLLM with tensor parallelism) is charged for them: the
+    default CPU clock covers the process tree, where this process's own clock sees nothing of a child."""
+    tree = EstimateMeter(40.0, 4)
+    own = EstimateMeter(40.0, 4, cpu_clock=time.process_time)  # the clock of this process alone
+    tree.start()
+    own.start()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BURNER, "0.5"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "burnt\n"
+        alive = tree.stop()  # the child has burnt its CPU and still runs
+        reaping = EstimateMeter(40.0, 4)
+        reaping.start()
+        child.communicate(input="", timeout=30)  # it exits and is reaped
+        reaped = reaping.stop()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    alone = own.stop()
+    assert alive.details["cpu_time_s"] >= 0.5
+    assert alive.total_energy_j == pytest.approx(40.0 * alive.details["cpu_time_s"] / 4)
+    assert alone.details["cpu_time_s"] < 0.25  # the old clock: the child's half second is missing
+    # its time moves from the live child to the reaped children's: counted once, not twice
+    assert reaped.details["cpu_time_s"] < 0.25
+
+    tree.start()
+    subprocess.run(
+        [sys.executable, "-c", _BURNER, "0.5"], input="", text=True, capture_output=True, check=True
+    )
+    assert tree.stop().details["cpu_time_s"] >= 0.5  # a child that ran and exited within the interval
 
 
 # --- no_energy_counters holds on a machine that has them -----------------------------------------------

@@ -11,11 +11,23 @@ SHIPPED = "llama-2-7b-chat.m1-pro.wilkins2024"
 
 
 def measured_profile(
-    root: Path, name: str, hardware: str, fp: dict[str, Any], model: str = "hpcqueue-demo"
+    root: Path,
+    name: str,
+    hardware: str,
+    fp: dict[str, Any],
+    model: str = "hpcqueue-demo",
+    engine: str = "transformers",
 ) -> Path:
-    """A measured profile in ``root`` (the shipped M1 points, re-labelled) with the given fingerprint."""
+    """A measured profile in ``root`` (the shipped M1 points, re-labelled) with the given fingerprint,
+    measured with ``engine``."""
     shipped = find_profile(SHIPPED)
     meta = ProfileMeta(
-        name=name, model=model, hardware=hardware, source="measured", method="estimated", fingerprint=fp
+        name=name,
+        model=model,
+        hardware=hardware,
+        engine=engine,
+        source="measured",
+        method="estimated",
+        fingerprint=fp,
     )
     return save_profile(Profile(meta=meta, points=shipped.points), root)

@@ -83,6 +83,33 @@ def test_a_model_other_than_the_configs_is_named_in_the_refresh_command(tmp_path
     assert check.refresh == "hpcqueue profile local --model org/other-model"
 
 
+def test_a_target_is_checked_against_a_profile_of_its_own_engine(tmp_path: Path) -> None:
+    """A vLLM target's profile is a vLLM profile: the transformers one of the same model and hardware is not
+    its profile, and the fix measures with ``--engine vllm``."""
+    profiles = tmp_path / "profiles"
+    measured_profile(profiles, "demo.here", "cpu-generic", fingerprint())
+    targets = {"hf": {"hardware": "cpu-generic"}, "fast": {"hardware": "cpu-generic", "engine": "vllm"}}
+    settings = settings_for(tmp_path, targets, profiles)
+
+    checks = by_target(check_targets(settings))
+    assert (checks["hf"].status, checks["hf"].profile) == ("ok", "demo.here")
+    assert checks["fast"].status == "missing"
+    assert "no vllm profile of model 'hpcqueue-demo'" in checks["fast"].differences[0]
+    assert checks["fast"].refresh == "hpcqueue profile fast --engine vllm"
+    [warning] = profile_warnings(list(settings.targets.values()), "hpcqueue-demo", [profiles], None)
+    assert warning.startswith("target 'fast' has no profile: no vllm profile")
+    assert warning.endswith("hpcqueue profile fast --model hpcqueue-demo --engine vllm")
+
+    measured_profile(profiles, "demo.here-vllm", "cpu-generic", fingerprint(), engine="vllm")
+    checks = by_target(check_targets(settings))
+    assert (checks["fast"].status, checks["fast"].profile) == ("ok", "demo.here-vllm")
+    assert (checks["hf"].status, checks["hf"].profile) == ("ok", "demo.here")
+    # the top-level engine applies to targets that name none
+    hf = settings.target("hf")
+    assert profile_warnings([hf], "hpcqueue-demo", [profiles], None, default_engine="vllm") == []
+    assert staleness.resolve_profile(hf, "hpcqueue-demo", [profiles], "vllm")[0].name == "demo.here-vllm"
+
+
 def test_slurm_target_uses_the_partitions_fingerprint_and_the_cached_result_warns_later(
     tmp_path: Path,
 ) -> None:

@@ -125,6 +125,24 @@ def test_bad_meta_lists_valid_values_and_a_renamed_directory_is_caught(tmp_path:
         load_profile(renamed)
 
 
+def test_the_engine_is_written_and_a_meta_without_it_reads_as_transformers(tmp_path: Path) -> None:
+    """Profiles written before engines existed (the shipped ones among them) are transformers profiles."""
+    directory = save_profile(Profile(meta=_meta(engine="vllm"), points=_points()), tmp_path)
+    meta = json.loads((directory / "meta.json").read_text())
+    assert meta["engine"] == "vllm" and load_profile(directory).meta.engine == "vllm"
+
+    del meta["engine"]
+    (directory / "meta.json").write_text(json.dumps(meta))
+    assert load_profile(directory).meta.engine == "transformers"
+    assert {e.meta.engine for e in store.list_profiles([SHIPPED_PROFILES])} == {"transformers"}
+    assert "engine" not in json.loads(next(SHIPPED_PROFILES.glob("*/meta.json")).read_text())
+
+    meta["engine"] = ""
+    (directory / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PlanningError, match=r"meta\.json: key 'engine' is ''; .*: transformers, vllm"):
+        load_profile(directory)
+
+
 def test_t_critical_values_and_ci_half_width() -> None:
     for dof, expected in T_TABLE.items():
         assert store.t_critical_95(dof) == pytest.approx(expected, abs=1e-4)
@@ -179,6 +197,18 @@ def test_find_profiles_for_matches_model_id_alias_or_local_path(tmp_path: Path) 
         assert [p.name for p in found] == ["z-measured", "b-imported"], model  # measured here first
     assert store.find_profiles_for("org/other-model", "cpu-generic", [tmp_path]) == []
     assert [p.name for p in store.find_profiles_for("demo", "a100-40g", [tmp_path])] == ["other-hw"]
+
+
+def test_find_profiles_for_an_engine_skips_the_other_engine_s_profiles(tmp_path: Path) -> None:
+    save_profile(Profile(meta=_meta("demo.cpu.test"), points=_points()), tmp_path)
+    save_profile(Profile(meta=_meta("demo.cpu.test-vllm", engine="vllm"), points=_points()), tmp_path)
+
+    def names(engine: str | None) -> list[str]:
+        return [p.name for p in store.find_profiles_for("demo", "cpu-generic", [tmp_path], engine=engine)]
+
+    assert names("vllm") == ["demo.cpu.test-vllm"]
+    assert names("transformers") == ["demo.cpu.test"]
+    assert names(None) == ["demo.cpu.test", "demo.cpu.test-vllm"]  # any engine
 
 
 # --- profiles derived from the paper's measurements ----------------------------------------------

@@ -150,6 +150,10 @@ def test_bad_configuration_is_refused_with_the_reason() -> None:
         SweepConfig(min_trials=10, max_trials=5)
     with pytest.raises(HpcqueueError, match="batch_sizes"):
         SweepConfig(batch_sizes=())
+    with pytest.raises(HpcqueueError, match="engine 'tgi' is not known; valid values: transformers, vllm"):
+        SweepConfig(engine="tgi")
+    with pytest.raises(HpcqueueError, match="vLLM always generates with its KV cache"):
+        SweepConfig(engine="vllm", kv_cache=False)
 
 
 # ------------------------------------------------------------------------------- idle subtraction
@@ -216,6 +220,11 @@ def test_profile_names_follow_the_convention() -> None:
     )
     assert profile_name("/models/Mistral-7B-v0.1/", "lowpower", "m1-pro") == "mistral-7b-v0.1.lowpower.m1-pro"
     assert profile_name(DEMO_MODEL, "local", "cpu-generic") == "hpcqueue-demo.local.cpu-generic"
+    # another engine's profile of the same model on the same target never overwrites this one
+    assert profile_name(DEMO_MODEL, "local", "cpu-generic", "vllm") == "hpcqueue-demo.local.cpu-generic-vllm"
+    assert (
+        profile_name(DEMO_MODEL, "local", "cpu-generic", "transformers") == "hpcqueue-demo.local.cpu-generic"
+    )
 
 
 @pytest.mark.slow
@@ -242,6 +251,9 @@ def test_a_real_sweep_on_the_demo_model_gives_a_loadable_profile(
     meta = loaded.meta
     assert meta.source == "measured" and meta.method == "estimated"  # no energy counter (faked)
     assert meta.hardware == "cpu-generic" and meta.model == DEMO_MODEL
+    assert meta.engine == "transformers" and meta.batch_size_semantics.startswith(
+        "identical prompts per generate"
+    )
     assert meta.kv_cache is True and meta.idle_subtracted == {"cpu": True}
     assert meta.idle_power_w is not None and meta.idle_power_w >= 0
     assert meta.fingerprint["cpu_count"] >= 1 and meta.fingerprint["gpus"] == []
@@ -285,6 +297,7 @@ def test_profile_target_runs_a_local_job_and_saves_the_profile(
     target = Target(name="bench", executor="local", hardware="cpu-generic", meter="estimate")
     run = profile_tiny(target, hq_cache, tmp_path)
     assert run.executor == "local" and run.job_id and run.name == "hpcqueue-demo.bench.cpu-generic"
+    assert run.engine == "transformers"
     assert run.done()
     directory = run.wait()
     assert directory == tmp_path / "profiles" / "hpcqueue-demo.bench.cpu-generic" == run.profile_dir

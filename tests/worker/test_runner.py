@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import transformers
 
 from hpcqueue.dispatch.batchdir import BatchDir
 from hpcqueue.errors import StopRequested
 from hpcqueue.models import DEMO_MODEL, ModelRef
 from hpcqueue.worker import run_tasks, runner
-from hpcqueue.worker.attribution import ATTRIBUTION_RULE
+from hpcqueue.worker.attribution import ATTRIBUTION_RULE, ATTRIBUTION_RULE_TEXT
+from hpcqueue.worker.engine import Engine
 from tests.conftest import REPO
 from tests.fakes.machine import NoCounters
+from tests.worker.test_engine import make_request
 
 
 def start_worker(task: Path, *, stderr: int) -> subprocess.Popen[str]:
@@ -124,6 +127,9 @@ def test_task_end_to_end(tmp_path: Path, demo: ModelRef, monkeypatch: pytest.Mon
     assert metrics["attribution_rule"] == ATTRIBUTION_RULE and metrics["attribution_rule"].startswith(
         "token-share-v1"
     )
+    assert metrics["attribution_rule_text"] == ATTRIBUTION_RULE_TEXT
+    # no engine named in task.json: transformers, with the version that generated
+    assert (metrics["engine"], metrics["engine_version"]) == ("transformers", transformers.__version__)
     assert metrics["started_at"] <= metrics["ended_at"]
 
     scopes = [m["scope"] for m in metrics["measurements"]]
@@ -244,6 +250,72 @@ def test_resume_keeps_finished_lines(tmp_path: Path, demo: ModelRef) -> None:
     # the torn line was dropped and the new records appended after the kept ones
     partial = read_jsonl(task / "partial.jsonl")
     assert sorted(r["line"] for r in partial) == [3, 4, 5, 6, 7, 8]
+
+
+def test_a_task_finished_by_an_earlier_attempt_completes_without_loading_the_model(
+    tmp_path: Path, demo: ModelRef
+) -> None:
+    """Killed after its last record reached partial.jsonl: the rerun only writes the outputs, and the metrics
+    still name the engine of the task."""
+    task = make_task(tmp_path / "000000", prompts(2), demo, engine="transformers")
+    earlier = [
+        {
+            "line": line, "id": f"q{line - 3}", "text": "done", "input_tokens": 5, "output_tokens": 8,
+            "finish_reason": "length", "error": None, "started_at": 1.0, "ended_at": 2.0, "energy_j": 0.5,
+        }
+        for line in (3, 4)
+    ]  # fmt: skip
+    (task / "partial.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier))
+
+    (summary,) = run_tasks([str(task)])
+
+    assert summary["state"] == "completed"
+    metrics = json.loads((task / "metrics.json").read_text())
+    assert metrics["n_resumed"] == 2
+    assert [m["scope"] for m in metrics["measurements"]] == ["task"]  # no model load, no generation
+    assert (metrics["engine"], metrics["engine_version"]) == ("transformers", transformers.__version__)
+    assert read_jsonl(task / "output.jsonl") == earlier
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"engine": "tgi"}, "engine 'tgi' is not known; valid values: transformers, vllm"),
+        ({"engine": "vllm", "tensor_parallel_size": 0}, "tensor_parallel_size must be a positive integer"),
+        (
+            {"engine": "vllm", "gpu_memory_utilization": 1.5},
+            "gpu_memory_utilization must be a number in (0, 1]",
+        ),
+        ({"engine": "vllm", "max_model_len": "long"}, "max_model_len must be a positive integer or null"),
+    ],
+    ids=["unknown-engine", "tensor-parallel", "memory", "context"],
+)
+def test_a_task_with_invalid_engine_settings_fails_naming_them(
+    tmp_path: Path, demo: ModelRef, spec: dict[str, Any], message: str
+) -> None:
+    task = make_task(tmp_path / "000000", prompts(2), demo, **spec)
+
+    (summary,) = run_tasks([str(task)])
+
+    metrics = json.loads((task / "metrics.json").read_text())
+    assert summary["state"] == "failed"
+    assert metrics["error"]["type"] == "ConfigError"
+    assert metrics["error"]["message"].startswith(f"task.json: {message}")
+    assert not (task / "partial.jsonl").exists()  # nothing was loaded or generated
+
+
+def test_the_transformers_engine_stops_between_batches_when_asked(demo: ModelRef) -> None:
+    """The worker passes its stop flag to the engine, which checks it before each generation batch."""
+    engine = Engine(demo, device="cpu", batch_size=2)
+    requests = [make_request(i, f"Prompt {i}") for i in range(1, 7)]
+    handed: list[list[int]] = []
+    with pytest.raises(StopRequested):
+        engine.generate(
+            requests,
+            on_batch=lambda records, m: handed.append([r["line"] for r in records]),
+            should_stop=lambda: len(handed) == 2,
+        )
+    assert len(handed) == 2 and sorted(line for lines in handed for line in lines) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
