@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -267,9 +266,8 @@ class VllmRunner:
     """The sweep on vLLM: a point's batch is submitted as that many sequences at once, which vLLM runs
     concurrently (``max_num_seqs`` is the grid's largest batch size).
 
-    On one device vLLM's engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the
-    ``uni`` executor): it starts faster, and a meter that counts this process's CPU time sees the work. On
-    CPUs the graphs are not compiled (``enforce_eager``) and ``VLLM_CPU_KVCACHE_SPACE`` defaults to 1 GiB.
+    vLLM is loaded as the workers load it (``hpcqueue.worker.vllm_engine.load_llm``: in this process on one
+    device, eager with a small KV cache on CPUs), with prefix caching off.
     """
 
     engine = "vllm"
@@ -280,53 +278,30 @@ class VllmRunner:
     )
 
     def __init__(self, model_ref: ModelRef, config: SweepConfig) -> None:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        single = config.tensor_parallel_size == 1
-        if single:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        try:
-            import vllm
-            from transformers import AutoTokenizer
-            from vllm.platforms import current_platform
-        except ImportError as exc:
-            raise ModelError(
-                f"engine vllm needs vLLM, which this Python ({sys.executable}) cannot import ({exc}); "
-                'install it there (pip install vllm), or set python = "<a venv with vLLM>/bin/python" in '
-                "the target's table"
-            ) from exc
-        self.device = str(current_platform.device_type or "cpu")
-        if config.device not in ("auto", self.device) and not config.device.startswith(f"{self.device}:"):
-            raise ModelError(
-                f"this vLLM runs on {self.device}, but device {config.device!r} was asked for; set device = "
-                f'"auto" (or "{self.device}") for the target, or use engine transformers'
-            )
-        on_cpu = self.device == "cpu"
-        if on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        self.options: dict[str, Any] = {
-            # "auto" as a transformers worker takes it: float32 on CPUs, the model's own dtype on GPUs
-            "dtype": "float32" if config.dtype == "auto" and on_cpu else config.dtype,
-            "enforce_eager": on_cpu,
-            "max_num_seqs": max(config.effective_batch_sizes(), default=1),
-            "tensor_parallel_size": config.tensor_parallel_size,
-            "enable_prefix_caching": False,
-            "seed": config.seed,
-        }
-        if single:
-            self.options["distributed_executor_backend"] = "uni"
-        if config.gpu_memory_utilization is not None:
-            self.options["gpu_memory_utilization"] = config.gpu_memory_utilization
-        if config.max_model_len is not None:
-            self.options["max_model_len"] = config.max_model_len
+        from transformers import AutoTokenizer
+
+        from hpcqueue.worker.vllm_engine import load_llm
+
+        # loaded as the workers load it: the profile measures what they run
+        self.llm, self.device, self.options = load_llm(
+            model_ref,
+            device=config.device,
+            dtype=config.dtype,
+            max_num_seqs=max(config.effective_batch_sizes(), default=1),
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_model_len=config.max_model_len,
+            seed=config.seed,
+            enable_prefix_caching=False,  # every trial repeats one prompt: a cache would skip its prefill
+        )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_ref.path, local_files_only=True)
-            self.llm = vllm.LLM(model=str(model_ref.path), **self.options)
         except (OSError, ValueError) as exc:
             raise ModelError(
-                f"vLLM cannot load model {model_ref.name!r} from {model_ref.path}: {exc}"
+                f"cannot load the tokenizer of {model_ref.name!r} from {model_ref.path}: {exc}"
             ) from exc
+        import vllm
+
         self._sampling = vllm.SamplingParams
         self.version = str(vllm.__version__)
         engine_config = self.llm.llm_engine.vllm_config
@@ -356,7 +331,9 @@ class VllmRunner:
             "vllm": self.version,
             "device": self.device,
             "dtype": self.dtype,
-            "vllm_options": {k: v for k, v in self.options.items() if k != "dtype"},
+            "vllm_options": {
+                k: v for k, v in self.options.items() if k not in ("model", "tokenizer", "dtype")
+            },
             "kv_cache_tokens": self.kv_cache_tokens,
             "generation": {
                 "decoding": "greedy (temperature 0)",

@@ -121,35 +121,17 @@ class VllmEngine:
         self.tensor_parallel_size = tensor_parallel_size
         self.light = Tokenizer.load(model.path)
         self.eos_ids = _eos_ids(model, self.light)
-        vllm = _import_vllm(tensor_parallel_size)
-        self.version = str(vllm.__version__)
-        self.device = _device(device)
-        torch_dtype = resolve_dtype(dtype, self.device)
-        if self.device == "cpu":
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
-        settings: dict[str, Any] = {
-            "model": str(model.path),
-            "tokenizer": str(model.path),
-            "dtype": str(torch_dtype).removeprefix("torch."),
-            "seed": seed,
-            "max_num_seqs": batch_size,
-            "tensor_parallel_size": tensor_parallel_size,
-            # "uni": the model runs in this process; "mp": one process per device
-            "distributed_executor_backend": "uni" if tensor_parallel_size == 1 else "mp",
-            "use_tqdm_on_load": False,
-        }
-        if self.device == "cpu":
-            settings["enforce_eager"] = True  # no graph capture on CPUs, and a faster start
-        if gpu_memory_utilization is not None:
-            settings["gpu_memory_utilization"] = gpu_memory_utilization
-        if max_model_len is not None:
-            settings["max_model_len"] = max_model_len
-        try:
-            self.llm = vllm.LLM(**settings)
-        except Exception as exc:
-            raise ModelError(
-                f"vLLM cannot load model {model.name!r} from {model.path}: {type(exc).__name__}: {exc}"
-            ) from exc
+        self.llm, self.device, _ = load_llm(
+            model,
+            device=device,
+            dtype=dtype,
+            max_num_seqs=batch_size,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
+        )
+        self.version = str(self.library_version())
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
         self._context_length = int(self.engine.model_config.max_model_len)
@@ -378,6 +360,53 @@ class VllmEngine:
         if cut is not None:
             text, finish = text[:cut], "stop"
         return _output_record(request, len(sequence.ids), text, len(tokens), finish, started_at, ended_at)
+
+
+def load_llm(
+    model: ModelRef,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_num_seqs: int = 16,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float | None = None,
+    max_model_len: int | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> tuple[Any, str, dict[str, Any]]:
+    """``vllm.LLM`` for ``model`` as hpcqueue runs it (the workers' engine and the profile sweep): quiet and
+    offline, in this process on a single device (``uni`` executor; ``mp`` with tensor parallelism), eager on
+    CPUs with a small KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` says otherwise, ``dtype`` read as the
+    transformers engine reads it. ``options`` go to ``vllm.LLM`` as they are. Returns the LLM, the device it
+    runs on and what ``vllm.LLM`` was given; a failure is a :class:`ModelError` saying what to do."""
+    vllm = _import_vllm(tensor_parallel_size)
+    on = _device(device)
+    if on == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+    settings: dict[str, Any] = {
+        "model": str(model.path),
+        "tokenizer": str(model.path),
+        "dtype": str(resolve_dtype(dtype, on)).removeprefix("torch."),
+        "seed": seed,
+        "max_num_seqs": max_num_seqs,
+        "tensor_parallel_size": tensor_parallel_size,
+        # "uni": the model runs in this process; "mp": one process per device
+        "distributed_executor_backend": "uni" if tensor_parallel_size == 1 else "mp",
+        "use_tqdm_on_load": False,
+        **options,
+    }
+    if on == "cpu":
+        settings["enforce_eager"] = True  # no graph capture on CPUs, and a faster start
+    if gpu_memory_utilization is not None:
+        settings["gpu_memory_utilization"] = gpu_memory_utilization
+    if max_model_len is not None:
+        settings["max_model_len"] = max_model_len
+    try:
+        return vllm.LLM(**settings), on, settings
+    except Exception as exc:
+        raise ModelError(
+            f"vLLM cannot load model {model.name!r} from {model.path}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _started(make_meter: MakeMeter | None) -> Meter | None:
