@@ -511,8 +511,9 @@ class SacctPoller:
     """Reads job states for many jobs while being gentle with slurmdbd.
 
     At most one sacct call per interval: the interval starts at ``min_interval_s`` and grows by ``backoff``
-    (up to ``max_interval_s``) after every call in which no state changed; any change resets it. Jobs already
-    seen in a terminal state are not asked about again. ``states(..., force=True)`` calls sacct now, for all
+    (up to ``max_interval_s``) after every call in which no state changed; any change resets it. Jobs (and
+    array elements asked by id) already seen in a terminal state are not asked about again; an array asked by
+    its id alone is, as accounting may list its elements late. ``states(..., force=True)`` calls sacct now, for all
     the given ids. A failed sacct call is logged as a warning and the last known states are returned, so a
     slurmdbd hiccup does not stop whoever is waiting on the jobs.
     """
@@ -581,16 +582,13 @@ class SacctPoller:
         else:
             self.interval_s = min(self.interval_s * self.backoff, self.max_interval_s)
 
-    def _members(self, job_id: str) -> list[JobState]:
-        if job_id in self._known:
-            return [self._known[job_id]]
-        return [s for s in self._known.values() if s.array_job_id == job_id]
-
     def _settled(self, job_id: str) -> bool:
         # Right after a job ends, accounting may briefly hold an incomplete record (no partition, an array
-        # not yet split into its tasks): such a record is not final, so the job is asked about again.
-        members = self._members(job_id)
-        return bool(members) and all(s.finished and s.partition for s in members)
+        # not yet split into its tasks): such a record is not final, so the job is asked about again. An
+        # array asked about as a whole never settles: slurmctld hands its elements to slurmdbd one by one and
+        # late, and no answer says how many are still to come (only the elements asked by id settle).
+        state = self._known.get(job_id)
+        return state is not None and state.finished and bool(state.partition)
 
     def _select(self, wanted: set[str]) -> dict[str, JobState]:
         return {

@@ -636,7 +636,10 @@ def test_poller_asks_about_new_jobs_after_the_minimum_interval_only() -> None:
     assert len(fake.calls) == 5 and fake.calls[-1][-1] == "--jobs=5,6"
 
 
-def test_poller_array_ids_return_every_task_and_settle_when_all_finish() -> None:
+def test_poller_array_ids_return_every_task_and_only_elements_asked_by_id_settle() -> None:
+    """slurmctld hands an array's elements to slurmdbd one by one and late: sacct may answer for an array
+    with only some of its elements, all finished, while others are still to come. An array asked as a whole is
+    therefore asked about again; its elements asked by id settle once finished."""
     pending = "1_0|RUNNING|lowpower|lp01|2026-11-21T23:05:58|Unknown|00:00:01|0:0\n" + (
         "1_[1-2]|PENDING|lowpower|None assigned|Unknown|Unknown|00:00:00|0:0\n"
     )
@@ -653,8 +656,31 @@ def test_poller_array_ids_return_every_task_and_settle_when_all_finish() -> None
     clock.now += 5
     assert all(s.succeeded for s in poller.states(["1"]).values())
     clock.now += 500
-    poller.states(["1"])
-    assert len(fake.calls) == 2
+    fake.reply("sacct", done)
+    assert all(s.succeeded for s in poller.states(["1"]).values())
+    assert len(fake.calls) == 3  # the whole array is asked again
+    clock.now += 500
+    assert all(s.succeeded for s in poller.states(["1_0", "1_1", "1_2"]).values())
+    assert len(fake.calls) == 3  # its elements are settled
+
+
+def test_poller_asks_again_about_an_array_listed_with_only_some_elements() -> None:
+    """Seen on a loaded machine: an array of three instant elements is listed for a while as its last element
+    alone (the array's own record), finished. The poller asks again until the others appear."""
+    last_only = "2507_2|COMPLETED|lowpower|lp01|2026-11-21T23:30:06|2026-11-21T23:30:06|00:00:00|0:0\n"
+    every = "".join(
+        f"2507_{i}|COMPLETED|lowpower|lp01|2026-11-21T23:30:06|2026-11-21T23:30:06|00:00:00|0:0\n"
+        for i in range(3)
+    )
+    fake = FakeSlurm().reply("sacct", last_only).reply("sacct", last_only).reply("sacct", every)
+    clock = FakeClock()
+    poller = SacctPoller(min_interval_s=1, max_interval_s=2, runner=fake, clock=clock)
+    seen = []
+    for _ in range(4):
+        seen.append(sorted(poller.states(["2507"])))
+        clock.now += 2
+    assert seen == [["2507_2"], ["2507_2"], ["2507_0", "2507_1", "2507_2"], ["2507_0", "2507_1", "2507_2"]]
+    assert len(fake.calls) == 4
 
 
 def test_poller_turns_sacct_failures_into_warnings(caplog: pytest.LogCaptureFixture) -> None:
@@ -733,5 +759,6 @@ def test_poller_does_not_trust_an_incomplete_record_of_a_just_finished_array() -
     clock.now += 1
     assert sorted(poller.states(["89"])) == ["89_0", "89_1", "89_2"]
     clock.now += 100
-    poller.states(["89"])
-    assert len(fake.calls) == 2  # settled now: not asked a third time
+    fake.reply("sacct", complete)
+    assert all(s.partition == "lowpower" for s in poller.states(["89"]).values())
+    assert "89" not in poller.states(["89"])  # the incomplete record is gone for good

@@ -338,19 +338,19 @@ def test_slurmctld_restarted_mid_batch(hq_env: dict[str, str], tmp_path: Path, d
     """slurmctld stops while both tasks generate, and starts again: the running jobs keep running without it,
     status meanwhile calls nothing lost, and the batch completes with no retry. (Jobs waiting through a
     restart are the deferred case of tests/dispatch/test_time_integration.py.)"""
-    prompts = write_prompts(tmp_path / "prompts.jsonl", 4, max_new_tokens=16)
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 4, max_new_tokens=48)
     # On the gpu node: a job that ends while slurmctld is away stays COMPLETING for most of a minute after it
     # returns, and would hold up whatever runs next on the default partition.
     batch_id, batch_dir = submit(hq_env, prompts, "gpu", task_size=2)
-    workers = [
-        wait_for(lambda i=i: mid_generation(task_dir(batch_dir, i)), 120, f"task {i} to generate", 0.02)
-        for i in (0, 1)
-    ]
-    # The workers are paused (SIGSTOP) through the restart, however fast this machine generates, so their
-    # jobs certainly run across it; they go on where they were once slurmctld is back.
-    for pid in workers:
-        os.kill(pid, signal.SIGSTOP)
+    # Each worker is paused (SIGSTOP) as soon as it generates, and stays paused through the restart, however
+    # fast this machine generates or late the other job starts: both jobs certainly run across it, and go on
+    # where they were once slurmctld is back.
+    workers: list[int] = []
     try:
+        for i in (0, 1):
+            pid = wait_for(lambda i=i: mid_generation(task_dir(batch_dir, i)), 120, f"task {i} to generate", 0.01)
+            os.kill(pid, signal.SIGSTOP)
+            workers.append(pid)
         stop_daemon("slurmctld")
         seen = status(hq_env, batch_id)  # slurmctld down: accounting answers, scontrol does not
         assert not seen["problems"], seen["problems"]
