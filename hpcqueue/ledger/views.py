@@ -144,6 +144,7 @@ def task_rows(ledger: LedgerReader, where: LedgerFilter) -> pd.DataFrame:
         TaskRow.executor,
         TaskRow.site,
         TaskRow.hardware,
+        TaskRow.engine,
         TaskRow.account,
         TaskRow.state,
         TaskRow.n_requests,
@@ -370,13 +371,17 @@ def daily(tasks: pd.DataFrame) -> pd.DataFrame:
 
 
 def j_per_token(tasks: pd.DataFrame) -> pd.DataFrame:
-    """Joules of IT energy per output token by hardware class × model, over the tasks with energy:
-    ``hardware``, ``model``, ``tasks``, ``energy_j``, ``output_tokens``, ``j_per_output_token`` (None
-    without output), ``energy_method``, ``meters``."""
-    with_energy = tasks[tasks["energy_j"].notna()].assign(hardware=tasks["hardware"].fillna(UNKNOWN))
+    """Joules of IT energy per output token by hardware class × model × engine, over the tasks with energy:
+    ``hardware``, ``model``, ``engine``, ``tasks``, ``energy_j``, ``output_tokens``, ``j_per_output_token``
+    (None without output), ``energy_method``, ``meters``. Tasks recorded before engines were (ledger revision
+    0005) have engine ``(unknown)``."""
+    with_energy = tasks[tasks["energy_j"].notna()].assign(
+        hardware=tasks["hardware"].fillna(UNKNOWN), engine=tasks["engine"].fillna(UNKNOWN)
+    )
     columns = [
         "hardware",
         "model",
+        "engine",
         "tasks",
         "energy_j",
         "output_tokens",
@@ -386,7 +391,7 @@ def j_per_token(tasks: pd.DataFrame) -> pd.DataFrame:
     ]
     if with_energy.empty:
         return pd.DataFrame(columns=columns)
-    table = with_energy.groupby(["hardware", "model"]).agg(
+    table = with_energy.groupby(["hardware", "model", "engine"]).agg(
         tasks=("task_index", "size"),
         energy_j=("energy_j", "sum"),
         output_tokens=("output_tokens", "sum"),

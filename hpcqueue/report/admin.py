@@ -356,15 +356,18 @@ Carbon covers the accounted tasks only.</p>
 
 
 def _efficiency(data: ReportData) -> str:
-    return f"""<section id="efficiency"><h2>Energy per output token, by hardware × model</h2>
+    return f"""<section id="efficiency"><h2>Energy per output token, by hardware × model × engine</h2>
 <p class="note">IT energy of the tasks (model load and failed attempts included) over the output tokens they
-produced. {source(("prov-meters", "meters"), ("prov-predictions", "hardware classes"))}</p>
+produced, per inference engine (transformers, vLLM). {
+        source(("prov-meters", "meters"), ("prov-predictions", "hardware classes"))
+    }</p>
 {
         table(
             data.j_per_token,
             [
                 _t("hardware", "hardware"),
                 _t("model", "model"),
+                _t("engine", "engine"),
                 _n("tasks", "tasks"),
                 _n("IT energy", "energy_j", energy),
                 _n("output tokens", "output_tokens"),

@@ -1,15 +1,18 @@
-"""Batches run by the vLLM engine, end to end: the user's command on this node, and a Slurm requeue of a
-vLLM worker in the middle of its task (the local cluster). The interpreter with vLLM comes from
+"""Batches run by the vLLM engine, end to end: the user's command on this node, and a vLLM worker killed or
+requeued by Slurm in the middle of its task (the local cluster). The interpreter with vLLM comes from
 ``HPCQUEUE_TEST_VLLM_PYTHON`` (``make vllm`` builds it; ``make test`` sets it)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from hpcqueue.dispatch.batchdir import is_locked
 from tests.conftest import EXAMPLES, run_cli
 from tests.faults.invariant import assert_exactly_once
 from tests.helpers import input_ids, ledger_db, wait_for
@@ -55,13 +58,10 @@ def test_the_example_batch_runs_with_vllm_and_the_ledger_records_the_engine(
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == input_ids(prompts)
 
 
-@pytest.mark.slurm
-def test_a_vllm_worker_requeued_by_slurm_resumes_after_its_finished_outputs(
-    vllm_python: str, real_slurm: None, hq_env: dict[str, str], tmp_path: Path
-) -> None:
-    """An admin requeues the job of a vLLM worker mid-task (``scontrol requeue``, as pre-emption does):
-    Slurm sends SIGTERM, the worker stops after its current engine step with its finished outputs in
-    partial.jsonl, and the requeued job resumes after them; every request ends exactly once."""
+def _vllm_batch(tmp_path: Path, vllm_python: str, env: dict[str, str]) -> tuple[Path, dict, Path, str]:
+    """Submit one task of 48 requests to a vLLM target on the local cluster's lowpower partition, two
+    sequences at a time (their outputs arrive one after another); the prompts, the submission, the task's
+    directory and its job."""
     config = tmp_path / "cluster.toml"
     config.write_text(
         "[targets.lowpower]\n"
@@ -77,22 +77,67 @@ def test_a_vllm_worker_requeued_by_slurm_resumes_after_its_finished_outputs(
         )
     )
     args = ["--config", str(config), "--task-size", "48", "--batch-size", "2", "--json"]
-    submitted = run_cli(["submit", str(prompts), *args], hq_env)
+    submitted = run_cli(["submit", str(prompts), *args], env)
     assert submitted.returncode == 0, submitted.stderr
     info = json.loads(submitted.stdout)
     batch_dir = Path(info["batch_dir"])
-    task_dir = batch_dir / "tasks" / "000000"
     (job,) = [
         r["job_id"] for r in json.loads((batch_dir / "jobs.json").read_text()) if r.get("kind") != "collect"
     ]
+    return prompts, info, batch_dir / "tasks" / "000000", job
+
+
+def _handed_over(task_dir: Path, at_least: int) -> bool:
+    """The worker has handed over ``at_least`` outputs and not finished the task."""
+    partial = task_dir / "partial.jsonl"
+    done = (task_dir / "metrics.json").exists()
+    return not done and partial.exists() and partial.read_text().count("\n") >= at_least
+
+
+@pytest.mark.slurm
+def test_a_killed_vllm_worker_is_retried_and_resumes_after_its_finished_outputs(
+    vllm_python: str, real_slurm: None, hq_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGKILL on a vLLM worker mid-task (the engine runs in the worker's process: it dies with it). Slurm
+    ends the job FAILED, status calls the task lost, retry runs it again, and the new worker resumes after
+    the outputs the killed one had handed over."""
+    prompts, info, task_dir, _ = _vllm_batch(tmp_path, vllm_python, hq_env)
     try:
+        wait_for(lambda: _handed_over(task_dir, 2), 180, "the vLLM worker's first outputs", interval_s=0.05)
+        holder = (task_dir / "lock").read_text().split()
+        os.kill(int(holder[1]), signal.SIGKILL)
+        wait_for(lambda: not is_locked(task_dir / "lock"), 60, "the killed worker's lock to be released")
+        assert not (task_dir / "metrics.json").exists(), "the task finished before the kill"
+        kept = (task_dir / "partial.jsonl").read_text().count("\n")
 
-        def mid_task() -> bool:
-            partial = task_dir / "partial.jsonl"
-            done = (task_dir / "metrics.json").exists()
-            return not done and partial.exists() and partial.read_text().count("\n") >= 2
+        def lost() -> list:
+            seen = json.loads(run_cli(["status", info["batch_id"], "--json"], hq_env).stdout)
+            return [p for p in seen["problems"] if p["status"] == "lost"]
 
-        wait_for(mid_task, 180, "the vLLM worker to hand over its first outputs", interval_s=0.05)
+        (problem,) = wait_for(lost, 120, "status to call the task lost")
+        assert problem["task_index"] == 0
+        retried = run_cli(["retry", info["batch_id"], "--wait", "--json"], hq_env, timeout=400)
+        assert retried.returncode == 0, retried.stderr
+        assert json.loads(retried.stdout)["submitted_tasks"] == 1
+    finally:
+        if not (task_dir / "metrics.json").exists():
+            run_cli(["cancel", info["batch_id"]], hq_env)
+    metrics = json.loads((task_dir / "metrics.json").read_text())
+    assert (metrics["state"], metrics["engine"], metrics["n_resumed"]) == ("completed", "vllm", kept)
+    outcome = assert_exactly_once(prompts, task_dir.parents[1], hq_env["HPCQUEUE_DB_URL"])
+    assert (outcome.succeeded, outcome.duplicates, outcome.lost) == (48, 0, 0)
+
+
+@pytest.mark.slurm
+def test_a_vllm_worker_requeued_by_slurm_resumes_after_its_finished_outputs(
+    vllm_python: str, real_slurm: None, hq_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An admin requeues the job of a vLLM worker mid-task (``scontrol requeue``, as pre-emption does):
+    Slurm sends SIGTERM, the worker stops after its current engine step with its finished outputs in
+    partial.jsonl, and the requeued job resumes after them; every request ends exactly once."""
+    prompts, info, task_dir, job = _vllm_batch(tmp_path, vllm_python, hq_env)
+    try:
+        wait_for(lambda: _handed_over(task_dir, 2), 180, "the vLLM worker's first outputs", interval_s=0.05)
         subprocess.run(["scontrol", "requeue", job], check=True)
         wait_for(
             lambda: (
@@ -118,5 +163,5 @@ def test_a_vllm_worker_requeued_by_slurm_resumes_after_its_finished_outputs(
     metrics = json.loads((task_dir / "metrics.json").read_text())
     assert (metrics["state"], metrics["engine"]) == ("completed", "vllm")
     assert metrics["n_resumed"] >= kept  # what the first run handed over was not generated again
-    outcome = assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"])
+    outcome = assert_exactly_once(prompts, task_dir.parents[1], hq_env["HPCQUEUE_DB_URL"])
     assert (outcome.succeeded, outcome.duplicates, outcome.lost) == (48, 0, 0)

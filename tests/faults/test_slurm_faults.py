@@ -363,3 +363,44 @@ def test_slurmctld_restarted_mid_batch(hq_env: dict[str, str], tmp_path: Path, d
     assert finished["done"] and not finished["problems"], finished
     assert len(elements(batch_dir)) == 2  # nothing was submitted again
     assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"])
+
+
+def test_time_limit_signal_requeues_the_task_which_resumes(hq_env: dict[str, str], tmp_path: Path) -> None:
+    """A task running into its time limit: Slurm sends the job the signal submitit asked for
+    (``--signal=USR2@<delay>``) before the limit, submitit checkpoints the worker and requeues the job, and
+    the requeued worker resumes after its finished outputs. The signal is sent here (``scancel --signal``)
+    instead of after the target's 30 minutes: what follows is the same. status shows the task queued, not
+    lost, and no retry is needed."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 8, max_new_tokens=48)
+    batch_id, batch_dir = submit(hq_env, prompts, "lowpower", task_size=8)
+    (job,) = elements(batch_dir)
+    wait_for(lambda: mid_generation(task_dir(batch_dir, 0)), 120, "task 0 to be generating", 0.02)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+
+    def requeued() -> bool:
+        shown = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+        return shown.stdout.strip() == "PENDING"
+
+    wait_for(requeued, 120, "submitit to requeue the job")
+    assert not (task_dir(batch_dir, 0) / "metrics.json").exists(), "the task finished before the signal"
+    kept = task_dir(batch_dir, 0).joinpath("partial.jsonl").read_text().count("\n")
+    assert kept >= 1
+    seen = status(hq_env, batch_id)
+    assert not seen["problems"] and seen["tasks"].get("queued") == 1, seen
+    # Slurm holds a requeued job before it may start again; let it start now, as an admin may.
+    wait_for(lambda: not steps_on_host([job]), 60, "the signalled job's steps to end")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+
+    finished = watch(hq_env, batch_id)
+    assert finished["done"] and not finished["problems"], finished
+    assert list(elements(batch_dir)) == [job]  # the same job ran again: no retry
+    metrics = json.loads(task_dir(batch_dir, 0).joinpath("metrics.json").read_text())
+    assert metrics["n_resumed"] >= kept  # the outputs written before the signal were kept
+    states = subprocess.run(
+        ["sacct", "-D", "-X", "-P", "-n", "-j", job, "--format=State"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "REQUEUED" in states and states[-1] == "COMPLETED", states  # requeued once, then done
+    assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"])

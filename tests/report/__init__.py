@@ -243,6 +243,8 @@ def _finish(
         "energy_j": total_j,
         "energy_method": target.method,
         "meter": target.meter,
+        "engine": "vllm" if target.name == "gpu" else "transformers",
+        "engine_version": "0.32.0" if target.name == "gpu" else "5.24.0",
         "attribution_rule": None if failed else RULE,
         "measurements": readings,
         "error": f"ModelError: cannot load model {model!r}" if failed else None,

@@ -66,6 +66,7 @@ def test_a_filter_narrows_every_view(ledger: Ledger) -> None:
     assert set(data.accounts["account"]) == {"physics"}
     assert set(data.daily["target"]) == {"gpu"}
     assert set(data.j_per_token["hardware"]) == {"h100-80g"}
+    assert set(data.j_per_token["engine"]) == {"vllm"}  # the engine its worker recorded
     assert set(data.predictions["target"]) == {"gpu"}
     assert set(data.placement["site"]) == {"north"}
     # plan costs are whole batches: every batch has a plan and four baselines
