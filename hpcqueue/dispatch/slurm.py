@@ -513,9 +513,9 @@ class SacctPoller:
     At most one sacct call per interval: the interval starts at ``min_interval_s`` and grows by ``backoff``
     (up to ``max_interval_s``) after every call in which no state changed; any change resets it. Jobs (and
     array elements asked by id) already seen in a terminal state are not asked about again; an array asked by
-    its id alone is, as accounting may list its elements late. ``states(..., force=True)`` calls sacct now, for all
-    the given ids. A failed sacct call is logged as a warning and the last known states are returned, so a
-    slurmdbd hiccup does not stop whoever is waiting on the jobs.
+    its id alone is, as accounting may list its elements late. ``states(..., force=True)`` calls sacct now,
+    for all the given ids. A failed sacct call is logged as a warning and the last known states are returned,
+    so a slurmdbd hiccup does not stop whoever is waiting on the jobs.
     """
 
     def __init__(

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -348,7 +349,8 @@ def test_slurmctld_restarted_mid_batch(hq_env: dict[str, str], tmp_path: Path, d
     workers: list[int] = []
     try:
         for i in (0, 1):
-            pid = wait_for(lambda i=i: mid_generation(task_dir(batch_dir, i)), 120, f"task {i} to generate", 0.01)
+            generating = partial(mid_generation, task_dir(batch_dir, i))
+            pid = wait_for(generating, 120, f"task {i} to generate", 0.01)
             os.kill(pid, signal.SIGSTOP)
             workers.append(pid)
         stop_daemon("slurmctld")
