@@ -378,7 +378,9 @@ class BatchDir:
         """The last lines of the stderr log of the job that last ran the task (None when there is none).
 
         submitit writes ``logs/<target>/<job id>_<task>_log.err`` for local jobs and
-        ``logs/<target>/<job id>/<job id>_<task>_log.err`` for Slurm jobs (the folder is ``%j``).
+        ``logs/<target>/<job id>/<job id>_<task>_log.err`` for Slurm jobs (the folder is ``%j``). A log
+        reached through a symbolic link is not read (it would copy another file into the ledger): the tail
+        says so instead.
         """
         record = self.latest_jobs().get(task_index)
         if record is None:
@@ -390,9 +392,13 @@ class BatchDir:
             *sorted(folder.glob(f"{job_id}_*_log.err")),
         ]:
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
+                data = read_bytes_nofollow(path, below=self.path)
+            except UnsafePathError as exc:
+                log.warning("%s", exc)
+                return f"(log not read: {path} is a symbolic link or lies behind one)"
             except OSError:
                 continue
+            text = data.decode("utf-8", errors="replace")
             return "\n".join(text.splitlines()[-lines:])
         return None
 

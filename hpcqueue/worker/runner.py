@@ -45,12 +45,12 @@ from hpcqueue.dispatch.batchdir import (
 )
 from hpcqueue.errors import ConfigError, ModelError, StopRequested, TaskLocked
 from hpcqueue.fileio import (
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_jsonl,
     open_nofollow,
     private_umask,
     read_bytes_nofollow,
-    read_jsonl,
     read_text_nofollow,
 )
 from hpcqueue.worker.attribution import ATTRIBUTION_RULE, RULE_TEXTS, attribute_rest, share
@@ -562,20 +562,52 @@ def _model_ref(spec: dict[str, Any]) -> ModelRef:
 
 
 def _resume(partial_path: Path) -> dict[int, dict[str, Any]]:
-    """Records of an interrupted attempt, by line; a torn last line is cut off so appends stay valid."""
+    """Records of an interrupted attempt, by line.
+
+    A torn last line (an append cut short) is cut off so that appends stay valid. A damaged line elsewhere
+    (not a whole record: the worker appends whole lines, so this is the disk's doing) is dropped with a
+    warning naming it, ``partial.jsonl`` is rewritten without it, and its request runs again.
+    """
     if not partial_path.exists():
         return {}
     data = read_bytes_nofollow(partial_path)
     end = data.rfind(b"\n") + 1
-    if end < len(data):
+    records: dict[int, dict[str, Any]] = {}
+    kept: list[bytes] = []
+    damaged: list[int] = []
+    for number, raw in enumerate(data[:end].splitlines(keepends=True), start=1):
+        if not raw.strip():
+            continue
+        record = _partial_record(raw)
+        if record is None:
+            damaged.append(number)
+            continue
+        kept.append(raw)
+        records.setdefault(int(record["line"]), record)
+    if damaged:
+        log.warning(
+            "%s: line %s damaged (not a whole record): dropped, its request runs again",
+            partial_path,
+            ", ".join(map(str, damaged)),
+        )
+        atomic_write_bytes(partial_path, b"".join(kept))
+    elif end < len(data):
         with os.fdopen(open_nofollow(partial_path, os.O_RDWR), "r+b") as handle:
             handle.truncate(end)
             handle.flush()
             os.fsync(handle.fileno())
-    records: dict[int, dict[str, Any]] = {}
-    for record in read_jsonl(partial_path):
-        records.setdefault(int(record["line"]), record)
     return records
+
+
+def _partial_record(raw: bytes) -> dict[str, Any] | None:
+    """The record a line of ``partial.jsonl`` holds, or None when it is not one (a damaged line)."""
+    try:
+        record = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("line"), int) or "id" not in record:
+        return None
+    return record
 
 
 def _base_metrics(run: _Run) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from hpcqueue.dispatch.batchdir import is_locked
 from tests.conftest import EXAMPLES, REPO
 from tests.faults.invariant import assert_exactly_once
 from tests.faults.test_disk_faults import finished_files, submit, write_prompts
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +173,10 @@ def test_submit_killed_between_sbatch_and_its_records(
     if "cancelled Slurm job(s)" in status.stderr:
         assert arrays[0] in status.stderr
     assert not batch_arrays(), "a job that jobs.json does not record is still pending or running"
-    time.sleep(1)  # a worker cancelled mid-task gets SIGTERM and exits after its generation batch
+    # A worker cancelled mid-task gets SIGTERM and exits after its generation batch: the batch is submitted
+    # again once no cancelled worker holds a task (a task still held would be left to its holder).
+    locks = list((batch_dir / "tasks").glob("*/lock"))
+    wait_for(lambda: not any(is_locked(lock) for lock in locks), 120, "the cancelled workers to exit")
 
     again = subprocess.run(
         [sys.executable, "-m", "hpcqueue", *args, "--wait"],

@@ -254,8 +254,10 @@ def node_state(node: str) -> str:
     return proc.stdout.strip()
 
 
-def steps_on_host(jobs: list[str]) -> list[str]:
-    """The slurmstepd processes of these jobs still on this host (the local cluster's nodes share it)."""
+def steps_on_host(jobs: list[str], node: str) -> list[str]:
+    """What is left on this host (the local cluster's nodes share it) of these jobs' steps on ``node``: their
+    slurmstepd processes, and the step sockets in the node's spool directory. slurmd refuses to launch a job
+    again while either remains ("already running, do not launch second copy"), and Slurm then holds it."""
     raw_ids = set()
     for array in sorted({job.split("_")[0] for job in jobs}):
         shown = subprocess.run(["scontrol", "show", "job", "-o", array], capture_output=True, text=True)
@@ -268,10 +270,16 @@ def steps_on_host(jobs: list[str]) -> list[str]:
             continue
         if title.startswith("slurmstepd: [") and title[13:].split(".")[0] in raw_ids:
             found.append(title)
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+    spool = next(line.split("=", 1)[1].strip() for line in config.splitlines() if "SlurmdSpoolDir" in line)
+    sockets = Path(spool.replace("%n", node)).glob(f"{node}_*")
+    found += [str(path) for path in sockets if path.name.split("_", 1)[1].split(".")[0] in raw_ids]
     return found
 
 
-def test_node_down_under_a_running_task(hq_env: dict[str, str], tmp_path: Path, node_back: list[str]) -> None:
+def test_node_down_under_a_running_task(
+    hq_env: dict[str, str], tmp_path: Path, node_back: list[str], daemons_back: None
+) -> None:
     """An admin sets the node DOWN while a task generates: Slurm kills its job, ends it NODE_FAIL and requeues
     it. status shows the requeued tasks queued, not lost; once the node is back the requeued task resumes
     after its last finished output, and the batch completes without a retry."""
@@ -294,12 +302,16 @@ def test_node_down_under_a_running_task(hq_env: dict[str, str], tmp_path: Path, 
     seen = status(hq_env, batch_id)
     assert not seen["problems"] and seen["tasks"].get("queued", 0) >= 1, (requeued, seen)
     assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"], complete=False)
+    # The admin restarts the node's slurmd before bringing it back, as after any repair: a slurmd that lived
+    # through the failure may still count a killed job as its own (slurmctld could not tell it the job ended),
+    # refuse to launch it again ("already running, do not launch second copy"), and get the node drained.
+    wait_for(lambda: not steps_on_host(jobs, "gpu01"), 60, "the killed job steps to end")
+    stop_daemon("slurmd-gpu01")
+    start_cluster()
     # The node comes back (ReturnToService=2 returns it when its slurmd registers; RESUME otherwise).
     if node_state("gpu01").startswith(("down", "drain")):
         subprocess.run(["scontrol", "update", "NodeName=gpu01", "State=RESUME"], check=True)
-    # Slurm holds a requeued job for two minutes; an admin may let it start at once, as here, once the node
-    # has cleaned up the killed steps (a copy still ending there would make Slurm drain the node).
-    wait_for(lambda: not steps_on_host(jobs), 60, "the killed job steps to end")
+    # Slurm holds a requeued job for two minutes; an admin may let it start at once, as here.
     subprocess.run(["scontrol", "update", f"JobId={','.join(jobs)}", "StartTime=now"], check=True)
 
     finished = watch(hq_env, batch_id)
@@ -390,7 +402,7 @@ def test_time_limit_signal_requeues_the_task_which_resumes(hq_env: dict[str, str
     seen = status(hq_env, batch_id)
     assert not seen["problems"] and seen["tasks"].get("queued") == 1, seen
     # Slurm holds a requeued job before it may start again; let it start now, as an admin may.
-    wait_for(lambda: not steps_on_host([job]), 60, "the signalled job's steps to end")
+    wait_for(lambda: not steps_on_host([job], "lp01"), 60, "the signalled job's steps to end")
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
     finished = watch(hq_env, batch_id)
@@ -398,11 +410,12 @@ def test_time_limit_signal_requeues_the_task_which_resumes(hq_env: dict[str, str
     assert list(elements(batch_dir)) == [job]  # the same job ran again: no retry
     metrics = json.loads(task_dir(batch_dir, 0).joinpath("metrics.json").read_text())
     assert metrics["n_resumed"] >= kept  # the outputs written before the signal were kept
-    states = subprocess.run(
-        ["sacct", "-D", "-X", "-P", "-n", "-j", job, "--format=State"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert "REQUEUED" in states and states[-1] == "COMPLETED", states  # requeued once, then done
+
+    def job_history() -> list[str]:
+        shown = ["sacct", "-D", "-X", "-P", "-n", "-j", job, "--format=State"]
+        return subprocess.run(shown, capture_output=True, text=True, check=True).stdout.split()
+
+    # Accounting hears of the job's end a little after the task's files: wait for it.
+    wait_for(lambda: job_history()[-1:] == ["COMPLETED"], 60, "accounting to record the job's end")
+    assert job_history() == ["REQUEUED", "COMPLETED"]  # requeued once, then done
     assert_exactly_once(prompts, batch_dir, hq_env["HPCQUEUE_DB_URL"])

@@ -221,6 +221,29 @@ def test_the_worker_never_writes_through_a_planted_link(copy: Finished, tmp_path
     assert victim.read_text() == "precious\n"
 
 
+def test_a_failed_tasks_log_tail_is_not_read_through_a_planted_link(copy: Finished, tmp_path: Path) -> None:
+    """The ledger keeps the tail of a failed task's log for admins to read: a log replaced by a link (or a
+    log folder replaced by one) must not copy the link's target into it."""
+    secret = tmp_path / "someone-elses-file"
+    secret.write_text("password=hunter2\n")
+    batch = open_batch(copy.root, copy.batch_id)
+    record = batch.latest_jobs()[0]
+    logs = sorted((batch.logs_dir / str(record["target"])).glob(f"{record['job_id']}_*_log.err"))
+    assert logs and batch.log_tail(0) is not None and "hunter2" not in str(batch.log_tail(0))
+    logs[0].unlink()
+    logs[0].symlink_to(secret)
+    tail = batch.log_tail(0)
+    assert tail is not None and "is a symbolic link" in tail and "hunter2" not in tail
+    logs[0].unlink()
+    target_logs = logs[0].parent
+    moved = tmp_path / "logs"
+    shutil.move(target_logs, moved)
+    (moved / logs[0].name).write_text("password=hunter2\n")
+    target_logs.symlink_to(moved)
+    tail = batch.log_tail(0)
+    assert tail is not None and "is a symbolic link" in tail and "hunter2" not in tail
+
+
 @pytest.mark.parametrize("bad", ["../hq-x", "hq-a/../../b", "hq-x\n", "/etc", "hq-" + "a" * 65, "hq-$(id)"])
 def test_a_batch_id_from_the_command_line_never_becomes_a_path_outside(copy: Finished, bad: str) -> None:
     with pytest.raises(BatchNotFoundError, match="is not a batch id"):

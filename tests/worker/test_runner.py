@@ -252,6 +252,38 @@ def test_resume_keeps_finished_lines(tmp_path: Path, demo: ModelRef) -> None:
     assert sorted(r["line"] for r in partial) == [3, 4, 5, 6, 7, 8]
 
 
+def test_damaged_lines_inside_partial_are_dropped_and_their_requests_run_again(
+    tmp_path: Path, demo: ModelRef, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lines of partial.jsonl damaged on disk (zeroed bytes, JSON that is no record) between whole records:
+    the worker keeps the whole records, names the damaged lines in a warning, and runs their requests again;
+    every request ends with exactly one output."""
+    task = make_task(tmp_path / "000000", prompts(4), demo)
+    earlier = [
+        {
+            "line": line, "id": f"q{line - 3}", "text": "written by an earlier attempt", "input_tokens": 7,
+            "output_tokens": 8, "finish_reason": "length", "error": None, "started_at": 1.0, "ended_at": 2.0,
+            "energy_j": 1.5,
+        }
+        for line in (3, 6)
+    ]  # fmt: skip
+    damaged = [b"\x00" * 40 + b"\n", b'[4, "q1"]\n']
+    first, last = ((json.dumps(record) + "\n").encode() for record in earlier)
+    (task / "partial.jsonl").write_bytes(first + b"".join(damaged) + last)
+
+    with caplog.at_level(logging.WARNING, logger="hpcqueue.worker.runner"):
+        (summary,) = run_tasks([str(task)])
+
+    assert summary["state"] == "completed"
+    assert "partial.jsonl: line 2, 3 damaged" in caplog.text
+    outputs = read_jsonl(task / "output.jsonl")
+    assert [o["line"] for o in outputs] == [3, 4, 5, 6]
+    assert outputs[0] == earlier[0] and outputs[3] == earlier[1]
+    assert all(o["error"] is None and o["text"] != "written by an earlier attempt" for o in outputs[1:3])
+    assert json.loads((task / "metrics.json").read_text())["n_resumed"] == 2
+    assert sorted(r["line"] for r in read_jsonl(task / "partial.jsonl")) == [3, 4, 5, 6]
+
+
 def test_a_task_finished_by_an_earlier_attempt_completes_without_loading_the_model(
     tmp_path: Path, demo: ModelRef
 ) -> None:
