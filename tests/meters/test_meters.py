@@ -28,7 +28,7 @@ from hpcqueue.meters import (
     pyjoules,
     rapl,
 )
-from tests.fakes.machine import NoCounters, nvml_module
+from tests.fakes.machine import NoCounters, clear_probe_caches, nvml_module
 from tests.fakes.nvml_stub import FakeGpu, FakeNvml, uuid
 from tests.fakes.powercap import FakePowercap, make_topology
 
@@ -346,6 +346,7 @@ def _linux_gpu_node(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[st
     monkeypatch.setitem(sys.modules, "zeus", types.ModuleType("zeus"))
     monkeypatch.setitem(sys.modules, "zeus.monitor", zeus_monitor)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    clear_probe_caches()  # this machine's probes run afresh, not what an earlier test cached
     return "rapl+nvml", {"rapl", "nvml", "pyjoules", "zeus"}
 
 
@@ -360,6 +361,7 @@ def _mac(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[str, set[str]
     binary.chmod(0o755)
     monkeypatch.setenv("PATH", f"{binary.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
+    clear_probe_caches()  # this machine's probes run afresh, not what an earlier test cached
     return "powermetrics", {"powermetrics"}
 
 
