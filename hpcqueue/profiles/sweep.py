@@ -278,8 +278,6 @@ class VllmRunner:
     )
 
     def __init__(self, model_ref: ModelRef, config: SweepConfig) -> None:
-        from transformers import AutoTokenizer
-
         from hpcqueue.worker.vllm_engine import load_llm
 
         # loaded as the workers load it: the profile measures what they run
@@ -294,12 +292,8 @@ class VllmRunner:
             seed=config.seed,
             enable_prefix_caching=False,  # every trial repeats one prompt: a cache would skip its prefill
         )
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_ref.path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ModelError(
-                f"cannot load the tokenizer of {model_ref.name!r} from {model_ref.path}: {exc}"
-            ) from exc
+        # the tokenizer vLLM encodes the prompts with (the model's own, loaded by vllm.LLM)
+        self.tokenizer = self.llm.get_tokenizer()
         import vllm
 
         self._sampling = vllm.SamplingParams
